@@ -1,0 +1,48 @@
+"""Ray job entry point: `ray job submit --working-dir . -- python jobs/send_campaign.py SPEC`.
+
+Runs inside the job's driver process on the cluster (RAY_ADDRESS is set by Ray), sends the
+campaign, prints progress lines suited to `ray job logs`, and ends with the report as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+try:
+    import raymail  # noqa: F401  (installed on the cluster: see cluster.yaml setup_commands)
+except ImportError:  # running from a source checkout uploaded as the job's working dir
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+from raymail.campaign import run_campaign
+from raymail.errors import RaymailError
+from raymail.spec import load_spec
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("spec", help="campaign spec (YAML)")
+    parser.add_argument(
+        "--run-dir",
+        help="run directory (default: runs/CAMPAIGN-TIMESTAMP next to the spec)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        spec = load_spec(args.spec)
+        run_dir = Path(args.run_dir) if args.run_dir else (
+            Path(args.spec).resolve().parent / "runs" / f"{spec.campaign}-{int(time.time())}"
+        )
+        print(f"raymail: campaign {spec.campaign} -> {run_dir}", flush=True)
+        report = run_campaign(spec, run_dir, live_progress=False)
+    except RaymailError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=2, sort_keys=True, default=str), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,13 @@
+"""Registers every command and sub-app on the top-level app."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Attach all commands; each module owns one noun."""
+    from raymail.cli import run, sink
+
+    run.register(app)
+    sink.register(app)

@@ -1,0 +1,72 @@
+"""Printing helpers shared by the commands: JSON, report tables, clean errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from raymail.errors import RaymailError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+console = Console()
+
+
+def clean_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn raymail's own errors into a one-line message and exit code 2, not a traceback."""
+
+    @wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except RaymailError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """A readable summary table, then the busiest domains."""
+    summary = Table(title=f"campaign {report.get('campaign')} ({report.get('status')})")
+    summary.add_column("measure")
+    summary.add_column("value", justify="right")
+    for key in (
+        "total", "accepted", "deferred", "failed", "suppressed", "not_attempted",
+        "rejected_input", "attempts", "elapsed_s", "messages_per_s",
+    ):  # fmt: skip
+        summary.add_row(key, f"{report.get(key, '')}")
+    console.print(summary)
+    domains = report.get("domains") or {}
+    if domains:
+        table = Table(title="by domain (largest 15)")
+        for col in ("domain", "accepted", "deferred", "failed"):
+            table.add_column(col, justify="left" if col == "domain" else "right")
+        ranked = sorted(domains.items(), key=lambda kv: -sum(kv[1].values()))[:15]
+        for domain, counts in ranked:
+            table.add_row(
+                domain,
+                str(counts.get("accepted", 0)),
+                str(counts.get("deferred", 0)),
+                str(counts.get("failed", 0)),
+            )
+        console.print(table)
+    sink = report.get("sink")
+    if sink:
+        console.print(
+            f"sink captured {sink['captured_deliveries']} deliveries to "
+            f"{sink['distinct_recipients']} distinct recipients; "
+            f"{sink['recipients_more_than_once']} received more than one copy"
+        )

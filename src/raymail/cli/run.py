@@ -1,0 +1,80 @@
+"""Campaign commands: demo, send, report, status."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from raymail.cli.output import clean_errors, console, print_json, print_report
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)
+    app.command("send")(send)
+    app.command("report")(report)
+    app.command("status")(status)
+
+
+@clean_errors
+def demo(
+    recipients: Annotated[int, typer.Option(help="How many recipients to generate.")] = 20000,
+    out: Annotated[Path, typer.Option(help="Folder for the list, capture and run.")] = Path(
+        "raymail-demo"
+    ),
+    json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Generate recipients, start local Ray and an SMTP sink on loopback, send, report."""
+    from raymail.demo import run_demo
+
+    if (out / "run").exists():
+        raise typer.BadParameter(f"{out}/run exists already; pass another --out", param_hint="--out")
+    report = run_demo(recipients, out)
+    if json_output:
+        print_json(report)
+    else:
+        print_report(report)
+        console.print(f"run directory: {out / 'run'}")
+
+
+@clean_errors
+def send(
+    spec: Annotated[Path, typer.Argument(help="Campaign spec (YAML).")],
+    run_dir: Annotated[Path, typer.Option("--run-dir", help="Where this run's state goes.")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Send a campaign described by a spec file."""
+    from raymail.campaign import run_campaign
+    from raymail.spec import load_spec
+
+    result = run_campaign(load_spec(spec), run_dir)
+    print_json(result) if json_output else print_report(result)
+
+
+@clean_errors
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Summarise a run (finished, running or killed) from its run directory."""
+    from raymail.report import build_report
+
+    result = build_report(run_dir)
+    print_json(result) if json_output else print_report(result)
+
+
+@clean_errors
+def status(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+) -> None:
+    """Where a run is: its stage and how far it got."""
+    from raymail.report import build_report
+
+    result = build_report(run_dir)
+    settled = result["accepted"] + result["deferred"] + result["failed"]
+    console.print(
+        f"{result['campaign']}: {result['status']} — {settled}/{result['total']} settled "
+        f"(accepted {result['accepted']}, deferred {result['deferred']}, "
+        f"failed {result['failed']})"
+    )

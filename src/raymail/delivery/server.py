@@ -1,0 +1,373 @@
+"""The delivery server (the seed's B server): an async Ray actor that personalises and sends.
+
+One actor call carries one portion (about 100 recipients of one domain). The actor renders
+each message, sends it over a pooled, reused SMTP connection (pipelined when offered) and
+returns one outcome row per recipient plus one observation row per SMTP transaction.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import pyarrow as pa
+import ray
+
+from raymail.delivery.mx import MXResolver, MXTarget
+from raymail.delivery.pool import ConnectionPool
+from raymail.delivery.records import ObservationBuilder, OutcomeBuilder, now
+from raymail.delivery.smtp_client import (
+    DROPPED,
+    ConnectionDropped,
+    Reply,
+    SmtpConnection,
+    SmtpRefused,
+    Transaction,
+)
+from raymail.errors import MXResolutionError, SmtpProtocolError, TemplateError
+from raymail.message import MessageTemplate
+from raymail.plan import PortionTask
+from raymail.schema import ACCEPTED, DEFERRED, FAILED
+from raymail.spec import CampaignSpec
+
+_MAX_RECONNECTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class PortionResult:
+    """What a portion call returns: outcomes (per recipient) and observations (per SMTP
+    transaction), both Arrow tables."""
+
+    task: PortionTask
+    server: str
+    outcomes: pa.Table
+    observations: pa.Table
+
+
+@dataclass(slots=True)
+class ServerStats:
+    """A delivery server's counters, read by the driver's watchdog."""
+
+    name: str
+    portions: int = 0
+    recipients: int = 0
+    accepted: int = 0
+    deferred: int = 0
+    failed: int = 0
+    active_portions: int = 0
+    open_connections: int = 0
+    connections_opened: int = 0
+    last_progress: float = field(default_factory=time.time)
+
+
+@dataclass(slots=True)
+class _Job:
+    """One SMTP transaction to make: the recipients share this exact message."""
+
+    recipients: list[tuple[int, str]]
+    message: bytes
+    message_id: str
+    mail_from: str
+    started_at: datetime
+
+
+def _status_of(reply: Reply) -> str:
+    if reply.klass == 2:
+        return ACCEPTED
+    return FAILED if reply.klass == 5 else DEFERRED
+
+
+class DeliveryServer:
+    """The actor's implementation; ``DeliveryServerActor`` below is its Ray wrapper."""
+
+    def __init__(
+        self,
+        name: str,
+        spec: CampaignSpec,
+        source_address: str | None = None,
+        nameservers: list[tuple[str, int]] | None = None,
+    ) -> None:
+        self.name = name
+        self.spec = spec
+        self.source_address = source_address
+        self.template = MessageTemplate(spec)
+        self._nameservers = nameservers
+        self._resolver: MXResolver | None = None
+        self._pool: ConnectionPool | None = None
+        self.stats = ServerStats(name)
+
+    def _started(self) -> tuple[MXResolver, ConnectionPool]:
+        """Create the event-loop-bound parts on first use, inside the actor's send loop."""
+        if self._resolver is None or self._pool is None:
+            self._resolver = MXResolver(
+                nameservers=self._nameservers, overrides=self.spec.mx_override
+            )
+            self._pool = ConnectionPool(
+                self.spec.concurrency,
+                self._open,
+                max_transactions=self.spec.smtp.max_messages_per_connection,
+            )
+        return self._resolver, self._pool
+
+    async def _open(self, host: str, port: int) -> SmtpConnection:
+        smtp = self.spec.smtp
+        return await SmtpConnection.open(
+            host,
+            port,
+            helo_name=smtp.helo_name,
+            source_address=self.source_address,
+            starttls=smtp.starttls,
+            verify_certificates=smtp.verify_certificates,
+            connect_timeout=smtp.connect_timeout_s,
+            command_timeout=smtp.command_timeout_s,
+            data_timeout=smtp.data_timeout_s,
+        )
+
+    async def deliver(self, task: PortionTask, table: pa.Table) -> PortionResult:
+        """Send one portion; every recipient gets exactly one outcome row."""
+        resolver, pool = self._started()
+        self.stats.active_portions += 1
+        out = OutcomeBuilder(
+            self.spec.campaign, self.name, self.source_address, task.portion, task.attempt
+        )
+        obs = ObservationBuilder(self.name, self.source_address, task.domain)
+        try:
+            jobs = self._jobs(task, table, out)
+            if jobs:
+                try:
+                    targets = await resolver.resolve(task.domain)
+                except MXResolutionError as exc:
+                    permanent = bool(getattr(exc, "permanent", True))
+                    self._settle(jobs, task, out, FAILED if permanent else DEFERRED, None, exc)
+                else:
+                    await self._send(jobs, task, targets, pool, out, obs)
+        finally:
+            self.stats.active_portions -= 1
+        outcomes = out.table()
+        self._count(outcomes)
+        return PortionResult(task, self.name, outcomes, obs.table())
+
+    def _jobs(self, task: PortionTask, table: pa.Table, out: OutcomeBuilder) -> list[_Job]:
+        """Render the portion's messages; a template failure fails only that recipient."""
+        rows = table.column("row").to_pylist()
+        emails = table.column("email").to_pylist()
+        started = now()
+        template = self.template
+        if not template.uses_merge_fields:
+            return self._shared_jobs(rows, emails, started)
+        fields = [c for c in table.column_names if c in template.merge_fields]
+        columns = [table.column(c).to_pylist() for c in fields]
+        jobs: list[_Job] = []
+        for i, (row, email) in enumerate(zip(rows, emails, strict=True)):
+            values = {name: col[i] for name, col in zip(fields, columns, strict=True)}
+            try:
+                message = template.render(email, values)
+            except TemplateError as exc:
+                out.add(
+                    row=row, email=email, domain=task.domain, status=FAILED, smtp_code=None,
+                    enhanced_status=None, response=f"template: {exc}", mx_host=None,
+                    message_id=None, started_at=started,
+                )  # fmt: skip
+                continue
+            jobs.append(
+                _Job(
+                    [(row, email)],
+                    message,
+                    template.message_id(email),
+                    template.envelope_sender(email),
+                    started,
+                )
+            )
+        return jobs
+
+    def _shared_jobs(self, rows: list[int], emails: list[str], started: datetime) -> list[_Job]:
+        """Identical content: one transaction carries up to max_rcpt recipients."""
+        step = self.spec.smtp.max_rcpt_per_transaction
+        jobs = []
+        for i in range(0, len(rows), step):
+            recipients = list(zip(rows[i : i + step], emails[i : i + step], strict=True))
+            addresses = [e for _, e in recipients]
+            message = self.template.render_shared(addresses)
+            jobs.append(
+                _Job(
+                    recipients,
+                    message,
+                    self.template.shared_message_id(addresses),
+                    self.template.envelope_sender(None),
+                    started,
+                )
+            )
+        return jobs
+
+    async def _send(
+        self,
+        jobs: list[_Job],
+        task: PortionTask,
+        targets: list[MXTarget],
+        pool: ConnectionPool,
+        out: OutcomeBuilder,
+        obs: ObservationBuilder,
+    ) -> None:
+        pending = deque(jobs)
+        reconnects = 0
+        while pending:
+            try:
+                conn, fresh, target = await self._connect(targets, pool)
+            except SmtpProtocolError as exc:
+                reply = exc.reply if isinstance(exc, SmtpRefused) else None
+                status = _status_of(reply) if reply else DEFERRED
+                self._settle(list(pending), task, out, status, reply, exc)
+                return
+            try:
+                dropped = await self._run_jobs(conn, fresh, target, pending, task, out, obs)
+            finally:
+                await pool.release(conn)
+            if dropped:
+                reconnects += 1
+                if reconnects > _MAX_RECONNECTS and pending:
+                    self._settle(list(pending), task, out, DEFERRED, DROPPED, None)
+                    return
+
+    async def _connect(
+        self, targets: list[MXTarget], pool: ConnectionPool
+    ) -> tuple[SmtpConnection, bool, MXTarget]:
+        """A connection to the most preferred reachable mail exchanger."""
+        last: SmtpProtocolError | None = None
+        for target in targets:
+            try:
+                conn, fresh = await pool.acquire(target.address, target.port)
+                return conn, fresh, target
+            except SmtpRefused as exc:
+                if exc.reply.klass == 5:
+                    raise
+                last = exc
+            except SmtpProtocolError as exc:
+                last = exc
+        raise last or ConnectionDropped("no mail exchanger to try")
+
+    async def _run_jobs(
+        self,
+        conn: SmtpConnection,
+        fresh: bool,
+        target: MXTarget,
+        pending: deque[_Job],
+        task: PortionTask,
+        out: OutcomeBuilder,
+        obs: ObservationBuilder,
+    ) -> bool:
+        """Send jobs on one connection until done or it breaks; True if it dropped."""
+        first = True
+        max_tx = self.spec.smtp.max_messages_per_connection
+        while pending:
+            job = pending[0]
+            rcpts = [email for _, email in job.recipients]
+            try:
+                tx = await conn.send(job.mail_from, rcpts, job.message)
+            except ConnectionDropped as exc:
+                if first and not fresh and not exc.data_sent:
+                    return True  # a stale pooled connection: retry the job on a new one
+                pending.popleft()
+                self._settle([job], task, out, DEFERRED, DROPPED, exc)
+                self._observe(obs, conn, target, fresh and first, 0.0, len(rcpts), 0, job)
+                return True
+            except ValueError as exc:  # an address unsafe for the envelope
+                pending.popleft()
+                self._settle([job], task, out, FAILED, None, exc)
+                continue
+            pending.popleft()
+            self._record(job, tx, task, target, out)
+            worst = max((r.klass for r in (tx.mail, *tx.rcpts)), default=2)
+            if tx.data is not None:
+                worst = max(worst, tx.data.klass)
+            self._observe(obs, conn, target, fresh and first, tx.seconds, len(rcpts), worst, job)
+            first = False
+            if any(r.code == 421 for r in (tx.mail, *tx.rcpts)) or conn.transactions >= max_tx:
+                conn.broken = conn.broken or conn.transactions < max_tx
+                return False
+        return False
+
+    def _record(
+        self, job: _Job, tx: Transaction, task: PortionTask, target: MXTarget, out: OutcomeBuilder
+    ) -> None:
+        for (row, email), rcpt in zip(job.recipients, tx.rcpts, strict=True):
+            reply = tx.mail if tx.mail.klass != 2 else rcpt
+            if reply.klass == 2:
+                reply = tx.data if tx.data is not None else Reply(451, "4.3.0 DATA not sent")
+            out.add(
+                row=row, email=email, domain=task.domain, status=_status_of(reply),
+                smtp_code=reply.code, enhanced_status=reply.enhanced, response=reply.text,
+                mx_host=target.mx_host, message_id=job.message_id, started_at=job.started_at,
+            )  # fmt: skip
+
+    def _settle(
+        self,
+        jobs: list[_Job],
+        task: PortionTask,
+        out: OutcomeBuilder,
+        status: str,
+        reply: Reply | None,
+        exc: BaseException | None,
+    ) -> None:
+        """Give every recipient of ``jobs`` the same outcome (no SMTP reply of its own)."""
+        text = str(exc) if exc is not None else (reply.text if reply else "")
+        for job in jobs:
+            for row, email in job.recipients:
+                out.add(
+                    row=row, email=email, domain=task.domain, status=status,
+                    smtp_code=reply.code if reply else None,
+                    enhanced_status=reply.enhanced if reply else None, response=text,
+                    mx_host=None, message_id=job.message_id, started_at=job.started_at,
+                )  # fmt: skip
+
+    def _observe(
+        self,
+        obs: ObservationBuilder,
+        conn: SmtpConnection,
+        target: MXTarget,
+        new_connection: bool,
+        seconds: float,
+        recipients: int,
+        response_class: int,
+        job: _Job,
+    ) -> None:
+        obs.add(
+            mx_host=target.mx_host,
+            connect_s=conn.timing.connect_s if new_connection else None,
+            banner_s=conn.timing.banner_s if new_connection else None,
+            transaction_s=seconds,
+            recipients=recipients,
+            response_class=response_class,
+            size=len(job.message),
+        )
+
+    def _count(self, outcomes: pa.Table) -> None:
+        stats = self.stats
+        stats.portions += 1
+        stats.recipients += outcomes.num_rows
+        for status in outcomes.column("status").to_pylist():
+            if status == ACCEPTED:
+                stats.accepted += 1
+            elif status == DEFERRED:
+                stats.deferred += 1
+            else:
+                stats.failed += 1
+        stats.last_progress = time.time()
+        if self._pool is not None:
+            stats.open_connections = self._pool.open_connections
+            stats.connections_opened = self._pool.opened_total
+
+    @ray.method(concurrency_group="control")  # type: ignore[misc]
+    async def heartbeat(self) -> ServerStats:
+        """Counters for the driver's watchdog; never queued behind sends."""
+        return self.stats
+
+    async def shutdown(self) -> ServerStats:
+        """Close pooled connections politely."""
+        if self._pool is not None:
+            await self._pool.close()
+        return self.stats
+
+
+DeliveryServerActor = ray.remote(concurrency_groups={"control": 2})(DeliveryServer)

@@ -1,0 +1,333 @@
+"""A small SMTP client connection with PIPELINING (RFC 2920) and STARTTLS (RFC 3207).
+
+aiosmtplib (which raymail uses for single messages elsewhere) reads one reply per command
+and drops bytes that arrive while a parsed reply waits to be picked up, so it cannot send
+MAIL, RCPT and DATA in one write. Bulk delivery lives on that round trip saving, so the
+delivery servers use this connection class instead: one write for the whole envelope, then
+the replies read in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+import time
+from dataclasses import dataclass, field
+
+from raymail.errors import SmtpProtocolError
+
+_ENHANCED_RE = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})\b")
+_MAX_LINE = 4096
+_MAX_REPLY_LINES = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One SMTP reply: the code and the text lines joined by newlines."""
+
+    code: int
+    text: str
+
+    @property
+    def enhanced(self) -> str | None:
+        """The RFC 3463 enhanced status code at the start of the text, if any."""
+        match = _ENHANCED_RE.match(self.text)
+        return match.group(1) if match else None
+
+    @property
+    def klass(self) -> int:
+        return self.code // 100
+
+
+# Reply used for recipients whose fate is decided by the connection dropping.
+DROPPED = Reply(0, "connection dropped")
+
+
+class ConnectionDropped(SmtpProtocolError):
+    """The peer closed or reset the connection, or a reply timed out.
+
+    ``data_sent`` tells whether the message body had been written completely: then the
+    server may have accepted it, and the recipients' fate is unknown ("in doubt").
+    """
+
+    def __init__(self, message: str, *, data_sent: bool = False) -> None:
+        super().__init__(message)
+        self.data_sent = data_sent
+
+
+@dataclass(slots=True)
+class Transaction:
+    """The replies to one mail transaction."""
+
+    mail: Reply
+    rcpts: list[Reply]
+    data: Reply | None  # None when no recipient was accepted (nothing was sent)
+    seconds: float = 0.0
+
+
+@dataclass(slots=True)
+class ConnectTiming:
+    connect_s: float
+    banner_s: float
+
+
+def dot_stuff(message: bytes) -> bytes:
+    """Normalise line endings to CRLF, double leading dots, and append the terminator."""
+    crlf = message.count(b"\r\n")
+    if message.count(b"\n") != crlf or message.count(b"\r") != crlf:
+        message = message.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+    stuffed = message.replace(b"\r\n.", b"\r\n..")
+    if stuffed.startswith(b"."):
+        stuffed = b"." + stuffed
+    if not stuffed.endswith(b"\r\n"):
+        stuffed += b"\r\n"
+    return stuffed + b".\r\n"
+
+
+@dataclass
+class SmtpConnection:
+    """An open SMTP session after EHLO (and STARTTLS when used)."""
+
+    host: str
+    port: int
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    command_timeout: float
+    data_timeout: float
+    extensions: dict[str, str] = field(default_factory=dict)
+    timing: ConnectTiming = field(default_factory=lambda: ConnectTiming(0.0, 0.0))
+    transactions: int = 0
+    tls: bool = False
+    last_used: float = field(default_factory=time.monotonic)
+    broken: bool = False
+
+    @classmethod
+    async def open(
+        cls,
+        host: str,
+        port: int,
+        *,
+        helo_name: str,
+        source_address: str | None = None,
+        starttls: str = "opportunistic",
+        verify_certificates: bool = False,
+        connect_timeout: float = 30.0,
+        command_timeout: float = 60.0,
+        data_timeout: float = 120.0,
+    ) -> SmtpConnection:
+        """Connect, read the banner, EHLO (HELO fallback) and upgrade with STARTTLS."""
+        started = time.perf_counter()
+        local_addr = (source_address, 0) if source_address else None
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port, local_addr=local_addr, limit=2**16),
+                connect_timeout,
+            )
+        except (OSError, TimeoutError) as exc:
+            raise ConnectionDropped(f"cannot connect to {host}:{port}: {exc}") from None
+        connected = time.perf_counter()
+        conn = cls(host, port, reader, writer, command_timeout, data_timeout)
+        try:
+            banner = await conn.read_reply(connect_timeout)
+            conn.timing = ConnectTiming(connected - started, time.perf_counter() - connected)
+            if banner.code != 220:
+                conn.close()
+                raise SmtpRefused(banner)
+            await conn._hello(helo_name)
+            if starttls != "never" and "STARTTLS" in conn.extensions:
+                await conn._starttls(host, verify_certificates, helo_name)
+            elif starttls == "required":
+                await conn.quit()
+                raise SmtpRefused(Reply(530, "5.7.10 STARTTLS required but not offered"))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def _hello(self, helo_name: str) -> None:
+        reply = await self.command(f"EHLO {helo_name}")
+        if reply.code == 250:
+            self.extensions = _parse_ehlo(reply.text)
+            return
+        reply = await self.command(f"HELO {helo_name}")
+        if reply.code != 250:
+            raise SmtpRefused(reply)
+        self.extensions = {}
+
+    async def _starttls(self, host: str, verify: bool, helo_name: str) -> None:
+        reply = await self.command("STARTTLS")
+        if reply.code != 220:
+            raise SmtpRefused(reply)
+        context = ssl.create_default_context()
+        if not verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        try:
+            await asyncio.wait_for(
+                self.writer.start_tls(context, server_hostname=host), self.command_timeout
+            )
+        except (OSError, ssl.SSLError, TimeoutError) as exc:
+            raise ConnectionDropped(f"STARTTLS with {host} failed: {exc}") from None
+        self.tls = True
+        await self._hello(helo_name)
+
+    @property
+    def pipelining(self) -> bool:
+        return "PIPELINING" in self.extensions
+
+    async def read_reply(self, timeout: float | None = None) -> Reply:
+        """Read one (possibly multi-line) reply."""
+        lines: list[str] = []
+        code = 0
+        try:
+            for _ in range(_MAX_REPLY_LINES):
+                raw = await asyncio.wait_for(
+                    self.reader.readline(), timeout or self.command_timeout
+                )
+                if not raw.endswith(b"\n"):
+                    raise ConnectionDropped("connection closed by the server")
+                if len(raw) > _MAX_LINE or len(raw) < 4 or not raw[:3].isdigit():
+                    raise SmtpProtocolError(f"malformed SMTP reply line: {raw[:80]!r}")
+                code = int(raw[:3])
+                lines.append(raw[4:].rstrip(b"\r\n").decode("utf-8", "replace"))
+                if raw[3:4] != b"-":
+                    return Reply(code, "\n".join(lines))
+        except TimeoutError:
+            self.broken = True
+            raise ConnectionDropped("timed out waiting for an SMTP reply") from None
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError) as exc:
+            self.broken = True
+            raise ConnectionDropped(f"connection lost: {exc}") from None
+        raise SmtpProtocolError("SMTP reply has too many lines")
+
+    def _write(self, data: bytes) -> None:
+        if self.writer.is_closing():
+            self.broken = True
+            raise ConnectionDropped("connection closed")
+        self.writer.write(data)
+
+    async def _drain(self) -> None:
+        try:
+            await asyncio.wait_for(self.writer.drain(), self.command_timeout)
+        except (ConnectionError, TimeoutError) as exc:
+            self.broken = True
+            raise ConnectionDropped(f"connection lost while writing: {exc}") from None
+
+    async def command(self, line: str) -> Reply:
+        """Send one command line and read its reply."""
+        if "\r" in line or "\n" in line:
+            raise ValueError("an SMTP command line cannot contain CR or LF")
+        self._write(line.encode("utf-8") + b"\r\n")
+        await self._drain()
+        return await self.read_reply()
+
+    async def send(self, mail_from: str, rcpts: list[str], message: bytes) -> Transaction:
+        """Run one mail transaction; pipelined when the server offers PIPELINING.
+
+        Raises ConnectionDropped when the connection dies; its ``data_sent`` says whether
+        the message may have been accepted.
+        """
+        for address in (mail_from, *rcpts):
+            if any(c in address for c in "\r\n<> ") or not address:
+                raise ValueError(f"unsafe address in envelope: {address!r}")
+        started = time.perf_counter()
+        payload = dot_stuff(message)
+        mail_cmd = f"MAIL FROM:<{mail_from}>"
+        if "SIZE" in self.extensions:
+            mail_cmd += f" SIZE={len(payload)}"
+        if "8BITMIME" in self.extensions and _has_8bit(message):
+            mail_cmd += " BODY=8BITMIME"
+        envelope = [mail_cmd, *(f"RCPT TO:<{r}>" for r in rcpts)]
+        if self.pipelining:
+            tx = await self._send_pipelined(envelope, len(rcpts))
+        else:
+            tx = await self._send_lockstep(envelope, len(rcpts))
+        accepted = any(r.klass == 2 for r in tx.rcpts) and tx.mail.klass == 2
+        if accepted and tx.data is not None and tx.data.code == 354:
+            self._write(payload)
+            await self._drain()
+            try:
+                tx.data = await self.read_reply(self.data_timeout)
+            except ConnectionDropped as exc:
+                raise ConnectionDropped(str(exc), data_sent=True) from None
+        elif tx.data is not None and tx.data.code == 354:
+            # Pipelined DATA was accepted though no recipient was: end it empty.
+            self._write(b".\r\n")
+            await self._drain()
+            await self.read_reply()
+            tx.data = None
+            await self._reset()
+        elif tx.mail.klass == 2:
+            # MAIL refused nothing but no RCPT or the DATA command was refused: keep the
+            # DATA reply (it decides the accepted recipients' fate) and reset the envelope.
+            if not accepted:
+                tx.data = None
+            await self._reset()
+        else:
+            tx.data = None
+        self.transactions += 1
+        self.last_used = time.monotonic()
+        tx.seconds = time.perf_counter() - started
+        return tx
+
+    async def _send_pipelined(self, envelope: list[str], n_rcpt: int) -> Transaction:
+        self._write("".join(f"{line}\r\n" for line in envelope).encode() + b"DATA\r\n")
+        await self._drain()
+        mail = await self.read_reply()
+        rcpts = [await self.read_reply() for _ in range(n_rcpt)]
+        data = await self.read_reply()
+        return Transaction(mail, rcpts, data)
+
+    async def _send_lockstep(self, envelope: list[str], n_rcpt: int) -> Transaction:
+        mail = await self.command(envelope[0])
+        if mail.klass != 2:
+            return Transaction(mail, [mail] * n_rcpt, None)
+        rcpts = [await self.command(line) for line in envelope[1:]]
+        if not any(r.klass == 2 for r in rcpts):
+            return Transaction(mail, rcpts, None)
+        data = await self.command("DATA")
+        return Transaction(mail, rcpts, data)
+
+    async def _reset(self) -> None:
+        reply = await self.command("RSET")
+        if reply.code != 250:
+            self.broken = True
+
+    async def quit(self) -> None:
+        """Say QUIT politely (bounded), then close."""
+        try:
+            if not self.broken and not self.writer.is_closing():
+                self._write(b"QUIT\r\n")
+                await asyncio.wait_for(self.writer.drain(), 2.0)
+                await asyncio.wait_for(self.reader.read(512), 2.0)
+        except (OSError, TimeoutError, SmtpProtocolError):
+            pass
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.broken = True
+        if not self.writer.is_closing():
+            self.writer.close()
+
+
+class SmtpRefused(SmtpProtocolError):
+    """The server refused the session (banner, EHLO/HELO, STARTTLS)."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(f"{reply.code} {reply.text}")
+        self.reply = reply
+
+
+def _parse_ehlo(text: str) -> dict[str, str]:
+    extensions: dict[str, str] = {}
+    for line in text.split("\n")[1:]:
+        keyword, _, params = line.strip().partition(" ")
+        if keyword:
+            extensions[keyword.upper()] = params
+    return extensions
+
+
+def _has_8bit(message: bytes) -> bool:
+    return not message.isascii()

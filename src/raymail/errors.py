@@ -1,0 +1,62 @@
+"""One exception tree for raymail.
+
+Every error raymail raises on purpose derives from :class:`RaymailError`, and also from the
+builtin that fits, so callers may catch either::
+
+    RaymailError
+    ├── SpecError(ValueError)            a campaign spec file is invalid (names file and key)
+    ├── RecipientError(ValueError)       the recipient list cannot be read at all
+    ├── TemplateError(ValueError)        a template does not compile, or misses a merge field
+    ├── DeliveryError(RuntimeError)      delivery could not proceed (no server, no route)
+    │   └── MXResolutionError(LookupError)  a domain has no usable mail exchanger
+    ├── SmtpProtocolError(ConnectionError)  an SMTP peer broke the protocol or the connection
+    ├── RunDirError(RuntimeError)        a run directory is unusable (missing, foreign)
+    │   └── RunLockedError               another driver holds the run directory's lock
+    └── ReturnsError(ValueError)         a returned message cannot be stored or processed
+
+Errors about a single bad row, recipient or message never stop a run: they are recorded
+(rejects file, ledger) with the reason and the run goes on. These exceptions are for what
+cannot go on.
+"""
+
+from __future__ import annotations
+
+
+class RaymailError(Exception):
+    """Base of every error raymail raises on purpose."""
+
+
+class SpecError(RaymailError, ValueError):
+    """A campaign spec is invalid; the message names the file and the key."""
+
+
+class RecipientError(RaymailError, ValueError):
+    """The recipient list cannot be read at all (missing file, no ``email`` column)."""
+
+
+class TemplateError(RaymailError, ValueError):
+    """A template does not compile, or rendering it for one recipient failed."""
+
+
+class DeliveryError(RaymailError, RuntimeError):
+    """Delivery cannot proceed (no delivery server, no route to a domain)."""
+
+
+class MXResolutionError(DeliveryError, LookupError):
+    """A recipient domain has no usable mail exchanger (NXDOMAIN, null MX, no address)."""
+
+
+class SmtpProtocolError(RaymailError, ConnectionError):
+    """An SMTP peer broke the protocol or dropped the connection."""
+
+
+class RunDirError(RaymailError, RuntimeError):
+    """A run directory is missing, unreadable or belongs to another campaign."""
+
+
+class RunLockedError(RunDirError):
+    """Another live driver holds the run directory's lock."""
+
+
+class ReturnsError(RaymailError, ValueError):
+    """A returned message cannot be stored or processed."""

@@ -1,0 +1,102 @@
+"""Delivery portions and capacity sizing (the seed's delivery lists and process count).
+
+A portion is about ``portion_size`` recipients of one domain: the unit of an actor call, of
+routing and of retry, like the seed's one queue file per 100 addresses.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from raymail.schema import DOMAIN
+
+
+@dataclass(frozen=True, slots=True)
+class PortionTask:
+    """What an actor call needs to know about a portion besides its rows."""
+
+    portion: int
+    domain: str
+    attempt: int
+    size: int
+
+
+def split_portions(
+    table: pa.Table, portion_size: int, first_id: int = 0
+) -> Iterator[tuple[PortionTask, pa.Table]]:
+    """Yield (task, rows) portions: rows of one domain, at most ``portion_size`` each.
+
+    Large domains are cut into equal-sized portions (no tiny tail), so the work per call
+    stays even. Portion ids are dense, starting at ``first_id``, in a deterministic order
+    (domain, then row) so a resumed run plans the same portions.
+    """
+    if table.num_rows == 0:
+        return
+    ordered = table.sort_by([(DOMAIN, "ascending"), ("row", "ascending")])
+    domains = ordered.column(DOMAIN)
+    counts = pc.value_counts(domains)  # in order of first appearance = sorted order
+    offset = 0
+    next_id = first_id
+    for item in counts.to_pylist():
+        domain, count = str(item["values"]), int(item["counts"])
+        pieces = max(1, math.ceil(count / portion_size))
+        base, extra = divmod(count, pieces)
+        for i in range(pieces):
+            length = base + (1 if i < extra else 0)
+            rows = ordered.slice(offset, length)
+            yield PortionTask(next_id, domain, 1, length), rows
+            offset += length
+            next_id += 1
+
+
+@dataclass(frozen=True, slots=True)
+class CapacityPlan:
+    """How many delivery servers and connections a target time asks for."""
+
+    servers: int
+    concurrency: int
+    estimated_s: float
+    feasible: bool
+    message: str
+
+
+def size_capacity(
+    *,
+    remaining: int,
+    target_s: float,
+    rate_per_connection: float,
+    concurrency: int,
+    current_servers: int,
+    max_servers: int,
+) -> CapacityPlan:
+    """Servers needed to send ``remaining`` messages in ``target_s`` at the measured rate.
+
+    The rate is per connection (messages per second), measured during the run. The result
+    never shrinks below the servers already running, and says so when even ``max_servers``
+    cannot meet the target.
+    """
+    rate_per_connection = max(rate_per_connection, 1e-9)
+    per_server = rate_per_connection * concurrency
+    needed = math.ceil(remaining / (per_server * max(target_s, 1e-9)))
+    servers = min(max(needed, current_servers, 1), max_servers)
+    estimated = remaining / (per_server * servers)
+    feasible = estimated <= target_s * 1.0001
+    if feasible:
+        message = (
+            f"{servers} delivery server(s) x {concurrency} connections: "
+            f"about {estimated / 60:.1f} min for {remaining} messages "
+            f"(target {target_s / 60:.1f} min)"
+        )
+    else:
+        message = (
+            f"target of {target_s / 60:.1f} min cannot be met: at the measured "
+            f"{rate_per_connection:.1f} msg/s per connection, {max_servers} server(s) x "
+            f"{concurrency} connections need about {estimated / 60:.1f} min "
+            f"(would need {needed} servers)"
+        )
+    return CapacityPlan(servers, concurrency, estimated, feasible, message)

@@ -1,0 +1,73 @@
+"""The run report: counts by final status and by domain, rates and times.
+
+Built from the run directory alone (manifest, rejects, ledger), so it works for a finished
+run, a running one, and one that was killed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow.parquet as pq
+
+from raymail.ledger import final_outcomes, read_outcomes
+from raymail.rundir import REJECTS, RunDir
+from raymail.schema import ACCEPTED, DEFERRED, FAILED, SUPPRESSED
+
+
+def build_report(run_dir: str | Path) -> dict[str, Any]:
+    """The report as a JSON-ready dict (see README for the keys)."""
+    rd = RunDir(run_dir)
+    manifest = rd.manifest()
+    final = final_outcomes(read_outcomes(rd.path))
+    counts = _status_counts(final)
+    rejects_path = rd.path / REJECTS
+    rejected = pq.read_metadata(rejects_path).num_rows if rejects_path.exists() else 0
+    elapsed = float(manifest.get("elapsed_s") or 0.0)
+    planned = int(manifest.get("recipients", final.height))
+    return {
+        "campaign": manifest.get("campaign"),
+        "status": manifest.get("status"),
+        "run_dir": str(rd.path),
+        "total": planned,
+        "accepted": counts[ACCEPTED],
+        "deferred": counts[DEFERRED],
+        "failed": counts[FAILED],
+        "suppressed": counts[SUPPRESSED],
+        "not_attempted": max(planned - final.height, 0),
+        "rejected_input": rejected,
+        "attempts": int(manifest.get("attempts", 0)),
+        "elapsed_s": round(elapsed, 3),
+        "messages_per_s": round(counts[ACCEPTED] / elapsed, 1) if elapsed > 0 else 0.0,
+        "started_at": manifest.get("started_at"),
+        "finished_at": manifest.get("finished_at"),
+        "delivery_servers": manifest.get("delivery_servers"),
+        "capacity": manifest.get("capacity"),
+        "domains": _per_domain(final),
+    }
+
+
+def _status_counts(final: pl.DataFrame) -> dict[str, int]:
+    counts = {ACCEPTED: 0, DEFERRED: 0, FAILED: 0, SUPPRESSED: 0}
+    if final.height:
+        for status, n in final.group_by("status").len().iter_rows():
+            counts[str(status)] = int(n)
+    return counts
+
+
+def _per_domain(final: pl.DataFrame) -> dict[str, dict[str, int]]:
+    if not final.height:
+        return {}
+    pivot = (
+        final.group_by(["domain", "status"])
+        .len()
+        .sort(["domain", "status"])
+        .iter_rows()
+    )
+    domains: dict[str, dict[str, int]] = {}
+    for domain, status, n in pivot:
+        entry = domains.setdefault(str(domain), {ACCEPTED: 0, DEFERRED: 0, FAILED: 0})
+        entry[str(status)] = int(n)
+    return domains

@@ -1,0 +1,75 @@
+"""Arrow schemas shared by the driver, the delivery servers and the run directory.
+
+Everything that crosses a process boundary (portions, outcomes, rejects) is an Arrow table
+with one of these schemas, so no per-recipient Python objects pile up in the driver.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import pyarrow as pa
+
+# Columns every normalised recipient table has; any other column is a merge field.
+ROW: Final = "row"  # 1-based number of the data row in the input file
+EMAIL: Final = "email"  # normalised address (domain lower-case, IDNA A-label)
+DOMAIN: Final = "domain"  # the address's domain, as in EMAIL
+RESERVED_COLUMNS: Final = (ROW, EMAIL, DOMAIN)
+
+REJECTS_SCHEMA: Final = pa.schema(
+    [
+        pa.field("file", pa.string()),
+        pa.field("row", pa.int64()),  # 1-based data row (the header is not counted)
+        pa.field("field", pa.string()),
+        pa.field("value", pa.string()),
+        pa.field("reason", pa.string()),
+    ]
+)
+
+# Outcome status values.
+ACCEPTED: Final = "accepted"  # the receiving server answered 250 to the end of DATA
+DEFERRED: Final = "deferred"  # 4xx or a dropped connection: retried later in the run
+FAILED: Final = "failed"  # 5xx, or a permanent local reason (template, no MX)
+IN_FLIGHT: Final = "in_flight"  # recorded before DATA; fate unknown until the reply
+SUPPRESSED: Final = "suppressed"  # on the suppression list: never sent
+STATUSES: Final = (ACCEPTED, DEFERRED, FAILED, IN_FLIGHT, SUPPRESSED)
+
+_TS = pa.timestamp("us", tz="UTC")
+
+OUTCOME_SCHEMA: Final = pa.schema(
+    [
+        pa.field("campaign", pa.string()),
+        pa.field("row", pa.int64()),
+        pa.field("email", pa.string()),
+        pa.field("domain", pa.string()),
+        pa.field("status", pa.string()),
+        pa.field("smtp_code", pa.int32()),
+        pa.field("enhanced_status", pa.string()),
+        pa.field("response", pa.string()),
+        pa.field("server", pa.string()),
+        pa.field("source_address", pa.string()),
+        pa.field("mx_host", pa.string()),
+        pa.field("attempt", pa.int32()),
+        pa.field("portion", pa.int64()),
+        pa.field("message_id", pa.string()),
+        pa.field("started_at", _TS),
+        pa.field("finished_at", _TS),
+    ]
+)
+
+# One row per SMTP transaction: what routing learns from (issue: learned routing).
+OBSERVATION_SCHEMA: Final = pa.schema(
+    [
+        pa.field("server", pa.string()),
+        pa.field("source_address", pa.string()),
+        pa.field("domain", pa.string()),
+        pa.field("mx_host", pa.string()),
+        pa.field("connect_s", pa.float64()),  # TCP connect; null on a reused connection
+        pa.field("banner_s", pa.float64()),  # connect to banner; null on a reused connection
+        pa.field("transaction_s", pa.float64()),  # MAIL FROM to the reply to DATA end
+        pa.field("recipients", pa.int32()),
+        pa.field("response_class", pa.int8()),  # 2, 4, 5; 0 for a dropped connection
+        pa.field("bytes", pa.int64()),
+        pa.field("at", _TS),
+    ]
+)
