@@ -311,7 +311,9 @@ class DeliveryServer:
         exc: BaseException | None,
     ) -> None:
         """Give every recipient of ``jobs`` the same outcome (no SMTP reply of its own)."""
-        text = str(exc) if exc is not None else (reply.text if reply else "")
+        text = reply.text if reply else ""
+        if exc is not None:
+            text = f"{text}: {exc}" if reply is DROPPED else str(exc)
         for job in jobs:
             for row, email in job.recipients:
                 out.add(

@@ -1,0 +1,48 @@
+"""An embedded SMTP sink: accepts mail for any domain on loopback, injects faults, captures.
+
+Used by ``raymail demo``, the test suite (fault injection) and benchmarks. Run it in this
+process (:func:`run_sink`), in a child process (:class:`SinkProcess`), or in the foreground
+(``raymail sink`` / ``python -m raymail.sink``).
+"""
+
+from __future__ import annotations
+
+from raymail.sink.capture import (
+    CapturedMessage,
+    capture_files,
+    find_message_id,
+    iter_capture,
+    raw_message,
+    read_capture,
+)
+from raymail.sink.config import Behaviour, Rule, SinkConfig, load_config, parse_config
+from raymail.sink.errors import SinkConfigError, SinkError
+from raymail.sink.faults import Pick, RuleBook
+from raymail.sink.process import SinkProcess
+from raymail.sink.runner import RunningSink, run_sink, serve
+from raymail.sink.server import SinkServer
+from raymail.sink.stats import SinkStats
+
+__all__ = [
+    "Behaviour",
+    "CapturedMessage",
+    "Pick",
+    "Rule",
+    "RuleBook",
+    "RunningSink",
+    "SinkConfig",
+    "SinkConfigError",
+    "SinkError",
+    "SinkProcess",
+    "SinkServer",
+    "SinkStats",
+    "capture_files",
+    "find_message_id",
+    "iter_capture",
+    "load_config",
+    "parse_config",
+    "raw_message",
+    "read_capture",
+    "run_sink",
+    "serve",
+]

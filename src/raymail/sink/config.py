@@ -1,0 +1,164 @@
+"""The sink's config: how it answers, per domain and per address, validated by pydantic.
+
+Every model forbids unknown keys, so a typo in a sink YAML file is an error naming the key
+rather than a fault that silently never fires. Example::
+
+    seed: 42
+    default: {latency_ms: 5}
+    domains:
+      slow.example: {latency_ms: 250, tempfail_rate: 0.05}   # other keys from default
+      gone.example: {permfail_rate: 1.0, permfail_reply: "550 5.1.2 No such domain"}
+      flaky.example: {drop_rate: 0.02}
+    addresses:
+      bounce-me@example.com: permfail
+      later@example.com: tempfail
+      cut-off@example.com: drop
+"""
+
+from __future__ import annotations
+
+import difflib
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from raymail.sink.errors import SinkConfigError
+
+Rate = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class Behaviour(StrEnum):
+    """A forced answer for one recipient address."""
+
+    ACCEPT = "accept"  # 250 at RCPT and at the end of DATA
+    TEMPFAIL = "tempfail"  # the rule's 4xx reply at RCPT
+    PERMFAIL = "permfail"  # the rule's 5xx reply at RCPT
+    DROP = "drop"  # 250 at RCPT, then the connection closes before the reply to DATA end
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Rule(_Strict):
+    """How the sink treats recipients a rule applies to; rates are probabilities in [0, 1]."""
+
+    latency_ms: float = Field(
+        0.0, ge=0.0, le=600_000.0, description="Added before the reply to the end of DATA."
+    )
+    tempfail_rate: Rate = Field(0.0, description="Share of RCPT TO answered with 4xx.")
+    permfail_rate: Rate = Field(0.0, description="Share of RCPT TO answered with 5xx.")
+    drop_rate: Rate = Field(
+        0.0, description="Share of transactions whose connection closes without a DATA reply."
+    )
+    tempfail_reply: str = Field(
+        "451 4.3.0 Temporary failure, try again later (raymail sink)",
+        pattern=r"^4\d\d [^\r\n]+$",
+        description="Reply line for a tempfailed recipient.",
+    )
+    permfail_reply: str = Field(
+        "550 5.1.1 Mailbox unavailable (raymail sink)",
+        pattern=r"^5\d\d [^\r\n]+$",
+        description="Reply line for a permfailed recipient.",
+    )
+
+    @model_validator(mode="after")
+    def _rates_fit(self) -> Rule:
+        if self.tempfail_rate + self.permfail_rate > 1.0:
+            raise ValueError("tempfail_rate + permfail_rate must not exceed 1")
+        return self
+
+
+class SinkConfig(_Strict):
+    """The whole sink config; domain rules inherit every key they leave out from ``default``."""
+
+    seed: int = Field(0, description="Seed of the random.Random that draws faults.")
+    hostname: str = Field(
+        "sink.raymail.localhost",
+        pattern=r"^[A-Za-z0-9.-]+$",
+        description="Name in the banner and EHLO reply.",
+    )
+    max_message_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="SIZE advertised and enforced."
+    )
+    idle_timeout_s: float = Field(300.0, gt=0, description="Close a connection idle this long.")
+    default: Rule = Field(default_factory=Rule)
+    domains: dict[str, Rule] = Field(
+        default_factory=dict, description="Rules by recipient domain (exact, case-insensitive)."
+    )
+    addresses: dict[str, Behaviour] = Field(
+        default_factory=dict,
+        description="Forced behaviour by exact recipient address (case-insensitive).",
+    )
+
+    @field_validator("domains")
+    @classmethod
+    def _lower_domains(cls, value: dict[str, Rule]) -> dict[str, Rule]:
+        return {k.lower(): v for k, v in value.items()}
+
+    @field_validator("addresses")
+    @classmethod
+    def _lower_addresses(cls, value: dict[str, Behaviour]) -> dict[str, Behaviour]:
+        return {k.lower(): v for k, v in value.items()}
+
+
+def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model whose keys are valid at ``path`` (walks into dict values too)."""
+    current: Any = SinkConfig
+    for part in path:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return None
+            current = field.annotation
+        elif get_origin(current) is dict:
+            current = get_args(current)[1]
+        else:
+            return None
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return current
+    return None
+
+
+def _format_error(source: str, err: Any) -> str:
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        key = str(err["loc"][-1])
+        model = _model_at(tuple(err["loc"][:-1]))
+        known = list(model.model_fields) if model else []
+        hint = difflib.get_close_matches(key, known, n=1)
+        suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+        return f"{source}: unknown key '{loc}'{suggestion}"
+    return f"{source}: key '{loc}': {err['msg']} (got {err.get('input')!r})"
+
+
+def parse_config(data: Any, source: str = "<sink config>") -> SinkConfig:
+    """Validate already-parsed YAML/JSON data; raise SinkConfigError naming every bad key."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SinkConfigError(f"{source}: a sink config must be a mapping of keys to values")
+    try:
+        return SinkConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [_format_error(source, e) for e in exc.errors()]
+        raise SinkConfigError("\n".join(lines)) from None
+
+
+def load_config(path: str | Path) -> SinkConfig:
+    """Read a sink YAML (or JSON) file."""
+    config_path = Path(path)
+    try:
+        text = config_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SinkConfigError(f"{config_path}: sink config file not found") from None
+    except OSError as exc:
+        raise SinkConfigError(f"{config_path}: cannot read sink config: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SinkConfigError(f"{config_path}: not valid YAML: {exc}") from None
+    return parse_config(data, str(config_path))
