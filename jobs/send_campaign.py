@@ -32,8 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         spec = load_spec(args.spec)
-        run_dir = Path(args.run_dir) if args.run_dir else (
-            Path(args.spec).resolve().parent / "runs" / f"{spec.campaign}-{int(time.time())}"
+        run_dir = (
+            Path(args.run_dir)
+            if args.run_dir
+            else (Path(args.spec).resolve().parent / "runs" / f"{spec.campaign}-{int(time.time())}")
         )
         print(f"raymail: campaign {spec.campaign} -> {run_dir}", flush=True)
         report = run_campaign(spec, run_dir, live_progress=False)

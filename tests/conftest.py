@@ -21,6 +21,7 @@ def ray_session() -> Iterator[None]:
 
     if not ray.is_initialized():
         ray.init(
+            address="local",  # never join a cluster another process left running
             num_cpus=2,
             resources={DELIVERY_RESOURCE: 64},
             include_dashboard=False,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest import make_spec, write_csv
 from typer.testing import CliRunner
 
+from conftest import make_spec, write_csv
 from raymail.campaign import run_campaign
 from raymail.cli import _register, app
 from raymail.errors import RunDirError, RunLockedError
@@ -133,8 +133,16 @@ def test_report_cli_and_status(tmp_path: Path) -> None:
     result = runner.invoke(app, ["report", str(tmp_path / "run"), "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    for key in ("total", "accepted", "deferred", "failed", "rejected_input", "elapsed_s",
-                "messages_per_s", "domains"):  # fmt: skip
+    for key in (
+        "total",
+        "accepted",
+        "deferred",
+        "failed",
+        "rejected_input",
+        "elapsed_s",
+        "messages_per_s",
+        "domains",
+    ):
         assert key in data
     assert data["accepted"] == 30
     text = runner.invoke(app, ["report", str(tmp_path / "run")])

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
-import re
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Coroutine, Iterator
-from pathlib import Path
 from typing import Any, TypeVar
 
 import dns.exception
@@ -20,6 +16,7 @@ import dns.rcode
 import dns.resolver
 import pytest
 
+from dns_server import Dnsmasq, free_port
 from raymail.delivery.mx import MXPermanentError, MXResolver, MXTarget, MXTemporaryError
 from raymail.errors import MXResolutionError, SpecError
 from system_packages import require_binary
@@ -74,96 +71,10 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
-def free_port() -> int:
-    """A loopback port free for both UDP and TCP (dnsmasq binds both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free loopback port")
-
-
-class Dnsmasq:
-    """A dnsmasq process on 127.0.0.1 whose query log tells how often a name was asked."""
-
-    def __init__(self, binary: str, folder: Path) -> None:
-        self.port = free_port()
-        self.log = folder / "dnsmasq.log"
-        conf = folder / "dnsmasq.conf"
-        conf.write_text(DNSMASQ_CONF)
-        self._log_handle = self.log.open("w")
-        self.process = subprocess.Popen(
-            [
-                binary,
-                f"--conf-file={conf}",  # and not /etc/dnsmasq.conf
-                "--no-daemon",
-                "--no-resolv",
-                "--no-hosts",
-                "--bind-interfaces",
-                "--listen-address=127.0.0.1",
-                f"--port={self.port}",
-                "--pid-file=",
-                "--log-queries",
-                "--log-facility=-",
-            ],
-            stdout=self._log_handle,
-            stderr=subprocess.STDOUT,
-        )
-        self._sync = itertools.count()
-        self._wait_ready()
-
-    @property
-    def nameservers(self) -> list[tuple[str, int]]:
-        return [("127.0.0.1", self.port)]
-
-    def _ask(self, name: str, timeout: float = 0.3) -> None:
-        query = dns.message.make_query(name, "A")
-        dns.query.udp(query, "127.0.0.1", port=self.port, timeout=timeout)
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                self.stop()
-                raise RuntimeError(f"dnsmasq exited: {self.log.read_text()}")
-            try:
-                self._ask("ready.test")
-                return
-            except (dns.exception.Timeout, OSError):
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"dnsmasq did not answer within 10 s: {self.log.read_text()}")
-
-    def queries(self, name: str, rdtype: str) -> int:
-        """How often ``name``/``rdtype`` was asked, after every earlier query is logged."""
-        marker = f"sync-{next(self._sync)}.test"
-        self._ask(marker)
-        deadline = time.monotonic() + 5
-        while marker not in (text := self.log.read_text()):
-            assert time.monotonic() < deadline, "dnsmasq did not log the marker query"
-            time.sleep(0.01)
-        return len(re.findall(rf"query\[{rdtype}\] {re.escape(name)} from", text))
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
-        self._log_handle.close()
-
-
 @pytest.fixture(scope="module")
 def dnsmasq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dnsmasq]:
     binary = require_binary("dnsmasq", "dnsmasq-base")
-    server = Dnsmasq(binary, tmp_path_factory.mktemp("dnsmasq"))
+    server = Dnsmasq(binary, tmp_path_factory.mktemp("dnsmasq"), DNSMASQ_CONF)
     yield server
     server.stop()
 

@@ -26,7 +26,9 @@ def test_portions_are_single_domain_and_cover_every_row() -> None:
         assert set(t.column("domain").to_pylist()) == {task.domain}
         assert task.size == t.num_rows <= 100
         assert task.attempt == 1
-    sizes = {d: [t.size for t, _ in portions if t.domain == d] for d in ("a.test", "b.test", "c.test")}
+    sizes = {
+        d: [t.size for t, _ in portions if t.domain == d] for d in ("a.test", "b.test", "c.test")
+    }
     assert sizes == {"a.test": [30], "b.test": [84, 83, 83], "c.test": [51, 50]}
     assert [t.portion for t, _ in portions] == list(range(len(portions)))
 
@@ -44,25 +46,37 @@ def test_empty_table_has_no_portions() -> None:
 
 def test_capacity_scales_servers_to_target() -> None:
     plan = size_capacity(
-        remaining=100_000, target_s=100, rate_per_connection=10, concurrency=25,
-        current_servers=1, max_servers=10,
-    )  # fmt: skip
+        remaining=100_000,
+        target_s=100,
+        rate_per_connection=10,
+        concurrency=25,
+        current_servers=1,
+        max_servers=10,
+    )
     assert plan.servers == 4 and plan.feasible
     assert plan.estimated_s <= 100
 
 
 def test_capacity_says_when_target_cannot_be_met() -> None:
     plan = size_capacity(
-        remaining=1_000_000, target_s=60, rate_per_connection=10, concurrency=25,
-        current_servers=2, max_servers=4,
-    )  # fmt: skip
+        remaining=1_000_000,
+        target_s=60,
+        rate_per_connection=10,
+        concurrency=25,
+        current_servers=2,
+        max_servers=4,
+    )
     assert not plan.feasible and plan.servers == 4
     assert "cannot be met" in plan.message and "would need 67 servers" in plan.message
 
 
 def test_capacity_never_shrinks_running_servers() -> None:
     plan = size_capacity(
-        remaining=10, target_s=600, rate_per_connection=100, concurrency=10,
-        current_servers=3, max_servers=8,
-    )  # fmt: skip
+        remaining=10,
+        target_s=600,
+        rate_per_connection=100,
+        concurrency=10,
+        current_servers=3,
+        max_servers=8,
+    )
     assert plan.servers == 3

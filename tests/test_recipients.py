@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pyarrow as pa
@@ -155,6 +156,38 @@ def test_fast_path_agrees_with_exact_check(tmp_path: Path) -> None:
             assert why[row] == expected.reason, value
 
 
+def test_fast_path_agrees_with_exact_check_on_random_addresses(tmp_path: Path) -> None:
+    """Seeded fuzz: the table and rejects equal a pure-Python run of check_address."""
+    rng = random.Random(20240601)
+    pieces = ["a", "Z", "0", ".", "-", "_", "@", "+", "é", "\t", " ", "x.com", "B.Org", "..", "'"]
+    values = ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 12))) for _ in range(3000)]
+    local = ["a", "Z", "0", ".", "-", "_", "+", "'", "é", "~"]
+    domain = ["x", "Ex", "-", "0", ".", "B.Org", "é", "ü.de", ".com", "_"]
+    for _ in range(3000):
+        values.append(
+            "".join(rng.choice(local) for _ in range(rng.randint(1, 4)))
+            + "@"
+            + "".join(rng.choice(domain) for _ in range(rng.randint(1, 4)))
+        )
+    load = load_recipients(one_column(tmp_path, [_csv_field(v) for v in values]))
+    assert_accounted(load)
+    first: dict[str, int] = {}
+    kept, why = {}, {}
+    for row, value in enumerate(values, start=1):
+        result = check_address(value)
+        if result.email is None:
+            why[row] = result.reason
+        elif result.email.lower() in first:
+            why[row] = f"duplicate of row {first[result.email.lower()]}"
+        else:
+            first[result.email.lower()] = row
+            kept[row] = (result.email, result.domain)
+    table = load.table.to_pylist()
+    assert {r["row"]: (r["email"], r["domain"]) for r in table} == kept
+    assert reasons(load) == why
+    assert len(kept) > 300 and len(why) > 1000  # both paths really exercised
+
+
 def test_duplicates_keep_the_first(tmp_path: Path) -> None:
     values = [
         "a@x.com",
@@ -186,7 +219,8 @@ def test_duplicates_keep_the_first(tmp_path: Path) -> None:
 def test_malformed_rows_become_rejects_with_their_row(tmp_path: Path) -> None:
     path = write_csv(
         tmp_path,
-        'email,name\na@x.com,A\nb@x.com,B,extra\n\nc@x.com\nd@x.com,"two\nlines"\ne@x.com,E\n',
+        'email,name\na@x.com,A\nb@x.com,B,extra\n\nc@x.com\nd@x.com,"two\nlines"\ne@x.com,E\n'
+        "f@x.com,F,G\n",
     )
     load = load_recipients(path)
     assert load.table.select(["row", "email", "name"]).to_pylist() == [
@@ -198,6 +232,7 @@ def test_malformed_rows_become_rejects_with_their_row(tmp_path: Path) -> None:
     assert [(r["row"], r["field"], r["value"]) for r in got] == [
         (2, None, "b@x.com,B,extra"),
         (3, None, "c@x.com"),
+        (6, None, "f@x.com,F,G"),
     ]
     assert got[0]["reason"] == "malformed CSV row: expected 2 columns, got 3"
     assert got[1]["reason"] == "malformed CSV row: expected 2 columns, got 1"

@@ -31,7 +31,23 @@ _EXPORTS = {
     "RunLockedError": "raymail.errors",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "CampaignSpec",
+    "DeliveryError",
+    "RaymailError",
+    "RecipientError",
+    "RunDirError",
+    "RunLockedError",
+    "SpecError",
+    "TemplateError",
+    "build_report",
+    "load_recipients",
+    "load_spec",
+    "parse_spec",
+    "read_observations",
+    "read_outcomes",
+    "run_campaign",
+]
 
 if TYPE_CHECKING:
     from raymail.campaign import run_campaign

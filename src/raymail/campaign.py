@@ -44,7 +44,7 @@ class _Work:
     """A portion waiting for, or on, a delivery server."""
 
     task: PortionTask
-    rows: ray.ObjectRef  # the portion's Arrow rows in the object store
+    rows: ray.ObjectRef[Any]  # the portion's Arrow rows in the object store
     internal_failures: int = 0
 
 
@@ -65,7 +65,7 @@ class _Server:
 class _State:
     ready: deque[_Work] = field(default_factory=deque)
     delayed: list[tuple[float, int, _Work]] = field(default_factory=list)
-    inflight: dict[ray.ObjectRef, tuple[_Server, _Work]] = field(default_factory=dict)
+    inflight: dict[ray.ObjectRef[Any], tuple[_Server, _Work]] = field(default_factory=dict)
     tally: Tally = field(default_factory=Tally)
     attempts: int = 0
 
@@ -166,9 +166,7 @@ class CampaignDriver:
             if use_resource:
                 options["resources"] = {DELIVERY_RESOURCE: 1}
             nameservers = [_host_port(ns) for ns in spec.nameservers] or None
-            handle = DeliveryServerActor.options(**options).remote(  # type: ignore[attr-defined]
-                name, spec, source, nameservers
-            )
+            handle = DeliveryServerActor.options(**options).remote(name, spec, source, nameservers)
             self.servers.append(_Server(name, handle, source))
 
     def _stop_servers(self) -> None:
@@ -231,7 +229,7 @@ class CampaignDriver:
             state.inflight[ref] = (server, work)
             state.attempts += 1
 
-    def _collect(self, state: _State, ref: ray.ObjectRef, ledger: Ledger) -> None:
+    def _collect(self, state: _State, ref: ray.ObjectRef[Any], ledger: Ledger) -> None:
         server, work = state.inflight.pop(ref)
         server.inflight -= 1
         try:
@@ -259,7 +257,9 @@ class CampaignDriver:
             return
         rows: pa.Table = ray.get(work.rows)
         again = rows.filter(pc.is_in(rows.column("row"), value_set=deferred_rows))
-        task = PortionTask(work.task.portion, work.task.domain, work.task.attempt + 1, again.num_rows)
+        task = PortionTask(
+            work.task.portion, work.task.domain, work.task.attempt + 1, again.num_rows
+        )
         backoff = min(
             retry.initial_backoff_s * retry.multiplier ** (work.task.attempt - 1),
             retry.max_backoff_s,
@@ -332,10 +332,17 @@ def _failed_outcomes(
         rows.column("row").to_pylist(), rows.column("email").to_pylist(), strict=True
     ):
         out.add(
-            row=row, email=email, domain=work.task.domain, status=FAILED, smtp_code=None,
-            enhanced_status=None, response=reason, mx_host=None, message_id=None,
+            row=row,
+            email=email,
+            domain=work.task.domain,
+            status=FAILED,
+            smtp_code=None,
+            enhanced_status=None,
+            response=reason,
+            mx_host=None,
+            message_id=None,
             started_at=started,
-        )  # fmt: skip
+        )
     return out.table()
 
 

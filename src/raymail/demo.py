@@ -38,9 +38,9 @@ def generate_recipients(path: Path, count: int, *, domains: int = 20, seed: int 
     return path
 
 
-def demo_spec(recipients: Path, sink_port: int, *, servers: int = 2, concurrency: int = 25) -> (
-    CampaignSpec
-):
+def demo_spec(
+    recipients: Path, sink_port: int, *, servers: int = 2, concurrency: int = 25
+) -> CampaignSpec:
     return CampaignSpec(
         campaign="demo",
         sender="raymail demo <news@sender.example>",
@@ -59,7 +59,7 @@ def demo_spec(recipients: Path, sink_port: int, *, servers: int = 2, concurrency
         concurrency=concurrency,
         unsubscribe_url="https://sender.example/unsubscribe/{token}",
         verp_secret="demo-secret",
-    )  # type: ignore[call-arg]
+    )
 
 
 def run_demo(count: int, out: Path, *, live_progress: bool | None = None) -> dict[str, Any]:

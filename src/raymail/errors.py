@@ -12,7 +12,9 @@ builtin that fits, so callers may catch either::
     ├── SmtpProtocolError(ConnectionError)  an SMTP peer broke the protocol or the connection
     ├── RunDirError(RuntimeError)        a run directory is unusable (missing, foreign)
     │   └── RunLockedError               another driver holds the run directory's lock
-    └── ReturnsError(ValueError)         a returned message cannot be stored or processed
+    ├── ReturnsError(ValueError)         a returned message cannot be stored or processed
+    ├── SinkConfigError(ValueError)      the embedded sink's config is invalid (names the key)
+    └── SinkError(RuntimeError)          the embedded sink cannot start, stop or report
 
 Errors about a single bad row, recipient or message never stop a run: they are recorded
 (rejects file, ledger) with the reason and the run goes on. These exceptions are for what
@@ -60,3 +62,11 @@ class RunLockedError(RunDirError):
 
 class ReturnsError(RaymailError, ValueError):
     """A returned message cannot be stored or processed."""
+
+
+class SinkConfigError(RaymailError, ValueError):
+    """The embedded sink's config (file, mapping or option) is invalid; names the key."""
+
+
+class SinkError(RaymailError, RuntimeError):
+    """The embedded sink could not start, stop, or be asked for its counters."""

@@ -58,10 +58,10 @@ class _Part:
         except TemplateSyntaxError as exc:
             raise TemplateError(f"{name} template, line {exc.lineno}: {exc.message}") from None
         self.static: str | None = None
-        if not self.variables:
-            self.static = self.render({}, "(no recipient)")
+        if not self.variables:  # the same for everyone: render (and fail) once, now
+            self.static = self.render({}, None)
 
-    def render(self, context: Mapping[str, Any], email: str) -> str:
+    def render(self, context: Mapping[str, Any], email: str | None) -> str:
         if self.static is not None:
             return self.static
         try:
@@ -69,15 +69,14 @@ class _Part:
         except UndefinedError as exc:
             missing = sorted(self.variables - context.keys())
             what = f"merge field {missing[0]!r} is missing" if missing else str(exc)
-            raise TemplateError(f"{self.name} template, recipient {email}: {what}") from None
+            raise TemplateError(f"{self._where(email)}: {what}") from None
         except SecurityError as exc:
-            raise TemplateError(
-                f"{self.name} template, recipient {email}: blocked by the sandbox: {exc}"
-            ) from None
+            raise TemplateError(f"{self._where(email)}: blocked by the sandbox: {exc}") from None
         except Exception as exc:  # any failure inside a user's template fails one recipient
-            raise TemplateError(
-                f"{self.name} template, recipient {email}: {type(exc).__name__}: {exc}"
-            ) from None
+            raise TemplateError(f"{self._where(email)}: {type(exc).__name__}: {exc}") from None
+
+    def _where(self, email: str | None) -> str:
+        return f"{self.name} template" + ("" if email is None else f", recipient {email}")
 
 
 class MessageTemplate:
@@ -99,8 +98,8 @@ class MessageTemplate:
 
         sender = _ascii_address(sender_address(spec.sender), "sender")
         self._sender_domain = sender.rpartition("@")[2]
-        self._bounce_domain = _ascii_address(f"{BOUNCE_LOCAL}@{spec.bounce_domain}", "domain")
-        self._bounce_domain = self._bounce_domain.rpartition("@")[2]
+        bounce = _ascii_address(f"{BOUNCE_LOCAL}@{spec.bounce_domain}", "return_domain")
+        self._bounce_domain = bounce.rpartition("@")[2]
         unsub_local, unsub_domain = self._unsubscribe_mailbox(spec)
         self._unsub_mailto = (f"mailto:{unsub_local}+", f"@{unsub_domain}")
         self._unsub_url = _url_template(spec.unsubscribe_url)
@@ -113,8 +112,9 @@ class MessageTemplate:
         static += ["MIME-Version: 1.0\r\n", f"{CAMPAIGN_HEADER}: {spec.campaign}\r\n"]
         self._static_headers = "".join(static)
         # RFC 8058: one-click only with an https URL, which names the recipient.
-        self._one_click = "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n" * (
-            spec.unsubscribe_url is not None and spec.unsubscribe_url.startswith("https://")
+        one_click = spec.unsubscribe_url is not None and spec.unsubscribe_url.startswith("https:")
+        self._one_click = (
+            "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n" if one_click else ""
         )
         self._subject_line = (
             None if self._subject.static is None else self._subject_header(self._subject.static)
@@ -217,7 +217,7 @@ class MessageTemplate:
     def _subject_header(self, rendered: str) -> str:
         return f"Subject: {encode_subject(clean_header_text(rendered))}\r\n"
 
-    def _body(self, context: Mapping[str, Any], email: str = "(no recipient)") -> bytes:
+    def _body(self, context: Mapping[str, Any], email: str | None = None) -> bytes:
         """Content headers, blank line and encoded body (single part or alternative)."""
         text = _final_crlf(self._text.render(context, email))
         if self._html is None:

@@ -60,12 +60,7 @@ def _status_counts(final: pl.DataFrame) -> dict[str, int]:
 def _per_domain(final: pl.DataFrame) -> dict[str, dict[str, int]]:
     if not final.height:
         return {}
-    pivot = (
-        final.group_by(["domain", "status"])
-        .len()
-        .sort(["domain", "status"])
-        .iter_rows()
-    )
+    pivot = final.group_by(["domain", "status"]).len().sort(["domain", "status"]).iter_rows()
     domains: dict[str, dict[str, int]] = {}
     for domain, status, n in pivot:
         entry = domains.setdefault(str(domain), {ACCEPTED: 0, DEFERRED: 0, FAILED: 0})

@@ -27,6 +27,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=target, log_to_driver=True)
         return
     ray.init(
+        address="local",  # a new instance, even if another cluster runs on this machine
         num_cpus=num_cpus or max(2, os.cpu_count() or 2),
         resources={DELIVERY_RESOURCE: LOCAL_DELIVERY_SLOTS},
         include_dashboard=False,
@@ -37,4 +38,5 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
 def delivery_slots() -> int:
     """How many delivery servers the cluster can host (units of the delivery resource)."""
-    return int(ray.cluster_resources().get(DELIVERY_RESOURCE, 0))
+    resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    return int(resources.get(DELIVERY_RESOURCE, 0))

@@ -70,6 +70,7 @@ OBSERVATION_SCHEMA: Final = pa.schema(
         pa.field("recipients", pa.int32()),
         pa.field("response_class", pa.int8()),  # 2, 4, 5; 0 for a dropped connection
         pa.field("bytes", pa.int64()),
+        pa.field("tls", pa.bool_()),  # the session was upgraded with STARTTLS
         pa.field("at", _TS),
     ]
 )

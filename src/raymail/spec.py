@@ -28,6 +28,7 @@ class SmtpSettings(_Strict):
     """How delivery servers talk SMTP."""
 
     helo_name: str = Field("raymail.localhost", description="Name sent in EHLO/HELO.")
+    port: int = Field(25, ge=1, le=65535, description="Port of mail exchangers found by MX lookup.")
     starttls: Literal["opportunistic", "required", "never"] = Field(
         "opportunistic",
         description="opportunistic: STARTTLS when offered, certificates not verified (what "
@@ -69,8 +70,7 @@ class CampaignSpec(_Strict):
     recipients: str = Field(..., description="Path to a .csv or .parquet recipient table.")
     mx_override: dict[str, HostPort] | None = Field(
         None,
-        description="Map of recipient domain (or '*') to host:port; when absent, real MX "
-        "lookup.",
+        description="Map of recipient domain (or '*') to host:port; when absent, real MX lookup.",
     )
     nameservers: list[HostPort] = Field(
         default_factory=list,
@@ -104,8 +104,8 @@ class CampaignSpec(_Strict):
         "change-me", min_length=1, description="Key that signs VERP and unsubscribe tokens."
     )
     portion_size: int = Field(100, ge=1, le=10000, description="Recipients per portion.")
-    smtp: SmtpSettings = Field(default_factory=SmtpSettings)  # type: ignore[arg-type]
-    retry: RetrySettings = Field(default_factory=RetrySettings)  # type: ignore[arg-type]
+    smtp: SmtpSettings = Field(default_factory=SmtpSettings)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
     checkpoint_interval_s: float = Field(
         2.0, gt=0, description="Longest time outcomes stay only in memory before Parquet."
     )

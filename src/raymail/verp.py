@@ -109,18 +109,15 @@ class TokenSigner:
     Message-ID and its envelope sender of one recipient in a row.
     """
 
-    __slots__ = ("_campaign_tag", "_key", "_last_email", "_last_tag", "campaign")
+    __slots__ = ("_campaign_tag", "_key", "_last_email", "_last_tag", "campaign", "campaign_tag")
 
     def __init__(self, campaign: str, secret: str) -> None:
         self.campaign = campaign
         self._key = _key(secret)
         self._campaign_tag = _campaign_tag(self._key, campaign)
+        self.campaign_tag = self._campaign_tag.hex()
         self._last_email: str | None = None
         self._last_tag = _NO_RECIPIENT
-
-    @property
-    def campaign_tag(self) -> str:
-        return self._campaign_tag.hex()
 
     def recipient_tag(self, email: str) -> bytes:
         if email != self._last_email:

@@ -7,7 +7,8 @@ import typer
 
 def register(app: typer.Typer) -> None:
     """Attach all commands; each module owns one noun."""
-    from raymail.cli import run, sink
+    from raymail.cli import returns, run, sink
 
+    returns.register(app)
     run.register(app)
     sink.register(app)

@@ -44,9 +44,17 @@ def print_report(report: dict[str, Any]) -> None:
     summary.add_column("measure")
     summary.add_column("value", justify="right")
     for key in (
-        "total", "accepted", "deferred", "failed", "suppressed", "not_attempted",
-        "rejected_input", "attempts", "elapsed_s", "messages_per_s",
-    ):  # fmt: skip
+        "total",
+        "accepted",
+        "deferred",
+        "failed",
+        "suppressed",
+        "not_attempted",
+        "rejected_input",
+        "attempts",
+        "elapsed_s",
+        "messages_per_s",
+    ):
         summary.add_row(key, f"{report.get(key, '')}")
     console.print(summary)
     domains = report.get("domains") or {}

@@ -29,7 +29,9 @@ def demo(
     from raymail.demo import run_demo
 
     if (out / "run").exists():
-        raise typer.BadParameter(f"{out}/run exists already; pass another --out", param_hint="--out")
+        raise typer.BadParameter(
+            f"{out}/run exists already; pass another --out", param_hint="--out"
+        )
     report = run_demo(recipients, out)
     if json_output:
         print_json(report)

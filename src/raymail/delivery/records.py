@@ -100,6 +100,7 @@ class ObservationBuilder(_ColumnBuilder):
         recipients: int,
         response_class: int,
         size: int,
+        tls: bool,
     ) -> None:
         self._append(
             {
@@ -111,6 +112,7 @@ class ObservationBuilder(_ColumnBuilder):
                 "recipients": recipients,
                 "response_class": response_class,
                 "bytes": size,
+                "tls": tls,
                 "at": now(),
             }
         )

@@ -102,7 +102,9 @@ class DeliveryServer:
         """Create the event-loop-bound parts on first use, inside the actor's send loop."""
         if self._resolver is None or self._pool is None:
             self._resolver = MXResolver(
-                nameservers=self._nameservers, overrides=self.spec.mx_override
+                nameservers=self._nameservers,
+                overrides=self.spec.mx_override,
+                port=self.spec.smtp.port,
             )
             self._pool = ConnectionPool(
                 self.spec.concurrency,
@@ -155,7 +157,7 @@ class DeliveryServer:
         emails = table.column("email").to_pylist()
         started = now()
         template = self.template
-        if not template.uses_merge_fields:
+        if template.shareable:  # no merge fields and no per-recipient unsubscribe URL
             return self._shared_jobs(rows, emails, started)
         fields = [c for c in table.column_names if c in template.merge_fields]
         columns = [table.column(c).to_pylist() for c in fields]
@@ -166,10 +168,17 @@ class DeliveryServer:
                 message = template.render(email, values)
             except TemplateError as exc:
                 out.add(
-                    row=row, email=email, domain=task.domain, status=FAILED, smtp_code=None,
-                    enhanced_status=None, response=f"template: {exc}", mx_host=None,
-                    message_id=None, started_at=started,
-                )  # fmt: skip
+                    row=row,
+                    email=email,
+                    domain=task.domain,
+                    status=FAILED,
+                    smtp_code=None,
+                    enhanced_status=None,
+                    response=f"template: {exc}",
+                    mx_host=None,
+                    message_id=None,
+                    started_at=started,
+                )
                 continue
             jobs.append(
                 _Job(
@@ -296,10 +305,17 @@ class DeliveryServer:
             if reply.klass == 2:
                 reply = tx.data if tx.data is not None else Reply(451, "4.3.0 DATA not sent")
             out.add(
-                row=row, email=email, domain=task.domain, status=_status_of(reply),
-                smtp_code=reply.code, enhanced_status=reply.enhanced, response=reply.text,
-                mx_host=target.mx_host, message_id=job.message_id, started_at=job.started_at,
-            )  # fmt: skip
+                row=row,
+                email=email,
+                domain=task.domain,
+                status=_status_of(reply),
+                smtp_code=reply.code,
+                enhanced_status=reply.enhanced,
+                response=reply.text,
+                mx_host=target.mx_host,
+                message_id=job.message_id,
+                started_at=job.started_at,
+            )
 
     def _settle(
         self,
@@ -317,11 +333,17 @@ class DeliveryServer:
         for job in jobs:
             for row, email in job.recipients:
                 out.add(
-                    row=row, email=email, domain=task.domain, status=status,
+                    row=row,
+                    email=email,
+                    domain=task.domain,
+                    status=status,
                     smtp_code=reply.code if reply else None,
-                    enhanced_status=reply.enhanced if reply else None, response=text,
-                    mx_host=None, message_id=job.message_id, started_at=job.started_at,
-                )  # fmt: skip
+                    enhanced_status=reply.enhanced if reply else None,
+                    response=text,
+                    mx_host=None,
+                    message_id=job.message_id,
+                    started_at=job.started_at,
+                )
 
     def _observe(
         self,
@@ -342,6 +364,7 @@ class DeliveryServer:
             recipients=recipients,
             response_class=response_class,
             size=len(job.message),
+            tls=conn.tls,
         )
 
     def _count(self, outcomes: pa.Table) -> None:
@@ -360,7 +383,7 @@ class DeliveryServer:
             stats.open_connections = self._pool.open_connections
             stats.connections_opened = self._pool.opened_total
 
-    @ray.method(concurrency_group="control")  # type: ignore[misc]
+    @ray.method(concurrency_group="control")
     async def heartbeat(self) -> ServerStats:
         """Counters for the driver's watchdog; never queued behind sends."""
         return self.stats
@@ -372,4 +395,5 @@ class DeliveryServer:
         return self.stats
 
 
-DeliveryServerActor = ray.remote(concurrency_groups={"control": 2})(DeliveryServer)
+# Health calls run in their own group so they never wait behind sends.
+DeliveryServerActor = ray.remote(concurrency_groups={"control": 2})(DeliveryServer)  # type: ignore[call-overload]

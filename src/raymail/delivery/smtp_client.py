@@ -139,7 +139,9 @@ class SmtpConnection:
                 await conn._starttls(host, verify_certificates, helo_name)
             elif starttls == "required":
                 await conn.quit()
-                raise SmtpRefused(Reply(530, "5.7.10 STARTTLS required but not offered"))
+                raise SmtpRefused(
+                    Reply(421, "4.7.10 STARTTLS required by the spec but not offered")
+                )
         except BaseException:
             conn.close()
             raise

@@ -7,6 +7,7 @@ process (:func:`run_sink`), in a child process (:class:`SinkProcess`), or in the
 
 from __future__ import annotations
 
+from raymail.errors import SinkConfigError, SinkError
 from raymail.sink.capture import (
     CapturedMessage,
     capture_files,
@@ -16,7 +17,6 @@ from raymail.sink.capture import (
     read_capture,
 )
 from raymail.sink.config import Behaviour, Rule, SinkConfig, load_config, parse_config
-from raymail.sink.errors import SinkConfigError, SinkError
 from raymail.sink.faults import Pick, RuleBook
 from raymail.sink.process import SinkProcess
 from raymail.sink.runner import RunningSink, run_sink, serve

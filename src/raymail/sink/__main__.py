@@ -14,8 +14,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from raymail.errors import SinkConfigError, SinkError
 from raymail.sink.config import SinkConfig, load_config, parse_config
-from raymail.sink.errors import SinkConfigError, SinkError
 from raymail.sink.runner import serve
 from raymail.sink.server import SinkServer
 

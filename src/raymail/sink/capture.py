@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from raymail.sink.errors import SinkError
+from raymail.errors import SinkError
 
 if TYPE_CHECKING:
     import polars as pl

@@ -25,7 +25,7 @@ from typing import Annotated, Any, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from raymail.sink.errors import SinkConfigError
+from raymail.errors import SinkConfigError
 
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
 

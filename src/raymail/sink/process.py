@@ -22,8 +22,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from raymail.errors import SinkError
 from raymail.sink.config import SinkConfig
-from raymail.sink.errors import SinkError
 from raymail.sink.server import loopback_host
 from raymail.sink.stats import SinkStats
 

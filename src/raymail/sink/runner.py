@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from raymail.errors import SinkError
 from raymail.sink.config import SinkConfig
-from raymail.sink.errors import SinkError
 from raymail.sink.server import SinkServer
 from raymail.sink.stats import SinkStats
 

@@ -4,6 +4,9 @@ aiosmtpd does the protocol (it reads one command line at a time, so pipelined co
 work); this module adds what a sink needs: PIPELINING in the EHLO reply, per-recipient
 faults at RCPT TO, latency and connection drops at the end of DATA, capture, counters,
 and an ``XSTATS`` command so a parent process can read the counters of a sink it spawned.
+Three hot spots of aiosmtpd are replaced for throughput (about half its CPU per message):
+the RFC 5322 parse of plain ``<a@b>`` paths, line-by-line DATA reading, and a 1 KB reader
+buffer. Unlike aiosmtpd, DATA lines longer than 1000 octets are accepted.
 It binds loopback addresses only: it is a sink for tests, demos and benchmarks, not a relay.
 """
 
@@ -20,9 +23,9 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from raymail.errors import SinkConfigError, SinkError
 from raymail.sink.capture import CaptureWriter
 from raymail.sink.config import Behaviour, SinkConfig
-from raymail.sink.errors import SinkConfigError, SinkError
 from raymail.sink.faults import Pick, RuleBook
 from raymail.sink.stats import SinkStats
 
@@ -169,7 +172,7 @@ _SIMPLE_PATH = re.compile(r"<([A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+)>\
 
 
 class _SinkSMTP(SMTP):
-    """aiosmtpd's SMTP protocol plus connection tracking, XSTATS, and two speed-ups."""
+    """aiosmtpd's SMTP protocol plus connection tracking, XSTATS, and the speed-ups."""
 
     def __init__(
         self, handler: _Handler, sessions: set[_SinkSMTP], read_limit: int, **kwargs: Any
@@ -217,7 +220,7 @@ class _SinkSMTP(SMTP):
     async def _read_message(self) -> bytes | None:
         """The dot-stuffed message before the final '.CRLF'; None (drained) when too big."""
         reader = self._reader
-        limit = self.data_size_limit or 0
+        limit = self.data_size_limit + 3 if self.data_size_limit else 0  # + final ".CRLF"
         chunks: list[bytes] = []
         size = 0
         tail = b"\r\n"  # the two bytes before the next chunk: DATA's own CRLF at first

@@ -1,0 +1,528 @@
+"""Classify one returned message: what happened, to whom, and what raymail should do.
+
+The checks run from the most to the least machine-readable evidence: a complaint report
+(ARF), a delivery status notification (RFC 3464), a prose bounce, a challenge-response
+request, an RFC 3834 auto-reply, a removal request, a human reply. Recipients are taken
+from the DSN first, then from the VERP token in our return path (decoded by an injected
+codec), then from the text, then from the returned copy's To header.
+
+:func:`classify_message` never raises: a message it cannot read is ``unknown`` with the
+reason it gave up in ``why``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from raymail.returns import reasons
+from raymail.returns.arf import detect_feedback
+from raymail.returns.autoreply import detect_autoreply, detect_challenge
+from raymail.returns.dsn import RecipientReport, find_addresses, inline_fields, reports_from_fields
+from raymail.returns.freetext import TextBounce, TextFailure, is_bounce, scan_text_bounce
+from raymail.returns.parse import ParsedMessage, header_text, parse_message
+from raymail.returns.replies import detect_remove_request, is_reply
+from raymail.returns.sources import iter_messages
+
+if TYPE_CHECKING:
+    import polars as pl
+
+VerpDecoder = Callable[[str], str | None]
+
+# Our own return path shows up here; the VERP token lives in its local part.
+_VERP_HEADERS: Final = (
+    "X-Original-To",
+    "Delivered-To",
+    "Envelope-To",
+    "X-Envelope-To",
+    "X-Delivered-To",
+    "To",
+    "X-Rcpt-To",
+)
+_CAMPAIGN_HEADERS: Final = ("X-Raymail-Campaign", "X-Campaign-Id", "X-Campaign")
+_EXCLUDE_HEADERS: Final = ("From", "Sender", "Reply-To", "Return-Path", "To", "Cc")
+_SOFT_EXCLUDE_HEADERS: Final = ("Delivered-To", "X-Original-To", "Envelope-To")
+_ACTIONS: Final = {
+    "failure": "failed",
+    "fail": "failed",
+    "failed": "failed",
+    "delayed": "delayed",
+    "delay": "delayed",
+    "delivered": "delivered",
+    "relayed": "relayed",
+    "expanded": "expanded",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientVerdict:
+    """What happened to one recipient of a bounce."""
+
+    recipient: str
+    reason: str
+    status: str | None
+    smtp_code: int | None
+    diagnostic: str
+    action: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    """The verdict on one returned message."""
+
+    category: str
+    reason: str
+    recipients: list[str] = field(default_factory=list)
+    status: str | None = None
+    smtp_code: int | None = None
+    diagnostic: str = ""
+    action: str | None = None
+    remote_mta: str | None = None
+    campaign: str | None = None
+    why: str = ""
+    source: str = ""  # which detector decided: arf, dsn, text, challenge, autoreply, ...
+    feedback_type: str | None = None
+    per_recipient: list[RecipientVerdict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    path: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        """Plain JSON-able dict (per-recipient details included)."""
+        return {
+            "path": self.path,
+            "category": self.category,
+            "reason": self.reason,
+            "recipients": list(self.recipients),
+            "status": self.status,
+            "smtp_code": self.smtp_code,
+            "diagnostic": self.diagnostic,
+            "action": self.action,
+            "remote_mta": self.remote_mta,
+            "campaign": self.campaign,
+            "why": self.why,
+            "source": self.source,
+            "feedback_type": self.feedback_type,
+            "notes": list(self.notes),
+            "per_recipient": [
+                {
+                    "recipient": v.recipient,
+                    "reason": v.reason,
+                    "status": v.status,
+                    "smtp_code": v.smtp_code,
+                    "diagnostic": v.diagnostic,
+                    "action": v.action,
+                }
+                for v in self.per_recipient
+            ],
+        }
+
+
+def _addresses(text: str) -> list[str]:
+    return [a.lower() for a in find_addresses(text)]
+
+
+def _category(reason: str, action: str | None, status: str | None) -> str:
+    """Category for a bounce reason; a temporary failure never condemns an address."""
+    category = reasons.category_of(reason)
+    temporary = action == "delayed" or (status or "").startswith("4.")
+    if temporary and category in {reasons.HARD_BOUNCE_ADDRESS, reasons.HARD_BOUNCE_DOMAIN}:
+        return reasons.TRANSIENT
+    return category
+
+
+@dataclass(slots=True)
+class _Context:
+    parsed: ParsedMessage
+    exclude: set[str]
+    soft_exclude: set[str]
+    verp_recipient: str | None
+    campaign: str | None
+    notes: list[str]
+    path: str | None
+
+
+def _verp(
+    parsed: ParsedMessage, decoder: VerpDecoder | None, notes: list[str]
+) -> tuple[str | None, str | None]:
+    """(recipient, campaign) from the VERP token in the headers our return path shows in."""
+    campaign = None
+    for headers in parsed.original_headers:
+        for name in _CAMPAIGN_HEADERS:
+            value = header_text(headers, name).strip()
+            if value:
+                campaign = value
+                break
+        if campaign:
+            break
+    if decoder is None:
+        return None, campaign
+    candidates: list[str] = []
+    for name in _VERP_HEADERS:
+        for value in parsed.headers(name):
+            candidates.extend(_addresses(value))
+    for headers in parsed.original_headers:
+        candidates.extend(_addresses(header_text(headers, "Return-Path")))
+    for candidate in dict.fromkeys(candidates):
+        try:
+            decoded = decoder(candidate)
+        except Exception as exc:  # a codec bug must not lose the message
+            notes.append(f"verp decoder failed: {type(exc).__name__}")
+            continue
+        if not decoded:
+            continue
+        match = re.fullmatch(r"([^@:\s]+):(\S+@\S+)", decoded.strip())
+        if match:
+            return match.group(2).lower(), match.group(1)
+        return decoded.strip().lower(), campaign
+    return None, campaign
+
+
+def _exclusions(parsed: ParsedMessage) -> tuple[set[str], set[str]]:
+    """Addresses that are not failed recipients: (ours and the reporter's, the sender's)."""
+    hard: set[str] = set()
+    for name in _EXCLUDE_HEADERS:
+        for value in parsed.headers(name):
+            hard.update(_addresses(value))
+    soft: set[str] = set()
+    for name in _SOFT_EXCLUDE_HEADERS:
+        for value in parsed.headers(name):
+            soft.update(_addresses(value))
+    for headers in parsed.original_headers[:3]:
+        for name in ("From", "Sender", "Return-Path", "Reply-To", "Errors-To"):
+            soft.update(_addresses(header_text(headers, name)))
+    return hard, soft - hard
+
+
+def _original_to(parsed: ParsedMessage, exclude: set[str]) -> list[str]:
+    """The returned copy's single To address: in bulk mail, the recipient."""
+    for headers in parsed.original_headers:
+        found = [a for a in _addresses(header_text(headers, "To")) if a not in exclude]
+        if len(found) == 1:
+            return found
+    return []
+
+
+def _verdict(
+    recipient: str,
+    status: str | None,
+    smtp_code: int | None,
+    diagnostic: str,
+    action: str | None,
+    fallback_text: str,
+    single: bool = False,
+) -> RecipientVerdict:
+    """Reason for one recipient from its own text, else the report's general text.
+
+    ``single``: the report names one recipient, so codes anywhere in it are this one's.
+    """
+    if status is None:
+        status = reasons.find_status(diagnostic)
+        if status is None and single:
+            status = reasons.find_status(fallback_text[:3000])
+    if smtp_code is None:
+        smtp_code = reasons.find_smtp_code(diagnostic)
+        if smtp_code is None and single and status is not None:
+            smtp_code = reasons.find_smtp_code(fallback_text[:3000])
+    reason, _ = reasons.decide(status=status, smtp_code=smtp_code, text=diagnostic, action=action)
+    if reason == "undefined" or (reason in {"syntaxerror", "systemerror"} and not diagnostic):
+        if status is None:
+            status = reasons.find_status(fallback_text[:3000])
+        if smtp_code is None:
+            smtp_code = reasons.find_smtp_code(fallback_text[:3000])
+        reason, _ = reasons.decide(
+            status=status, smtp_code=smtp_code, text=f"{diagnostic}\n{fallback_text}", action=action
+        )
+    return RecipientVerdict(recipient, reason, status, smtp_code, diagnostic, action)
+
+
+def _result(
+    ctx: _Context,
+    *,
+    reason: str,
+    category: str | None = None,
+    recipients: list[str] | None = None,
+    why: str,
+    source: str,
+    verdict: RecipientVerdict | None = None,
+    per_recipient: list[RecipientVerdict] | None = None,
+    remote_mta: str | None = None,
+    feedback_type: str | None = None,
+) -> Classification:
+    return Classification(
+        category=category or reasons.category_of(reason),
+        reason=reason,
+        recipients=list(dict.fromkeys(recipients or [])),
+        status=verdict.status if verdict else None,
+        smtp_code=verdict.smtp_code if verdict else None,
+        diagnostic=verdict.diagnostic if verdict else "",
+        action=verdict.action if verdict else None,
+        remote_mta=remote_mta or None,
+        campaign=ctx.campaign,
+        why=why,
+        source=source,
+        feedback_type=feedback_type,
+        per_recipient=per_recipient or [],
+        notes=ctx.notes + ctx.parsed.notes,
+        path=ctx.path,
+    )
+
+
+def _from_dsn(
+    ctx: _Context, reports: list[RecipientReport], text_bounce: TextBounce | None
+) -> Classification:
+    parsed = ctx.parsed
+    by_addr: dict[str, TextFailure] = {}
+    if text_bounce is not None:
+        by_addr = {f.recipient: f for f in text_bounce.failures}
+    summary = parsed.text[:3000]
+    verdicts: list[RecipientVerdict] = []
+    for report in reports:
+        action = _ACTIONS.get(report.action, report.action or None)
+        diagnostic = report.diagnostic
+        own = by_addr.get(report.recipient.lower())
+        if own is not None and own.diagnostic and own.diagnostic not in diagnostic:
+            diagnostic = f"{diagnostic} {own.diagnostic}".strip() if diagnostic else own.diagnostic
+        if action is None and text_bounce is not None and text_bounce.temporary:
+            action = "delayed"
+        verdicts.append(
+            _verdict(
+                report.recipient.lower(),
+                report.status,
+                report.smtp_code,
+                diagnostic,
+                action,
+                summary,
+            )
+        )
+    failed = [v for v in verdicts if v.action not in {"delivered", "relayed", "expanded"}]
+    primary = (failed or verdicts)[0]
+    primary_report = reports[verdicts.index(primary)]
+    recipients = []
+    for verdict, report in zip(verdicts, reports, strict=True):
+        if verdict in failed or not failed:
+            recipients.append(verdict.recipient)
+            final = report.final_recipient.lower()
+            if final and final != verdict.recipient and "@" in final:
+                recipients.append(final)
+    recipients = [r for r in recipients if r]
+    if not recipients and ctx.verp_recipient:
+        recipients = [ctx.verp_recipient]
+    return _result(
+        ctx,
+        reason=primary.reason,
+        category=_category(primary.reason, primary.action, primary.status),
+        recipients=recipients,
+        why=f"delivery status notification ({len(reports)} recipient block(s))",
+        source="dsn",
+        verdict=primary,
+        per_recipient=verdicts,
+        remote_mta=primary_report.remote_mta or primary_report.reporting_mta,
+    )
+
+
+def _from_text(ctx: _Context, bounce: TextBounce) -> Classification:
+    parsed = ctx.parsed
+    action = "delayed" if bounce.temporary else "failed"
+    verdicts = [
+        _verdict(
+            f.recipient,
+            None,
+            None,
+            f.diagnostic,
+            action,
+            bounce.summary,
+            single=len(bounce.failures) == 1,
+        )
+        for f in bounce.failures
+    ]
+    recipients = [v.recipient for v in verdicts]
+    why = f"{bounce.family} text bounce"
+    if ctx.verp_recipient:
+        recipients = [ctx.verp_recipient, *[r for r in recipients if r != ctx.verp_recipient]]
+        why += "; recipient from VERP"
+    if not recipients:
+        recipients = _original_to(parsed, ctx.exclude)
+        if recipients:
+            why += "; recipient from returned copy"
+    if verdicts:
+        primary = verdicts[0]
+    else:
+        primary = _verdict(
+            recipients[0] if recipients else "", None, None, "", action, bounce.summary
+        )
+    return _result(
+        ctx,
+        reason=primary.reason,
+        category=_category(primary.reason, primary.action, primary.status),
+        recipients=recipients,
+        why=why,
+        source="text",
+        verdict=primary,
+        per_recipient=verdicts,
+    )
+
+
+def _replier(ctx: _Context) -> list[str]:
+    if ctx.verp_recipient:
+        return [ctx.verp_recipient]
+    for name in ("From", "Reply-To", "Sender"):
+        found = _addresses(ctx.parsed.header(name))
+        if found:
+            return found[:1]
+    return []
+
+
+def _classify(raw: bytes, path: str | None, decoder: VerpDecoder | None) -> Classification:
+    parsed = parse_message(raw)
+    notes: list[str] = []
+    if parsed.message is None:
+        ctx = _Context(parsed, set(), set(), None, None, notes, path)
+        return _result(ctx, reason="undefined", why=parsed.gave_up or "unreadable", source="parse")
+    verp_recipient, campaign = _verp(parsed, decoder, notes)
+    hard, soft = _exclusions(parsed)
+    ctx = _Context(parsed, hard, soft, verp_recipient, campaign, notes, path)
+
+    feedback = detect_feedback(parsed)
+    if feedback is not None:
+        rcpts = feedback.recipients or ([verp_recipient] if verp_recipient else [])
+        return _result(
+            ctx,
+            reason="feedback",
+            recipients=rcpts,
+            why=f"complaint report, feedback type {feedback.feedback_type}",
+            source="arf",
+            feedback_type=feedback.feedback_type,
+        )
+
+    reports: list[RecipientReport] = []
+    for text in parsed.status_texts:
+        reports.extend(reports_from_fields(text))
+    if not reports:
+        for text in parsed.narrative[:3]:
+            inline = inline_fields(text)
+            if inline and re.search(r"^(?:Status|Action)\s*:", inline, re.I | re.M):
+                reports.extend(reports_from_fields(inline))
+                if reports:
+                    notes.append("DSN fields found inline in text")
+                    break
+    bounce_like = bool(reports) or is_bounce(parsed)
+    text_bounce = scan_text_bounce(parsed, ctx.exclude, ctx.soft_exclude) if bounce_like else None
+    if reports and any(r.recipient for r in reports):
+        return _from_dsn(ctx, reports, text_bounce)
+    if text_bounce is None and reports:
+        text_bounce = TextBounce("dsn", (), False, parsed.text[:6000])
+
+    challenge = detect_challenge(parsed)
+    if challenge is not None and (text_bounce is None or not text_bounce.failures):
+        return _result(
+            ctx,
+            reason="challenge",
+            recipients=_replier(ctx),
+            why=challenge.why,
+            source="challenge",
+        )
+    if text_bounce is not None:
+        if reports:
+            # Blocks without recipients: keep their codes as evidence for the text.
+            codes = " ".join(f"{r.status or ''} {r.diagnostic}" for r in reports)
+            text_bounce = TextBounce(
+                text_bounce.family,
+                text_bounce.failures,
+                text_bounce.temporary,
+                f"{codes}\n{text_bounce.summary}",
+            )
+        return _from_text(ctx, text_bounce)
+
+    auto = detect_autoreply(parsed)
+    if auto is not None:
+        return _result(
+            ctx, reason="vacation", recipients=_replier(ctx), why=auto.why, source="autoreply"
+        )
+    removal = detect_remove_request(parsed)
+    if removal is not None:
+        return _result(
+            ctx, reason="unsubscribe", recipients=_replier(ctx), why=removal, source="reply"
+        )
+    if is_reply(parsed):
+        return _result(
+            ctx,
+            reason="reply",
+            recipients=_replier(ctx),
+            why="reply from a person",
+            source="reply",
+        )
+    why = parsed.gave_up or "no bounce, report or reply found"
+    return _result(
+        ctx,
+        reason="undefined",
+        recipients=[verp_recipient] if verp_recipient else [],
+        why=why,
+        source="none",
+    )
+
+
+def classify_message(
+    raw: bytes,
+    *,
+    path: str | None = None,
+    verp_decoder: VerpDecoder | None = None,
+) -> Classification:
+    """Classify one raw returned message; never raises."""
+    try:
+        return _classify(raw, path, verp_decoder)
+    except RecursionError:
+        return Classification(reasons.UNKNOWN, "undefined", why="nesting too deep", path=path)
+    except Exception as exc:  # the contract is: one bad message never stops a run
+        return Classification(
+            reasons.UNKNOWN,
+            "undefined",
+            why=f"classifier error: {type(exc).__name__}: {exc}"[:300],
+            path=path,
+        )
+
+
+_TABLE_SCHEMA: Final = {
+    "path": "str",
+    "category": "str",
+    "reason": "str",
+    "recipients": "list[str]",
+    "status": "str",
+    "smtp_code": "int",
+    "diagnostic": "str",
+    "action": "str",
+    "remote_mta": "str",
+    "campaign": "str",
+    "feedback_type": "str",
+    "source": "str",
+    "why": "str",
+}
+
+
+def iter_classified(
+    paths: Iterable[str | Path], *, verp_decoder: VerpDecoder | None = None
+) -> Iterator[Classification]:
+    """Classify every message in files, directories, Maildirs and mbox files, lazily."""
+    for label, raw in iter_messages(paths):
+        yield classify_message(raw, path=label, verp_decoder=verp_decoder)
+
+
+def classify_paths(
+    paths: Iterable[str | Path], *, verp_decoder: VerpDecoder | None = None
+) -> pl.DataFrame:
+    """One row per message under ``paths`` (columns as in ``_TABLE_SCHEMA``)."""
+    import polars as pl
+
+    dtypes: dict[str, pl.DataType] = {
+        "str": pl.String(),
+        "int": pl.Int64(),
+        "list[str]": pl.List(pl.String()),
+    }
+    schema = {name: dtypes[kind] for name, kind in _TABLE_SCHEMA.items()}
+    rows = [
+        {name: getattr(c, name) for name in _TABLE_SCHEMA}
+        for c in iter_classified(paths, verp_decoder=verp_decoder)
+    ]
+    return pl.DataFrame(rows, schema=schema)
