@@ -166,3 +166,25 @@ def test_run_dir_is_locked_and_not_reused(tmp_path: Path) -> None:
         run_campaign(make_spec(csv, sink.port), tmp_path / "run", live_progress=False)
         with pytest.raises(RunDirError, match="already holds run"):
             run_campaign(make_spec(csv, sink.port), tmp_path / "run")
+
+
+def test_target_minutes_sizes_servers_and_says_when_it_cannot(tmp_path: Path) -> None:
+    csv = _recipients(tmp_path / "list.csv", 600, ("slow.test",))
+    config = SinkConfig(domains={"slow.test": {"latency_ms": 20}})  # type: ignore[arg-type]
+    with run_sink(config) as sink:
+        spec = make_spec(
+            csv,
+            sink.port,
+            delivery_servers=1,
+            concurrency=2,
+            portion_size=20,
+            target_minutes=0.05,  # 3 s: more than 3 servers would be needed
+            max_delivery_servers=3,
+        )
+        report = run_campaign(spec, tmp_path / "run", live_progress=False)
+    assert report["accepted"] == 600
+    capacity = report["capacity"]
+    assert capacity["servers"] == 3 and report["delivery_servers"] == 3
+    assert not capacity["feasible"] and "cannot be met" in capacity["message"]
+    servers = set(read_outcomes(tmp_path / "run")["server"].to_list())
+    assert len(servers) >= 2  # the added servers took work

@@ -76,6 +76,10 @@ from raymail.returns.reasons import (
         ("L'adresse de messagerie que vous avez entrée est introuvable", "userunknown"),
         ("El buzón del destinatario está lleno", "mailboxfull"),
         ("Postfach voll", "mailboxfull"),
+        ("553 sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)", "norelaying"),
+        ("550 5.4.1 Recipient address rejected: Access denied. AS(201806281)", "userunknown"),
+        ("554 5.7.1 <a@b.example>: Recipient address rejected: Access denied", "filtered"),
+        ("550 5.7.1 Command rejected", "blocked"),
     ],
 )
 def test_reply_text(reply: str, reason: str) -> None:

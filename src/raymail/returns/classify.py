@@ -219,9 +219,9 @@ def _verdict(
     ``single``: the report names one recipient, so codes anywhere in it are this one's.
     """
     if status is None:
-        status = reasons.find_status(diagnostic)
+        status = reasons.find_status(diagnostic, prose=True)
         if status is None and single:
-            status = reasons.find_status(fallback_text[:3000])
+            status = reasons.find_status(fallback_text[:3000], prose=True)
     if smtp_code is None:
         smtp_code = reasons.find_smtp_code(diagnostic)
         if smtp_code is None and single and status is not None:
@@ -229,7 +229,7 @@ def _verdict(
     reason, _ = reasons.decide(status=status, smtp_code=smtp_code, text=diagnostic, action=action)
     if reason == "undefined" or (reason in {"syntaxerror", "systemerror"} and not diagnostic):
         if status is None:
-            status = reasons.find_status(fallback_text[:3000])
+            status = reasons.find_status(fallback_text[:3000], prose=True)
         if smtp_code is None:
             smtp_code = reasons.find_smtp_code(fallback_text[:3000])
         reason, _ = reasons.decide(

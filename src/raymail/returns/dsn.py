@@ -156,7 +156,7 @@ def reports_from_fields(text: str) -> list[RecipientReport]:
         status = find_status(status_field)
         if status is None or status.endswith(".0.0"):
             # Many MTAs write 5.0.0 and put the real code in the reply text.
-            better = find_status(diagnostic)
+            better = find_status(diagnostic, prose=True)
             if better is not None and (status is None or better[0] == status[0]):
                 status = better
         code = find_smtp_code(diagnostic) or find_smtp_code(status_field)

@@ -115,7 +115,7 @@ _SPECIFIC_STATUS: Final[dict[str, str]] = {
     "1.6": "hasmoved",
     "1.7": "rejected",
     "1.8": "rejected",
-    "1.10": "notaccept",
+    "1.10": "userunknown",  # RFC 7505 says null MX; Exchange uses it for "not found"
     "2.1": "suspend",
     "2.2": "mailboxfull",
     "2.3": "exceedlimit",
@@ -197,12 +197,21 @@ _STATUS_RE: Final = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.]
 _SMTP_CODE_RE: Final = re.compile(r"(?<![\d.\-])([245][0-5]\d)(?:[ \-]|$)")
 
 
-def find_status(text: str) -> str | None:
-    """First enhanced status code (``5.1.1``) in ``text``, or None."""
-    match = _STATUS_RE.search(text)
-    if not match:
-        return None
-    return f"{match.group(1)}.{int(match.group(2))}.{int(match.group(3))}"
+def find_status(text: str, *, prose: bool = False) -> str | None:
+    """First enhanced status code (``5.1.1``) in ``text``, or None.
+
+    ``prose``: the text is free-form (a reply, a bounce), so only 4.x.x / 5.x.x codes count
+    and not after a word ("Mailman 2.0.12", "release 5.1.3" are versions, not codes).
+    """
+    for match in _STATUS_RE.finditer(text):
+        if prose:
+            if match.group(1) == "2":
+                continue
+            before = text[max(0, match.start() - 2) : match.start()]
+            if before[-1:].isspace() and before[:1].isalpha():
+                continue
+        return f"{match.group(1)}.{int(match.group(2))}.{int(match.group(3))}"
+    return None
 
 
 def find_smtp_code(text: str) -> int | None:
@@ -428,16 +437,16 @@ _STRONG_TEXT: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
     (
         "mesgtoobig",
         _rx(
-            r"(?:message|mail|email|e-mail)(?: size)? (?:is )?"
+            r"(?:message|mail|email|e-mail)(?: file)?(?: size)? (?:is |was )?"
             r"(?:too (?:big|large|long)|size (?:exceeds|limit))",
-            r"(?:message|mail|email)(?: file)? (?:size )?exceeds .{0,40}(?:size|limit|maximum)",
-            r"exceeds? (?:the )?(?:fixed |maximum |max )?(?:allowed )?(?:message|mail) size",
-            r"size (?:of (?:the )?message )?exceeds",
+            r"(?:message|mail|email|e-mail)(?: file)? (?:size )?exceeds .{0,40}(?:size|limit|maximum)",
+            r"exceed(?:s|ed)? (?:the )?(?:fixed |maximum |max )?(?:allowed )?(?:incoming |inbound )?"
+            r"(?:message|mail) size",
+            r"maximum .{0,25}(?:message|mail) size",
+            r"(?:message|mail) size .{0,25}(?:exceed|limit|too)",
+            r"size (?:of (?:the |this |your )?(?:message|mail) )exceeds",
             r"message length exceeds",
-            r"(?:message|mail) (?:body )?too (?:big|large)",
-            r"too (?:big|large) (?:message|for (?:this|the) (?:system|server|recipient))",
-            r"maximum (?:allowed )?(?:message )?size",
-            r"size limit (?:exceeded|reached)",
+            r"too (?:big|large) (?:message|for (?:this|the) (?:system|server))",
             r"message (?:is )?larger than",
         ),
     ),
