@@ -21,11 +21,18 @@ medians are reported; every ratio comes from measurements of this one run, becau
 machine is shared and noisy (absolute rates vary by 2x from day to day).
 
 Prints one JSON object on stdout (progress goes to stderr). Exit status 1 when raymail did
-not get every message accepted. ``--profile DIR`` records the last raymail round with
-py-spy (driver and delivery servers) and prints where the time went.
+not get every message accepted. Besides the rates, each round records the CPU seconds of
+this benchmark's own processes (this one, smtp-sink, Ray and its workers) per message, and
+``background_cpu_share`` says how busy the rest of the machine was meanwhile: a loaded
+machine hurts raymail, which needs both cores, more than the one-core loop. ``--profile
+DIR`` records the last raymail round with py-spy (driver and delivery servers) and prints
+where the time went.
+
+Postfix comes from Debian's ``postfix`` package; when smtp-sink/smtp-source are missing and
+this runs as root, it is installed with apt-get, else the benchmark exits saying so.
 
     python benchmarks/throughput.py [--messages 50000] [--connections 50] [--repeat 1]
-                                    [--json-out PATH] [--profile DIR]
+                                    [--json-out PATH] [--profile DIR] [--no-warmup]
 """
 
 from __future__ import annotations
@@ -341,6 +348,7 @@ def run_smtp_source(
         raise RuntimeError(
             f"smtp-source failed (exit {proc.returncode}): {err.decode(errors='replace')[-500:]}"
         )
+    # smtp-source aborts (non-zero exit) on any reply it did not expect, so 0 = all accepted
     return Result("smtp_source", count, count, seconds)
 
 

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
+from raymail.delivery.records import OutcomeBuilder, from_ipc, now, to_ipc
 from raymail.delivery.server import DeliveryServerActor, PortionResult
 from raymail.errors import DeliveryError
 from raymail.ledger import Ledger
@@ -44,7 +45,7 @@ class _Work:
     """A portion waiting for, or on, a delivery server."""
 
     task: PortionTask
-    rows: ray.ObjectRef[Any]  # the portion's Arrow rows in the object store
+    rows: ray.ObjectRef[Any]  # the portion's rows, Arrow IPC bytes in the object store
     internal_failures: int = 0
 
 
@@ -111,7 +112,7 @@ class CampaignDriver:
         ensure_ray()
         state = _State()
         for task, rows in split_portions(table, spec.portion_size):
-            state.ready.append(_Work(task, ray.put(rows)))
+            state.ready.append(_Work(task, ray.put(to_ipc(rows))))
         del table, loaded
         self._start_servers(spec.delivery_servers)
         rd.update(
@@ -255,7 +256,7 @@ class CampaignDriver:
         if work.task.attempt >= retry.max_attempts:
             tally.deferred += len(deferred_rows)
             return
-        rows: pa.Table = ray.get(work.rows)
+        rows = from_ipc(ray.get(work.rows))
         again = rows.filter(pc.is_in(rows.column("row"), value_set=deferred_rows))
         task = PortionTask(
             work.task.portion, work.task.domain, work.task.attempt + 1, again.num_rows
@@ -267,7 +268,7 @@ class CampaignDriver:
         tally.retrying += again.num_rows
         heapq.heappush(
             state.delayed,
-            (time.monotonic() + backoff, task.portion, _Work(task, ray.put(again))),
+            (time.monotonic() + backoff, task.portion, _Work(task, ray.put(to_ipc(again)))),
         )
 
     def _call_failed(
@@ -280,7 +281,7 @@ class CampaignDriver:
         if work.internal_failures <= _INTERNAL_RETRIES:
             state.ready.appendleft(work)
             return
-        rows: pa.Table = ray.get(work.rows)
+        rows = from_ipc(ray.get(work.rows))
         ledger.add(_failed_outcomes(self.spec, work, rows, server.name, exc), pa.table({}))
         state.tally.failed += rows.num_rows
 
@@ -323,9 +324,10 @@ class CampaignDriver:
 def _failed_outcomes(
     spec: CampaignSpec, work: _Work, rows: pa.Table, server: str, exc: Exception
 ) -> pa.Table:
-    from raymail.delivery.records import OutcomeBuilder, now
 
-    out = OutcomeBuilder(spec.campaign, server, None, work.task.portion, work.task.attempt)
+    out = OutcomeBuilder(
+        spec.campaign, server, None, work.task.portion, work.task.attempt, work.task.domain
+    )
     started = now()
     reason = f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     for row, email in zip(
@@ -334,7 +336,6 @@ def _failed_outcomes(
         out.add(
             row=row,
             email=email,
-            domain=work.task.domain,
             status=FAILED,
             smtp_code=None,
             enhanced_status=None,

@@ -34,3 +34,33 @@ def test_fixture(name: str) -> None:
 def test_every_fixture_has_an_expectation() -> None:
     files = {p.stem for p in DATA.glob("*.eml")}
     assert files == set(EXPECTED)
+
+
+def test_stored_real_postfix_bounces() -> None:
+    """Bounces a real Postfix 3.7 wrote (regenerate with test_returns_postfix.py's helpers)."""
+    from test_returns_postfix import check_mbox
+
+    check_mbox(DATA / "real" / "postfix-3.7.mbox")
+
+
+def test_base64_encoded_delivery_status() -> None:
+    """Some gateways base64-encode the message/delivery-status part."""
+    import base64
+
+    fields = (
+        b"Reporting-MTA: dns; mx.example.com\n\nFinal-Recipient: rfc822; b64@example.org\n"
+        b"Action: failed\nStatus: 5.1.1\nDiagnostic-Code: smtp; 550 5.1.1 User unknown\n"
+    )
+    raw = (
+        b"From: MAILER-DAEMON@mx.example.com\nSubject: Undeliverable\nMIME-Version: 1.0\n"
+        b"Content-Type: multipart/report; report-type=delivery-status; boundary=X\n\n--X\n"
+        b"Content-Type: text/plain\n\nfailed.\n--X\nContent-Type: message/delivery-status\n"
+        b"Content-Transfer-Encoding: base64\n\n" + base64.encodebytes(fields) + b"--X--\n"
+    )
+    verdict = classify_message(raw)
+    assert (verdict.reason, verdict.recipients, verdict.status, verdict.source) == (
+        "userunknown",
+        ["b64@example.org"],
+        "5.1.1",
+        "dsn",
+    )

@@ -1,7 +1,9 @@
 """Column-wise builders for the outcome and observation tables a portion produces.
 
 A delivery server appends plain values per recipient and per transaction and turns them
-into one Arrow table per portion, so the driver only ever handles Arrow batches.
+into one Arrow table per portion, so the driver only ever handles Arrow batches. Columns
+that are the same for a whole portion (campaign, server, attempt...) are filled in once at
+the end, not per row: this runs once per message on the hot path.
 """
 
 from __future__ import annotations
@@ -16,44 +18,60 @@ from raymail.schema import OBSERVATION_SCHEMA, OUTCOME_SCHEMA
 
 class _ColumnBuilder:
     schema: pa.Schema
+    varying: tuple[str, ...]
 
-    def __init__(self) -> None:
-        self._columns: dict[str, list[Any]] = {name: [] for name in self.schema.names}
+    def __init__(self, fixed: dict[str, Any]) -> None:
+        self._fixed = fixed
+        self._columns: tuple[list[Any], ...] = tuple([] for _ in self.varying)
 
     def __len__(self) -> int:
-        return len(next(iter(self._columns.values())))
-
-    def _append(self, values: dict[str, Any]) -> None:
-        for name, column in self._columns.items():
-            column.append(values[name])
+        return len(self._columns[0])
 
     def table(self) -> pa.Table:
-        return pa.table(self._columns, schema=self.schema)
+        n = len(self)
+        arrays = []
+        for field in self.schema:
+            if field.name in self._fixed:
+                arrays.append(pa.array([self._fixed[field.name]] * n, type=field.type))
+            else:
+                values = self._columns[self.varying.index(field.name)]
+                arrays.append(pa.array(values, type=field.type))
+        return pa.Table.from_arrays(arrays, schema=self.schema)
 
 
 class OutcomeBuilder(_ColumnBuilder):
     """One row per recipient attempt."""
 
     schema = OUTCOME_SCHEMA
+    varying = (
+        "row", "email", "status", "smtp_code", "enhanced_status", "response", "mx_host",
+        "message_id", "started_at", "finished_at",
+    )  # fmt: skip
 
     def __init__(
-        self, campaign: str, server: str, source_address: str | None, portion: int, attempt: int
+        self,
+        campaign: str,
+        server: str,
+        source_address: str | None,
+        portion: int,
+        attempt: int,
+        domain: str,
     ) -> None:
-        super().__init__()
-        self._fixed = {
-            "campaign": campaign,
-            "server": server,
-            "source_address": source_address,
-            "portion": portion,
-            "attempt": attempt,
-        }
+        super().__init__(
+            {
+                "campaign": campaign,
+                "server": server,
+                "source_address": source_address,
+                "portion": portion,
+                "attempt": attempt,
+                "domain": domain,
+            }
+        )
 
     def add(
         self,
-        *,
         row: int,
         email: str,
-        domain: str,
         status: str,
         smtp_code: int | None,
         enhanced_status: str | None,
@@ -63,36 +81,33 @@ class OutcomeBuilder(_ColumnBuilder):
         started_at: datetime,
         finished_at: datetime | None = None,
     ) -> None:
-        self._append(
-            {
-                **self._fixed,
-                "row": row,
-                "email": email,
-                "domain": domain,
-                "status": status,
-                "smtp_code": smtp_code or None,
-                "enhanced_status": enhanced_status,
-                "response": response[:500],
-                "mx_host": mx_host,
-                "message_id": message_id,
-                "started_at": started_at,
-                "finished_at": finished_at or now(),
-            }
-        )
+        c = self._columns
+        c[0].append(row)
+        c[1].append(email)
+        c[2].append(status)
+        c[3].append(smtp_code or None)
+        c[4].append(enhanced_status)
+        c[5].append(response[:500])
+        c[6].append(mx_host)
+        c[7].append(message_id)
+        c[8].append(started_at)
+        c[9].append(finished_at or now())
 
 
 class ObservationBuilder(_ColumnBuilder):
     """One row per SMTP transaction: what routing learns from."""
 
     schema = OBSERVATION_SCHEMA
+    varying = (
+        "mx_host", "connect_s", "banner_s", "transaction_s", "recipients", "response_class",
+        "bytes", "tls", "at",
+    )  # fmt: skip
 
     def __init__(self, server: str, source_address: str | None, domain: str) -> None:
-        super().__init__()
-        self._fixed = {"server": server, "source_address": source_address, "domain": domain}
+        super().__init__({"server": server, "source_address": source_address, "domain": domain})
 
     def add(
         self,
-        *,
         mx_host: str,
         connect_s: float | None,
         banner_s: float | None,
@@ -102,21 +117,34 @@ class ObservationBuilder(_ColumnBuilder):
         size: int,
         tls: bool,
     ) -> None:
-        self._append(
-            {
-                **self._fixed,
-                "mx_host": mx_host,
-                "connect_s": connect_s,
-                "banner_s": banner_s,
-                "transaction_s": transaction_s,
-                "recipients": recipients,
-                "response_class": response_class,
-                "bytes": size,
-                "tls": tls,
-                "at": now(),
-            }
-        )
+        c = self._columns
+        c[0].append(mx_host)
+        c[1].append(connect_s)
+        c[2].append(banner_s)
+        c[3].append(transaction_s)
+        c[4].append(recipients)
+        c[5].append(response_class)
+        c[6].append(size)
+        c[7].append(tls)
+        c[8].append(now())
 
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+def to_ipc(table: pa.Table) -> bytes:
+    """Arrow IPC stream bytes: what crosses process boundaries.
+
+    Ray pickles a ``pa.Table`` through a slow generic reducer (about 2.8 ms for a 100-row
+    outcome table, measured); IPC bytes cost a few hundredths of that.
+    """
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    data: bytes = sink.getvalue().to_pybytes()
+    return data
+
+
+def from_ipc(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()

@@ -17,7 +17,7 @@ import ray
 
 from raymail.delivery.mx import MXResolver, MXTarget
 from raymail.delivery.pool import ConnectionPool
-from raymail.delivery.records import ObservationBuilder, OutcomeBuilder, now
+from raymail.delivery.records import ObservationBuilder, OutcomeBuilder, from_ipc, now, to_ipc
 from raymail.delivery.smtp_client import (
     DROPPED,
     ConnectionDropped,
@@ -37,13 +37,21 @@ _MAX_RECONNECTS = 3
 
 @dataclass(frozen=True, slots=True)
 class PortionResult:
-    """What a portion call returns: outcomes (per recipient) and observations (per SMTP
-    transaction), both Arrow tables."""
+    """What a portion call returns: outcomes (one row per recipient) and observations (one
+    row per SMTP transaction), as Arrow IPC bytes (cheap for Ray to move)."""
 
     task: PortionTask
     server: str
-    outcomes: pa.Table
-    observations: pa.Table
+    outcomes_ipc: bytes
+    observations_ipc: bytes
+
+    @property
+    def outcomes(self) -> pa.Table:
+        return from_ipc(self.outcomes_ipc)
+
+    @property
+    def observations(self) -> pa.Table:
+        return from_ipc(self.observations_ipc)
 
 
 @dataclass(slots=True)
@@ -127,12 +135,18 @@ class DeliveryServer:
             data_timeout=smtp.data_timeout_s,
         )
 
-    async def deliver(self, task: PortionTask, table: pa.Table) -> PortionResult:
-        """Send one portion; every recipient gets exactly one outcome row."""
+    async def deliver(self, task: PortionTask, rows_ipc: bytes) -> PortionResult:
+        """Send one portion (its rows as Arrow IPC bytes); each recipient gets one outcome."""
+        table = from_ipc(rows_ipc)
         resolver, pool = self._started()
         self.stats.active_portions += 1
         out = OutcomeBuilder(
-            self.spec.campaign, self.name, self.source_address, task.portion, task.attempt
+            self.spec.campaign,
+            self.name,
+            self.source_address,
+            task.portion,
+            task.attempt,
+            task.domain,
         )
         obs = ObservationBuilder(self.name, self.source_address, task.domain)
         try:
@@ -149,7 +163,7 @@ class DeliveryServer:
             self.stats.active_portions -= 1
         outcomes = out.table()
         self._count(outcomes)
-        return PortionResult(task, self.name, outcomes, obs.table())
+        return PortionResult(task, self.name, to_ipc(outcomes), to_ipc(obs.table()))
 
     def _jobs(self, task: PortionTask, table: pa.Table, out: OutcomeBuilder) -> list[_Job]:
         """Render the portion's messages; a template failure fails only that recipient."""
@@ -170,7 +184,6 @@ class DeliveryServer:
                 out.add(
                     row=row,
                     email=email,
-                    domain=task.domain,
                     status=FAILED,
                     smtp_code=None,
                     enhanced_status=None,
@@ -307,7 +320,6 @@ class DeliveryServer:
             out.add(
                 row=row,
                 email=email,
-                domain=task.domain,
                 status=_status_of(reply),
                 smtp_code=reply.code,
                 enhanced_status=reply.enhanced,
@@ -335,7 +347,6 @@ class DeliveryServer:
                 out.add(
                     row=row,
                     email=email,
-                    domain=task.domain,
                     status=status,
                     smtp_code=reply.code if reply else None,
                     enhanced_status=reply.enhanced if reply else None,

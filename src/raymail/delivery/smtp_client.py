@@ -13,6 +13,7 @@ import asyncio
 import re
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from raymail.errors import SmtpProtocolError
@@ -179,25 +180,34 @@ class SmtpConnection:
         return "PIPELINING" in self.extensions
 
     async def read_reply(self, timeout: float | None = None) -> Reply:
-        """Read one (possibly multi-line) reply."""
+        """Read one (possibly multi-line) reply within ``timeout`` (default: commands')."""
+        return (await self._replies(1, timeout))[0]
+
+    async def _replies(self, count: int, timeout: float | None = None) -> list[Reply]:
+        """Read ``count`` replies under one deadline.
+
+        One ``asyncio.timeout`` per group instead of ``wait_for`` per line: on Python 3.11
+        ``wait_for`` creates a task per call, which costed more than the SMTP I/O itself.
+        """
+        try:
+            async with asyncio.timeout(timeout or self.command_timeout):
+                return [await self._reply() for _ in range(count)]
+        except TimeoutError:
+            self.broken = True
+            raise ConnectionDropped("timed out waiting for an SMTP reply") from None
+
+    async def _reply(self) -> Reply:
         lines: list[str] = []
-        code = 0
         try:
             for _ in range(_MAX_REPLY_LINES):
-                raw = await asyncio.wait_for(
-                    self.reader.readline(), timeout or self.command_timeout
-                )
+                raw = await self.reader.readline()
                 if not raw.endswith(b"\n"):
                     raise ConnectionDropped("connection closed by the server")
                 if len(raw) > _MAX_LINE or len(raw) < 4 or not raw[:3].isdigit():
                     raise SmtpProtocolError(f"malformed SMTP reply line: {raw[:80]!r}")
-                code = int(raw[:3])
                 lines.append(raw[4:].rstrip(b"\r\n").decode("utf-8", "replace"))
                 if raw[3:4] != b"-":
-                    return Reply(code, "\n".join(lines))
-        except TimeoutError:
-            self.broken = True
-            raise ConnectionDropped("timed out waiting for an SMTP reply") from None
+                    return Reply(int(raw[:3]), "\n".join(lines))
         except (ConnectionError, asyncio.IncompleteReadError, ValueError) as exc:
             self.broken = True
             raise ConnectionDropped(f"connection lost: {exc}") from None
@@ -209,12 +219,16 @@ class SmtpConnection:
             raise ConnectionDropped("connection closed")
         self.writer.write(data)
 
-    async def _drain(self) -> None:
+    async def _drain(self, timeout: float | None = None) -> None:
+        """Wait until the socket takes what was written (bounded); free when it already has."""
+        if self.writer.transport.get_write_buffer_size() == 0:
+            return
         try:
-            await asyncio.wait_for(self.writer.drain(), self.command_timeout)
+            async with asyncio.timeout(timeout or self.command_timeout):
+                await self.writer.drain()
         except (ConnectionError, TimeoutError) as exc:
             self.broken = True
-            raise ConnectionDropped(f"connection lost while writing: {exc}") from None
+            raise ConnectionDropped(f"connection lost while writing: {exc!r}") from None
 
     async def command(self, line: str) -> Reply:
         """Send one command line and read its reply."""
@@ -224,11 +238,19 @@ class SmtpConnection:
         await self._drain()
         return await self.read_reply()
 
-    async def send(self, mail_from: str, rcpts: list[str], message: bytes) -> Transaction:
+    async def send(
+        self,
+        mail_from: str,
+        rcpts: list[str],
+        message: bytes,
+        before_data: Callable[[], None] | None = None,
+    ) -> Transaction:
         """Run one mail transaction; pipelined when the server offers PIPELINING.
 
-        Raises ConnectionDropped when the connection dies; its ``data_sent`` says whether
-        the message may have been accepted.
+        ``before_data`` runs just before the message body is written: the last moment at
+        which the recipients' fate is still certainly "not delivered". Raises
+        ConnectionDropped when the connection dies; its ``data_sent`` says whether the
+        message may have been accepted.
         """
         for address in (mail_from, *rcpts):
             if any(c in address for c in "\r\n<> ") or not address:
@@ -247,9 +269,11 @@ class SmtpConnection:
             tx = await self._send_lockstep(envelope, len(rcpts))
         accepted = any(r.klass == 2 for r in tx.rcpts) and tx.mail.klass == 2
         if accepted and tx.data is not None and tx.data.code == 354:
+            if before_data is not None:
+                before_data()
             self._write(payload)
-            await self._drain()
             try:
+                await self._drain(self.data_timeout)
                 tx.data = await self.read_reply(self.data_timeout)
             except ConnectionDropped as exc:
                 raise ConnectionDropped(str(exc), data_sent=True) from None
@@ -276,10 +300,8 @@ class SmtpConnection:
     async def _send_pipelined(self, envelope: list[str], n_rcpt: int) -> Transaction:
         self._write("".join(f"{line}\r\n" for line in envelope).encode() + b"DATA\r\n")
         await self._drain()
-        mail = await self.read_reply()
-        rcpts = [await self.read_reply() for _ in range(n_rcpt)]
-        data = await self.read_reply()
-        return Transaction(mail, rcpts, data)
+        replies = await self._replies(n_rcpt + 2)
+        return Transaction(replies[0], replies[1:-1], replies[-1])
 
     async def _send_lockstep(self, envelope: list[str], n_rcpt: int) -> Transaction:
         mail = await self.command(envelope[0])

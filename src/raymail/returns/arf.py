@@ -40,6 +40,7 @@ class FeedbackReport:
 
 
 def _addresses(value: str) -> list[str]:
+    """Addresses in a field value, in order."""
     return find_addresses(value)
 
 

@@ -115,6 +115,7 @@ class AutoReply:
 
 
 def _head(parsed: ParsedMessage, chars: int = 3000) -> str:
+    """The start of the body, lower-cased: replies say what they are early."""
     return parsed.lower_head[:chars]
 
 

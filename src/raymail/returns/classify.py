@@ -30,6 +30,10 @@ from raymail.returns.sources import iter_messages
 if TYPE_CHECKING:
     import polars as pl
 
+# Given an address our return path may appear as ("bounces+TOKEN@return.example"), return
+# the recipient it was sent to, or None when it carries no valid token. A result of the form
+# "campaign:recipient@example.org" also names the campaign. Injected, so this package does
+# not depend on the token codec or the ledger that resolves a token's recipient tag.
 VerpDecoder = Callable[[str], str | None]
 
 # Our own return path shows up here; the VERP token lives in its local part.
@@ -121,6 +125,7 @@ class Classification:
 
 
 def _addresses(text: str) -> list[str]:
+    """Lower-cased addresses in a header value."""
     return [a.lower() for a in find_addresses(text)]
 
 
@@ -135,6 +140,8 @@ def _category(reason: str, action: str | None, status: str | None) -> str:
 
 @dataclass(slots=True)
 class _Context:
+    """What every detector's result needs: the message, exclusions, VERP, notes."""
+
     parsed: ParsedMessage
     exclude: set[str]
     soft_exclude: set[str]
@@ -251,6 +258,7 @@ def _result(
     remote_mta: str | None = None,
     feedback_type: str | None = None,
 ) -> Classification:
+    """Assemble a Classification; category follows the reason unless given."""
     return Classification(
         category=category or reasons.category_of(reason),
         reason=reason,
@@ -273,6 +281,7 @@ def _result(
 def _from_dsn(
     ctx: _Context, reports: list[RecipientReport], text_bounce: TextBounce | None
 ) -> Classification:
+    """Verdict from DSN blocks; prose per recipient fills empty diagnostics."""
     parsed = ctx.parsed
     by_addr: dict[str, TextFailure] = {}
     if text_bounce is not None:
@@ -324,6 +333,7 @@ def _from_dsn(
 
 
 def _from_text(ctx: _Context, bounce: TextBounce) -> Classification:
+    """Verdict from a prose bounce; VERP outranks addresses read from text."""
     parsed = ctx.parsed
     action = "delayed" if bounce.temporary else "failed"
     verdicts = [
@@ -366,6 +376,7 @@ def _from_text(ctx: _Context, bounce: TextBounce) -> Classification:
 
 
 def _replier(ctx: _Context) -> list[str]:
+    """Who wrote a reply: the VERP recipient, else From / Reply-To / Sender."""
     if ctx.verp_recipient:
         return [ctx.verp_recipient]
     for name in ("From", "Reply-To", "Sender"):
@@ -376,6 +387,7 @@ def _replier(ctx: _Context) -> list[str]:
 
 
 def _classify(raw: bytes, path: str | None, decoder: VerpDecoder | None) -> Classification:
+    """The detector chain; may raise (classify_message catches)."""
     parsed = parse_message(raw)
     notes: list[str] = []
     if parsed.message is None:
@@ -455,6 +467,9 @@ def _classify(raw: bytes, path: str | None, decoder: VerpDecoder | None) -> Clas
             source="reply",
         )
     why = parsed.gave_up or "no bounce, report or reply found"
+    limits = [n for n in parsed.notes if n.endswith("limit") or n.startswith("parsed first")]
+    if limits:
+        why += f" (examined partly: {', '.join(limits)})"
     return _result(
         ctx,
         reason="undefined",

@@ -254,6 +254,7 @@ def is_temporary(parsed: ParsedMessage) -> bool:
 
 
 def _good(address: str, exclude: set[str]) -> bool:
+    """Could this be a failed recipient (not ours, not a daemon, has a TLD)?"""
     low = address.lower()
     local, _, domain = low.rpartition("@")
     if not local or not domain or low in exclude:
@@ -264,6 +265,7 @@ def _good(address: str, exclude: set[str]) -> bool:
 
 
 def _clean(address: str) -> str:
+    """Bare lower-cased address without surrounding punctuation."""
     return address.strip(".,;:'\"<>()[]").lower()
 
 
@@ -276,6 +278,7 @@ def _dominant(line: str, match: re.Match[str], count: int = 1) -> bool:
 
 
 def _alone(line: str, match: re.Match[str]) -> bool:
+    """Nothing but brackets, quotes, a date or a short name around the address."""
     rest = (line[: match.start()] + " " + line[match.end() :]).strip()
     rest = re.sub(r"(?i)mailto:|smtp[=:]|rfc822;|\bto:\s*$", "", rest)
     stripped = rest.strip(" \t<>()[]\"',;:.-*")
@@ -411,6 +414,7 @@ def _bare_locals(lines: list[str], domain: str) -> dict[str, tuple[int, str]]:
 def _strong_anchor(
     line: str, index: int, exclude: set[str], found: dict[str, tuple[int, str]]
 ) -> bool:
+    """Record the address if the line has a failure-report shape."""
     for pattern in (_ANGLE_LINE_RE, _RCPT_RE, _SENDMAIL_RE, _COLON_LINE_RE, _LEADING_ADDR_RE):
         anchored = pattern is _ANGLE_LINE_RE or pattern is _LEADING_ADDR_RE
         m = pattern.match(line) if anchored else pattern.search(line)
@@ -431,6 +435,7 @@ def _strong_anchor(
 def _medium_anchor(
     line: str, index: int, exclude: set[str], found: dict[str, tuple[int, str]]
 ) -> bool:
+    """Record the address if a sentence or the line's layout names it."""
     for pattern in _SENTENCE_RES:
         m = pattern.search(line)
         if m and _good(_clean(m.group(1)), exclude):

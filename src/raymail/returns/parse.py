@@ -9,8 +9,10 @@ skipped, so a caller can tell "nothing found" from "did not look".
 
 from __future__ import annotations
 
+import base64
 import email
 import html
+import quopri
 import re
 from dataclasses import dataclass, field
 from email import policy as email_policy
@@ -149,6 +151,7 @@ def decode_header_value(value: object) -> str:
 
 
 def _unfold(value: str) -> str:
+    """Join a folded header value onto one line."""
     return re.sub(r"\r?\n[ \t]*", " ", value).strip()
 
 
@@ -219,8 +222,32 @@ def _fields_text(blocks: list[Message]) -> str:
             continue
         for name, value in items:
             out.append(f"{name}: {decode_header_value(value)}")
+        try:
+            rest = block.get_payload()
+        except Exception:
+            rest = None
+        if isinstance(rest, str) and rest.strip():
+            out.append(rest)  # lines the header parser could not take (e.g. base64)
         out.append("")
     return "\n".join(out)
+
+
+def _transfer_decoded(part: Message, text: str) -> str:
+    """Undo a base64 / quoted-printable encoding the parser did not (delivery-status parts)."""
+    try:
+        cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+    except Exception:
+        return text
+    if cte not in {"base64", "quoted-printable"}:
+        return text
+    try:
+        if cte == "base64":
+            data = base64.b64decode(re.sub(r"[^A-Za-z0-9+/=]", "", text) + "===")
+        else:
+            data = quopri.decodestring(text.encode("latin-1", "replace"))
+    except Exception:
+        return text
+    return decode_bytes(data, None)
 
 
 def split_original(text: str) -> tuple[str, str]:
@@ -239,6 +266,7 @@ def split_original(text: str) -> tuple[str, str]:
 
 
 def _parse_headers(text: str) -> Message | None:
+    """Headers of a quoted or attached original, or None if it has none."""
     text = text.lstrip("\r\n")
     if not re.match(r"[\w-]{2,76}:", text):
         return None
@@ -252,10 +280,12 @@ class _Walker:
     """Depth- and count-limited walk over a MIME tree, filling a ParsedMessage."""
 
     def __init__(self, parsed: ParsedMessage) -> None:
+        """Start a walk that fills ``parsed``."""
         self.parsed = parsed
         self.chars = 0
 
     def walk(self, part: Message, depth: int, inside_original: bool) -> None:
+        """Visit ``part`` and its children; ``inside_original``: text is not evidence."""
         parsed = self.parsed
         if parsed.parts >= MAX_PARTS:
             if "part limit" not in parsed.notes:
@@ -288,9 +318,8 @@ class _Walker:
             if inside_original:
                 return
             if isinstance(payload, list):
-                parsed.status_texts.append(
-                    _fields_text([p for p in payload if isinstance(p, Message)])
-                )
+                text = _fields_text([p for p in payload if isinstance(p, Message)])
+                parsed.status_texts.append(_transfer_decoded(part, text))
             else:
                 parsed.status_texts.append(part_text(part))
             return
@@ -305,6 +334,7 @@ class _Walker:
             self._add_text(part_text(part), ctype)
 
     def _original(self, part: Message, payload: object, depth: int) -> None:
+        """Keep an attached original's headers; walk it for nested reports."""
         parsed = self.parsed
         if isinstance(payload, list):
             for sub in payload:
@@ -319,6 +349,7 @@ class _Walker:
             parsed.original_headers.append(headers)
 
     def _add_text(self, text: str, ctype: str) -> None:
+        """Add reporter text (HTML stripped) within the per-message cap."""
         if not text:
             return
         if ctype == "text/html" or (ctype == "text/plain" and "<html" in text[:2000].lower()):

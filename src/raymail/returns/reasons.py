@@ -208,7 +208,7 @@ def find_status(text: str, *, prose: bool = False) -> str | None:
             if match.group(1) == "2":
                 continue
             before = text[max(0, match.start() - 2) : match.start()]
-            if before[-1:].isspace() and before[:1].isalpha():
+            if before[-1:] in {" ", "\t"} and before[:1].isalpha():
                 continue
         return f"{match.group(1)}.{int(match.group(2))}.{int(match.group(3))}"
     return None
@@ -439,9 +439,10 @@ _STRONG_TEXT: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
         _rx(
             r"(?:message|mail|email|e-mail)(?: file)?(?: size)? (?:is |was )?"
             r"(?:too (?:big|large|long)|size (?:exceeds|limit))",
-            r"(?:message|mail|email|e-mail)(?: file)? (?:size )?exceeds .{0,40}(?:size|limit|maximum)",
-            r"exceed(?:s|ed)? (?:the )?(?:fixed |maximum |max )?(?:allowed )?(?:incoming |inbound )?"
-            r"(?:message|mail) size",
+            r"(?:message|mail|email|e-mail)(?: file)? (?:size )?exceeds .{0,40}"
+            r"(?:size|limit|maximum)",
+            r"exceed(?:s|ed)? (?:the )?(?:fixed |maximum |max )?(?:allowed )?"
+            r"(?:incoming |inbound )?(?:message|mail) size",
             r"maximum .{0,25}(?:message|mail) size",
             r"(?:message|mail) size .{0,25}(?:exceed|limit|too)",
             r"size (?:of (?:the |this |your )?(?:message|mail) )exceeds",

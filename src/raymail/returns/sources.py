@@ -23,6 +23,7 @@ _SNIFF_BYTES: Final = 1 << 20
 
 
 def _is_maildir(path: Path) -> bool:
+    """A Maildir has cur/, new/ and tmp/."""
     return all((path / sub).is_dir() for sub in ("cur", "new", "tmp"))
 
 
@@ -39,6 +40,7 @@ def _is_mbox(path: Path) -> bool:
 
 
 def _read(path: Path) -> bytes:
+    """File bytes, or b'' when unreadable (reported as an empty message)."""
     try:
         return path.read_bytes()
     except OSError:
@@ -46,6 +48,7 @@ def _read(path: Path) -> bytes:
 
 
 def _maildir(path: Path) -> Iterator[tuple[str, bytes]]:
+    """Messages of a Maildir in key order."""
     box = mailbox.Maildir(str(path), factory=None, create=False)
     for key in sorted(box.iterkeys()):
         try:
@@ -56,6 +59,7 @@ def _maildir(path: Path) -> Iterator[tuple[str, bytes]]:
 
 
 def _mbox(path: Path) -> Iterator[tuple[str, bytes]]:
+    """Messages of an mbox file; the whole file as one message if unreadable."""
     try:
         box = mailbox.mbox(str(path), factory=None, create=False)
         keys = list(box.iterkeys())
@@ -102,6 +106,7 @@ def iter_messages(paths: Iterable[str | Path]) -> Iterator[tuple[str, bytes]]:
 
 
 def _file(path: Path) -> Iterator[tuple[str, bytes]]:
+    """One file: an mbox of several messages, or a single message."""
     if _is_mbox(path):
         yield from _mbox(path)
     else:
