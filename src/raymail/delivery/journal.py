@@ -1,0 +1,125 @@
+"""The delivery journal: what a delivery server did, written before and after each DATA.
+
+A delivery server appends one line per state change to its own file in the run directory:
+"in flight" just before the message body goes out, then the SMTP fate after the reply.
+Each line is one ``os.write`` on an O_APPEND descriptor, so it survives kill -9 of the
+actor, of the driver or of all of Ray (the kernel keeps it). After a crash the driver reads
+the journals: a recipient whose last line is "in flight" is *in doubt*; one marked accepted
+is never sent again, even if its outcome never reached the ledger.
+
+Line format (tab separated)::
+
+    STATE  PORTION  ATTEMPT  ROW,ROW,...
+
+STATE is one of I (in flight), A (accepted), D (deferred), F (failed), X (connection dropped
+after the body was written: in doubt).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+IN_FLIGHT = "I"
+ACCEPTED = "A"
+DEFERRED = "D"
+FAILED = "F"
+DROPPED_AFTER_DATA = "X"
+
+JOURNAL_DIR = "journal"
+
+
+class Journal:
+    """An append-only journal file owned by one delivery server process."""
+
+    def __init__(self, folder: Path, server: str) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / f"{server}-{os.getpid()}.log"
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def mark(self, state: str, portion: int, attempt: int, rows: Iterable[int]) -> None:
+        """Record one state for some rows of a portion attempt (one write syscall)."""
+        joined = ",".join(map(str, rows))
+        if joined:
+            os.write(self._fd, f"{state}\t{portion}\t{attempt}\t{joined}\n".encode())
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+@dataclass(frozen=True, slots=True)
+class JournalLine:
+    state: str
+    portion: int
+    attempt: int
+    rows: tuple[int, ...]
+    file: str
+    line: int
+
+
+def journal_files(run_dir: Path, server: str | None = None) -> list[Path]:
+    folder = run_dir / JOURNAL_DIR
+    pattern = f"{server}-*.log" if server else "*.log"
+    return sorted(folder.glob(pattern)) if folder.exists() else []
+
+
+def iter_journal(paths: Iterable[Path]) -> Iterator[JournalLine]:
+    """Every complete line; a torn last line (the writer died mid-write) is skipped."""
+    for path in paths:
+        with path.open("rb") as fh:
+            for number, raw in enumerate(fh, start=1):
+                if not raw.endswith(b"\n"):
+                    break
+                parts = raw.decode("ascii", "replace").rstrip("\n").split("\t")
+                if len(parts) != 4 or not parts[3]:
+                    continue
+                try:
+                    rows = tuple(int(r) for r in parts[3].split(","))
+                    yield JournalLine(
+                        parts[0], int(parts[1]), int(parts[2]), rows, path.name, number
+                    )
+                except ValueError:
+                    continue
+
+
+def journal_states(paths: Iterable[Path]) -> pl.DataFrame:
+    """Last journal state per (row, attempt), with the portion it belongs to.
+
+    Within one attempt a fate (A, D, F, X) always comes after the in-flight mark, so the
+    last line wins.
+    """
+    rows: list[int] = []
+    attempts: list[int] = []
+    portions: list[int] = []
+    states: list[str] = []
+    order: list[int] = []
+    seq = 0
+    for line in iter_journal(paths):
+        for row in line.rows:
+            rows.append(row)
+            attempts.append(line.attempt)
+            portions.append(line.portion)
+            states.append(line.state)
+            order.append(seq)
+            seq += 1
+    frame = pl.DataFrame(
+        {"row": rows, "attempt": attempts, "portion": portions, "state": states, "seq": order},
+        schema={
+            "row": pl.Int64,
+            "attempt": pl.Int32,
+            "portion": pl.Int64,
+            "state": pl.String,
+            "seq": pl.Int64,
+        },
+    )
+    return (
+        frame.sort("seq")
+        .unique(subset=["row", "attempt"], keep="last", maintain_order=True)
+        .drop("seq")
+    )
