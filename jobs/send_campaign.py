@@ -17,7 +17,7 @@ try:
 except ImportError:  # running from a source checkout uploaded as the job's working dir
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from raymail.campaign import run_campaign
+from raymail.campaign import resume_campaign, run_campaign
 from raymail.errors import RaymailError
 from raymail.spec import load_spec
 
@@ -29,6 +29,12 @@ def main(argv: list[str] | None = None) -> int:
         "--run-dir",
         help="run directory (default: runs/CAMPAIGN-TIMESTAMP next to the spec)",
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --run-dir if it exists (after `ray job stop` or a crash)",
+    )
+    parser.add_argument("--in-doubt", choices=["resend", "skip"], help="policy on resume")
     args = parser.parse_args(argv)
     try:
         spec = load_spec(args.spec)
@@ -37,8 +43,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.run_dir
             else (Path(args.spec).resolve().parent / "runs" / f"{spec.campaign}-{int(time.time())}")
         )
-        print(f"raymail: campaign {spec.campaign} -> {run_dir}", flush=True)
-        report = run_campaign(spec, run_dir, live_progress=False)
+        if args.resume and (run_dir / "run.json").exists():
+            print(f"raymail: resuming campaign {spec.campaign} in {run_dir}", flush=True)
+            report = resume_campaign(run_dir, in_doubt=args.in_doubt, live_progress=False)
+        else:
+            print(f"raymail: campaign {spec.campaign} -> {run_dir}", flush=True)
+            report = run_campaign(spec, run_dir, live_progress=False)
     except RaymailError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

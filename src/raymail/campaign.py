@@ -1,7 +1,9 @@
 """The driver (the seed's A server): load -> plan -> dispatch -> watch -> retry -> report.
 
 The driver holds Arrow tables and object references, never per-recipient Python objects;
-delivery servers do the per-recipient work and hand back Arrow batches.
+delivery servers do the per-recipient work and hand back Arrow batches. Stages are recorded
+in the run directory (the seed's checkpoints P100..P699) so a killed run resumes where it
+stopped, with nobody sent twice (the journals say who was accepted) and nobody skipped.
 """
 
 from __future__ import annotations
@@ -15,29 +17,38 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
+from raymail.delivery.journal import JOURNAL_DIR, journal_files, journal_states
 from raymail.delivery.records import OutcomeBuilder, from_ipc, now, to_ipc
-from raymail.delivery.server import DeliveryServerActor, PortionResult
+from raymail.delivery.server import DeliveryServerActor, PortionResult, ServerStats
 from raymail.errors import DeliveryError
 from raymail.ledger import Ledger
 from raymail.plan import PortionTask, size_capacity, split_portions
 from raymail.progress import ProgressReporter, Tally
 from raymail.recipients import load_recipients, write_rejects
+from raymail.recovery import recovered_outcomes, run_state
 from raymail.report import build_report
-from raymail.rundir import REPORT, RunDir, write_json_atomic
+from raymail.rundir import RECIPIENTS, REPORT, RunDir, write_json_atomic
 from raymail.runtime import DELIVERY_RESOURCE, delivery_slots, ensure_ray
-from raymail.schema import ACCEPTED, DEFERRED, FAILED
+from raymail.schema import ACCEPTED, DEFERRED, FAILED, IN_DOUBT
 from raymail.spec import CampaignSpec
 
 log = logging.getLogger(__name__)
 
 _INTERNAL_RETRIES = 2  # re-runs of a portion whose call failed for a reason not SMTP's
 _SERVER_FAILURE_LIMIT = 3  # failed calls after which a server gets no more work
+_REPLACEMENTS = 3  # delivery servers started to replace dead or stalled ones
 _WARMUP_S = 2.0
+_HEARTBEAT_S = 2.0
+
+# Stages, in order (the seed's P100 .. P699).
+LOADING, PLANNED, DELIVERING, COMPLETE = "loading", "planned", "delivering", "complete"
 
 
 @dataclass(slots=True)
@@ -56,6 +67,10 @@ class _Server:
     source_address: str | None
     inflight: int = 0
     failures: int = 0
+    bad_streak: int = 0  # portions in a row in which nothing was accepted
+    last_progress: float = field(default_factory=time.monotonic)
+    heartbeat: ray.ObjectRef[Any] | None = None
+    heartbeat_sent: float = 0.0
 
     @property
     def healthy(self) -> bool:
@@ -69,6 +84,7 @@ class _State:
     inflight: dict[ray.ObjectRef[Any], tuple[_Server, _Work]] = field(default_factory=dict)
     tally: Tally = field(default_factory=Tally)
     attempts: int = 0
+    next_portion: int = 0
 
 
 def run_campaign(
@@ -78,64 +94,137 @@ def run_campaign(
     return CampaignDriver(spec, RunDir(run_dir), live_progress=live_progress).run()
 
 
+def resume_campaign(
+    run_dir: str | Path, *, in_doubt: str | None = None, live_progress: bool | None = None
+) -> dict[str, Any]:
+    """Continue a killed or stopped run: accepted recipients are never sent again."""
+    rd = RunDir(run_dir)
+    spec = rd.spec()
+    if in_doubt is not None:
+        spec = spec.model_copy(update={"in_doubt": in_doubt})
+    return CampaignDriver(spec, rd, live_progress=live_progress, resume=True).run()
+
+
 class CampaignDriver:
-    """Runs one campaign in one run directory."""
+    """Runs (or resumes) one campaign in one run directory."""
 
     def __init__(
-        self, spec: CampaignSpec, run_dir: RunDir, *, live_progress: bool | None = None
+        self,
+        spec: CampaignSpec,
+        run_dir: RunDir,
+        *,
+        live_progress: bool | None = None,
+        resume: bool = False,
     ) -> None:
         self.spec = spec
         self.rd = run_dir
         self.live_progress = live_progress
+        self.resume = resume
         self.servers: list[_Server] = []
+        self._replacements = 0
         self._capacity_checked = False
+        self._journals: dict[str, tuple[tuple[int, ...], pl.DataFrame]] = {}
 
     def run(self) -> dict[str, Any]:
         self.rd.lock()
         try:
-            return self._run()
+            return self._resume() if self.resume else self._start()
         finally:
             self._stop_servers()
             self.rd.unlock()
 
-    def _run(self) -> dict[str, Any]:
+    # -- stages ------------------------------------------------------------------------
+
+    def _stage(self, stage: str, **fields: Any) -> None:
+        manifest = self.rd.manifest()
+        history = list(manifest.get("stages", []))
+        history.append({"stage": stage, "at": _iso(time.time())})
+        self.rd.update(status=stage, stages=history, **fields)
+
+    def _start(self) -> dict[str, Any]:
         spec, rd = self.spec, self.rd
         rd.create(spec)
-        started = time.time()
-        rd.update(status="loading", started_at=_iso(started))
+        self._stage(LOADING, started_at=_iso(time.time()), resumes=0, elapsed_s=0.0)
         loaded = load_recipients(spec.recipients)
         write_rejects(loaded.rejects, rd.path)
-        table = loaded.table
-        rd.update(
-            status="planning", recipients=table.num_rows, rejected_input=loaded.rejects.num_rows
+        pq.write_table(loaded.table, rd.path / RECIPIENTS, compression="zstd")
+        self._stage(
+            PLANNED, recipients=loaded.table.num_rows, rejected_input=loaded.rejects.num_rows
         )
+        table = loaded.table.append_column("prev_attempt", pa.array([0] * loaded.table.num_rows))
+        return self._deliver(table, Tally(), first_portion=0)
+
+    def _resume(self) -> dict[str, Any]:
+        rd = self.rd
+        manifest = rd.manifest()
+        if manifest.get("status") == COMPLETE:
+            report = build_report(rd.path)
+            report["note"] = "the run was already complete: nothing was sent"
+            return report
+        if not (rd.path / RECIPIENTS).exists():  # killed before the list was saved
+            rd.manifest_path.unlink()
+            return self._start()
+        recipients = pq.read_table(rd.path / RECIPIENTS)
+        recovered, final = run_state(rd.path, recipients, self.spec.campaign)
+        ledger = Ledger(rd.path, self.spec.checkpoint_interval_s)
+        ledger.add(recovered, pa.table({}))
+        ledger.flush()
+        remaining, tally = self._remaining(recipients, final)
+        first_portion = int(final.get_column("portion").cast(pl.Int64).max() or 0) + 1  # type: ignore[arg-type]
+        self._stage(DELIVERING, resumes=int(manifest.get("resumes", 0)) + 1)
+        return self._deliver(remaining, tally, first_portion=first_portion)
+
+    def _remaining(self, recipients: pa.Table, final: pl.DataFrame) -> tuple[pa.Table, Tally]:
+        """Recipients still to send, and the tally of those already settled."""
+        resend_doubt = self.spec.in_doubt == "resend"
+        settled_statuses = [ACCEPTED, FAILED] + ([] if resend_doubt else [IN_DOUBT])
+        settled = final.filter(pl.col("status").is_in(settled_statuses))
+        tally = Tally(
+            accepted=int((settled["status"] == ACCEPTED).sum()),
+            failed=int((settled["status"] == FAILED).sum()),
+            in_doubt=int((settled["status"] == IN_DOUBT).sum()),
+        )
+        attempts = final.select(["row", pl.col("attempt").alias("prev_attempt")])
+        people = pl.from_arrow(recipients)
+        assert isinstance(people, pl.DataFrame)
+        todo = (
+            people.join(settled.select("row"), on="row", how="anti")
+            .join(attempts, on="row", how="left")
+            .with_columns(pl.col("prev_attempt").fill_null(0).cast(pl.Int64))
+        )
+        return todo.to_arrow(), tally
+
+    def _deliver(self, table: pa.Table, tally: Tally, *, first_portion: int) -> dict[str, Any]:
+        """Dispatch ``table`` (with a prev_attempt column) until every row is settled."""
+        spec, rd = self.spec, self.rd
         ensure_ray()
-        state = _State()
-        for task, rows in split_portions(table, spec.portion_size):
-            state.ready.append(_Work(task, ray.put(to_ipc(rows))))
-        del table, loaded
+        state = _State(tally=tally, next_portion=first_portion)
+        for task, rows in split_portions(table, spec.portion_size, first_id=first_portion):
+            attempt = int(pc.max(rows.column("prev_attempt")).as_py() or 0) + 1
+            task = PortionTask(task.portion, task.domain, attempt, task.size)
+            state.ready.append(_Work(task, ray.put(to_ipc(rows.drop(["prev_attempt"])))))
+            state.next_portion = task.portion + 1
         self._start_servers(spec.delivery_servers)
-        rd.update(
-            status="delivering",
+        self._stage(
+            DELIVERING,
             portions=len(state.ready),
             delivery_servers=len(self.servers),
             concurrency=spec.concurrency,
         )
         ledger = Ledger(rd.path, spec.checkpoint_interval_s)
-        progress = ProgressReporter(int(rd.manifest()["recipients"]), live=self.live_progress)
-        send_started = time.monotonic()
+        total = int(rd.manifest()["recipients"])
+        progress = ProgressReporter(total, live=self.live_progress)
+        started = time.monotonic()
         try:
-            self._dispatch(state, ledger, progress, send_started)
+            self._dispatch(state, ledger, progress, started)
         finally:
             ledger.flush()
             progress.close(state.tally)
-        elapsed = time.monotonic() - send_started
-        rd.update(
-            status="complete",
-            finished_at=_iso(time.time()),
-            elapsed_s=elapsed,
-            attempts=state.attempts,
-        )
+            elapsed = time.monotonic() - started
+            previous = float(rd.manifest().get("elapsed_s") or 0.0)
+            attempts = int(rd.manifest().get("attempts") or 0) + state.attempts
+            rd.update(elapsed_s=previous + elapsed, attempts=attempts)
+        self._stage(COMPLETE, finished_at=_iso(time.time()))
         report = build_report(rd.path)
         write_json_atomic(rd.path / REPORT, report)
         return report
@@ -151,9 +240,14 @@ class CampaignDriver:
                 "them (see cluster.yaml)",
                 DELIVERY_RESOURCE,
             )
+        nameservers = [_host_port(ns) for ns in spec.nameservers] or None
+        journal_dir = str((self.rd.path / JOURNAL_DIR).resolve())
         for _ in range(count):
             i = len(self.servers)
-            name = f"ds{i}"
+            # Names differ per resume, so a server's journal is never confused with the
+            # journal of the same-numbered server of an earlier driver.
+            resumes = int(self.rd.manifest().get("resumes") or 0)
+            name = f"ds{i}" if resumes == 0 else f"r{resumes}-ds{i}"
             source = (
                 spec.source_addresses[i % len(spec.source_addresses)]
                 if spec.source_addresses
@@ -166,8 +260,9 @@ class CampaignDriver:
             }
             if use_resource:
                 options["resources"] = {DELIVERY_RESOURCE: 1}
-            nameservers = [_host_port(ns) for ns in spec.nameservers] or None
-            handle = DeliveryServerActor.options(**options).remote(name, spec, source, nameservers)
+            handle = DeliveryServerActor.options(**options).remote(
+                name, spec, source, nameservers, journal_dir
+            )
             self.servers.append(_Server(name, handle, source))
 
     def _stop_servers(self) -> None:
@@ -204,28 +299,42 @@ class CampaignDriver:
                 done += more
             for ref in done:
                 self._collect(state, ref, ledger)
+            self._watch(state)
             if ledger.due():
                 ledger.flush()
             progress.update(state.tally)
             self._maybe_resize(state, progress, started)
 
     def _promote_delayed(self, state: _State) -> None:
-        now = time.monotonic()
-        while state.delayed and state.delayed[0][0] <= now:
+        now_ = time.monotonic()
+        while state.delayed and state.delayed[0][0] <= now_:
             _, _, work = heapq.heappop(state.delayed)
             state.ready.append(work)
 
-    def _submit(self, state: _State) -> None:
-        cap = self._capacity_per_server()
+    def _healthy(self) -> list[_Server]:
         healthy = [s for s in self.servers if s.healthy]
+        if not healthy and self._replacements < _REPLACEMENTS:
+            self._replacements += 1
+            log.warning("no healthy delivery server left; starting a replacement")
+            self._start_servers(1)
+            healthy = [self.servers[-1]]
         if not healthy:
-            raise DeliveryError("no healthy delivery server left")
+            raise DeliveryError("no healthy delivery server left, and no replacement worked")
+        return healthy
+
+    def _submit(self, state: _State) -> None:
+        if not state.ready:
+            return
+        cap = self._capacity_per_server()
+        healthy = self._healthy()
         while state.ready:
             server = min(healthy, key=lambda s: s.inflight)
             if server.inflight >= cap:
                 return
             work = state.ready.popleft()
             ref = server.handle.deliver.remote(work.task, work.rows)
+            if server.inflight == 0:
+                server.last_progress = time.monotonic()
             server.inflight += 1
             state.inflight[ref] = (server, work)
             state.attempts += 1
@@ -238,52 +347,143 @@ class CampaignDriver:
         except (RayActorError, RayTaskError) as exc:
             self._call_failed(state, server, work, exc, ledger)
             return
-        ledger.add(result.outcomes, result.observations)
-        self._settle(state, work, result.outcomes)
+        server.last_progress = time.monotonic()
+        outcomes = result.outcomes
+        ledger.add(outcomes, result.observations)
+        self._settle(state, work, outcomes)
+        self._judge(server, outcomes)
+
+    def _judge(self, server: _Server, outcomes: pa.Table) -> None:
+        """Demote a server that keeps failing where the other servers succeed."""
+        statuses = outcomes.column("status")
+        if _count(statuses, ACCEPTED) or _count(statuses, FAILED) == outcomes.num_rows:
+            server.bad_streak = 0
+            return
+        server.bad_streak += 1
+        others_fine = any(s.healthy and s.bad_streak == 0 for s in self.servers if s is not server)
+        if server.bad_streak >= _SERVER_FAILURE_LIMIT and others_fine and server.healthy:
+            log.warning(
+                "delivery server %s keeps failing (%d portions with nothing accepted) while "
+                "others deliver; it gets no more work",
+                server.name,
+                server.bad_streak,
+            )
+            server.failures = _SERVER_FAILURE_LIMIT
 
     def _settle(self, state: _State, work: _Work, outcomes: pa.Table) -> None:
-        """Count final outcomes and schedule deferred recipients for another attempt."""
+        """Count final outcomes; schedule deferred (and, by policy, in-doubt) recipients."""
         statuses = outcomes.column("status")
         tally = state.tally
-        tally.accepted += pc.sum(pc.equal(statuses, ACCEPTED)).as_py() or 0
-        tally.failed += pc.sum(pc.equal(statuses, FAILED)).as_py() or 0
-        deferred_rows = outcomes.filter(pc.equal(statuses, DEFERRED)).column("row")
         if work.task.attempt > 1:
-            tally.retrying -= work.task.size
-        if not len(deferred_rows):
+            tally.retrying = max(tally.retrying - outcomes.num_rows, 0)
+        tally.accepted += _count(statuses, ACCEPTED)
+        tally.failed += _count(statuses, FAILED)
+        resend_doubt = self.spec.in_doubt == "resend"
+        if not resend_doubt:
+            tally.in_doubt += _count(statuses, IN_DOUBT)
+        again_statuses = [DEFERRED, IN_DOUBT] if resend_doubt else [DEFERRED]
+        again = outcomes.filter(pc.is_in(statuses, value_set=pa.array(again_statuses)))
+        if not again.num_rows:
             return
         retry = self.spec.retry
         if work.task.attempt >= retry.max_attempts:
-            tally.deferred += len(deferred_rows)
+            tally.deferred += _count(again.column("status"), DEFERRED)
+            tally.in_doubt += _count(again.column("status"), IN_DOUBT)
             return
-        rows = from_ipc(ray.get(work.rows))
-        again = rows.filter(pc.is_in(rows.column("row"), value_set=deferred_rows))
-        task = PortionTask(
-            work.task.portion, work.task.domain, work.task.attempt + 1, again.num_rows
-        )
+        again_rows = again.column("row")
         backoff = min(
             retry.initial_backoff_s * retry.multiplier ** (work.task.attempt - 1),
             retry.max_backoff_s,
         )
-        tally.retrying += again.num_rows
-        heapq.heappush(
-            state.delayed,
-            (time.monotonic() + backoff, task.portion, _Work(task, ray.put(to_ipc(again)))),
+        tally.retrying += len(again_rows)
+        self._requeue(state, work, again_rows, delay=backoff)
+
+    def _requeue(
+        self, state: _State, work: _Work, rows: pa.ChunkedArray | pa.Array, *, delay: float
+    ) -> None:
+        """Send some rows of a portion again, as the next attempt, after ``delay``."""
+        table = from_ipc(ray.get(work.rows))
+        again = table.filter(pc.is_in(table.column("row"), value_set=rows))
+        task = PortionTask(
+            work.task.portion, work.task.domain, work.task.attempt + 1, again.num_rows
         )
+        item = _Work(task, ray.put(to_ipc(again)), work.internal_failures)
+        heapq.heappush(state.delayed, (time.monotonic() + delay, task.portion, item))
 
     def _call_failed(
         self, state: _State, server: _Server, work: _Work, exc: Exception, ledger: Ledger
     ) -> None:
-        """A call died with its actor or raised: run the portion again elsewhere."""
+        """A call died with its actor (or raised): settle from the journal, requeue the rest.
+
+        What the dead server had accepted is never sent again; what it had in flight is in
+        doubt; what it never touched goes to another attempt right away.
+        """
         server.failures += 1
         work.internal_failures += 1
         log.warning("portion %d failed on %s: %s", work.task.portion, server.name, exc)
-        if work.internal_failures <= _INTERNAL_RETRIES:
-            state.ready.appendleft(work)
-            return
         rows = from_ipc(ray.get(work.rows))
-        ledger.add(_failed_outcomes(self.spec, work, rows, server.name, exc), pa.table({}))
-        state.tally.failed += rows.num_rows
+        journal = self._journal(server.name).filter(
+            (pl.col("portion") == work.task.portion) & (pl.col("attempt") == work.task.attempt)
+        )
+        known = pl.DataFrame(schema={"row": pl.Int64, "attempt": pl.Int32})
+        recovered = recovered_outcomes(journal, known, rows, self.spec.campaign)
+        if recovered.num_rows:
+            ledger.add(recovered, pa.table({}))
+            self._settle(state, work, recovered)
+        untouched = pc.filter(
+            rows.column("row"),
+            pc.invert(pc.is_in(rows.column("row"), value_set=recovered.column("row"))),
+        )
+        if not len(untouched):
+            return
+        if work.internal_failures <= _INTERNAL_RETRIES:
+            self._requeue(state, work, untouched, delay=0.0)
+            return
+        failed = rows.filter(pc.is_in(rows.column("row"), value_set=untouched))
+        ledger.add(_failed_outcomes(self.spec, work, failed, server.name, exc), pa.table({}))
+        state.tally.failed += failed.num_rows
+
+    def _journal(self, server: str) -> pl.DataFrame:
+        """A server's journal states, re-read only when its files changed."""
+        files = journal_files(self.rd.path, server)
+        key = tuple(f.stat().st_size for f in files)
+        cached = self._journals.get(server)
+        if cached is None or cached[0] != key:
+            cached = (key, journal_states(files))
+            self._journals[server] = cached
+        return cached[1]
+
+    def _watch(self, state: _State) -> None:
+        """Heartbeats through the control group; replace servers that stall with work."""
+        now_ = time.monotonic()
+        timeout = self.spec.stall_timeout_s
+        for server in self.servers:
+            if not server.healthy:
+                continue
+            if server.heartbeat is not None:
+                ready, _ = ray.wait([server.heartbeat], timeout=0)
+                if ready:
+                    try:
+                        stats: ServerStats = ray.get(ready[0])
+                        seen = now_ - (time.time() - stats.last_progress)
+                        server.last_progress = max(server.last_progress, seen)
+                    except (RayActorError, RayTaskError):
+                        pass  # a dead actor shows in its calls; Ray restarts it
+                    server.heartbeat = None
+                elif now_ - server.heartbeat_sent > timeout:
+                    self._replace(server, "its heartbeat went unanswered")
+                    continue
+            if server.heartbeat is None and now_ - server.heartbeat_sent >= _HEARTBEAT_S:
+                server.heartbeat = server.handle.heartbeat.remote()
+                server.heartbeat_sent = now_
+            if server.inflight and now_ - server.last_progress > timeout:
+                self._replace(server, f"no progress for {timeout:.0f} s")
+
+    def _replace(self, server: _Server, why: str) -> None:
+        """Stop a stalled server; its portions come back through _call_failed."""
+        log.warning("delivery server %s stalled (%s); reassigning its portions", server.name, why)
+        server.failures = _SERVER_FAILURE_LIMIT
+        ray.kill(server.handle, no_restart=True)
 
     def _maybe_resize(self, state: _State, progress: ProgressReporter, started: float) -> None:
         """Once after warm-up: size servers to meet target_minutes (seed: P400 sizing)."""
@@ -324,7 +524,6 @@ class CampaignDriver:
 def _failed_outcomes(
     spec: CampaignSpec, work: _Work, rows: pa.Table, server: str, exc: Exception
 ) -> pa.Table:
-
     out = OutcomeBuilder(
         spec.campaign, server, None, work.task.portion, work.task.attempt, work.task.domain
     )
@@ -345,6 +544,10 @@ def _failed_outcomes(
             started_at=started,
         )
     return out.table()
+
+
+def _count(statuses: pa.ChunkedArray | pa.Array, status: str) -> int:
+    return int(pc.sum(pc.equal(statuses, status)).as_py() or 0)
 
 
 def _host_port(value: str) -> tuple[str, int]:

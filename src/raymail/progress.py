@@ -28,11 +28,12 @@ class Tally:
     accepted: int = 0
     deferred: int = 0
     failed: int = 0
+    in_doubt: int = 0  # settled as "maybe delivered" (in_doubt policy: skip)
     retrying: int = 0
 
     @property
     def settled(self) -> int:
-        return self.accepted + self.deferred + self.failed
+        return self.accepted + self.deferred + self.failed + self.in_doubt
 
 
 class ProgressReporter:

@@ -14,14 +14,18 @@ import pyarrow.parquet as pq
 
 from raymail.ledger import final_outcomes, read_outcomes
 from raymail.rundir import REJECTS, RunDir
-from raymail.schema import ACCEPTED, DEFERRED, FAILED, SUPPRESSED
+from raymail.schema import ACCEPTED, DEFERRED, FAILED, IN_DOUBT, SUPPRESSED
+
+_LISTED = 1000  # in-doubt recipients named in the report; all are in the ledger
 
 
 def build_report(run_dir: str | Path) -> dict[str, Any]:
     """The report as a JSON-ready dict (see README for the keys)."""
     rd = RunDir(run_dir)
     manifest = rd.manifest()
-    final = final_outcomes(read_outcomes(rd.path))
+    attempts = read_outcomes(rd.path)
+    final = final_outcomes(attempts)
+    doubted = attempts.filter(pl.col("status") == IN_DOUBT)["email"].unique().sort()
     counts = _status_counts(final)
     rejects_path = rd.path / REJECTS
     rejected = pq.read_metadata(rejects_path).num_rows if rejects_path.exists() else 0
@@ -36,6 +40,10 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
         "deferred": counts[DEFERRED],
         "failed": counts[FAILED],
         "suppressed": counts[SUPPRESSED],
+        "in_doubt": counts[IN_DOUBT],
+        "in_doubt_ever": doubted.len(),
+        "in_doubt_recipients": doubted.head(_LISTED).to_list(),
+        "resumes": int(manifest.get("resumes") or 0),
         "not_attempted": max(planned - final.height, 0),
         "rejected_input": rejected,
         "attempts": int(manifest.get("attempts", 0)),
@@ -50,7 +58,7 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
 
 
 def _status_counts(final: pl.DataFrame) -> dict[str, int]:
-    counts = {ACCEPTED: 0, DEFERRED: 0, FAILED: 0, SUPPRESSED: 0}
+    counts = {ACCEPTED: 0, DEFERRED: 0, FAILED: 0, IN_DOUBT: 0, SUPPRESSED: 0}
     if final.height:
         for status, n in final.group_by("status").len().iter_rows():
             counts[str(status)] = int(n)
@@ -64,5 +72,7 @@ def _per_domain(final: pl.DataFrame) -> dict[str, dict[str, int]]:
     domains: dict[str, dict[str, int]] = {}
     for domain, status, n in pivot:
         entry = domains.setdefault(str(domain), {ACCEPTED: 0, DEFERRED: 0, FAILED: 0})
+        if status == IN_DOUBT:
+            entry.setdefault(IN_DOUBT, 0)
         entry[str(status)] = int(n)
     return domains

@@ -7,6 +7,8 @@ Layout::
       spec.yaml           the spec this run was started with
       run.lock            flock'd by the live driver (released by the kernel if it dies)
       rejects.parquet     input rows that were not sent, with the reason
+      recipients.parquet  the validated, normalised list this run sends to
+      journal/*.log       each delivery server's before/after-DATA journal
       outcomes/*.parquet  one row per recipient attempt (the ledger)
       observations/*.parquet  one row per SMTP transaction (routing's evidence)
       report.json         the final report
@@ -29,6 +31,7 @@ MANIFEST = "run.json"
 SPEC = "spec.yaml"
 LOCK = "run.lock"
 REJECTS = "rejects.parquet"
+RECIPIENTS = "recipients.parquet"  # the validated list, so a resume plans the same rows
 OUTCOMES = "outcomes"
 OBSERVATIONS = "observations"
 REPORT = "report.json"

@@ -106,6 +106,16 @@ class CampaignSpec(_Strict):
     portion_size: int = Field(100, ge=1, le=10000, description="Recipients per portion.")
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
+    in_doubt: Literal["resend", "skip"] = Field(
+        "resend",
+        description="Recipients whose message may have been delivered (the connection died "
+        "after the body was sent, or a server died mid-transaction): send again (risking a "
+        "duplicate) or skip (risking a miss). Either way the report lists them.",
+    )
+    stall_timeout_s: float = Field(
+        120.0, gt=0, description="A delivery server with work but no progress this long is "
+        "replaced and its portions go to the others.",
+    )
     checkpoint_interval_s: float = Field(
         2.0, gt=0, description="Longest time outcomes stay only in memory before Parquet."
     )

@@ -48,6 +48,7 @@ def print_report(report: dict[str, Any]) -> None:
         "accepted",
         "deferred",
         "failed",
+        "in_doubt",
         "suppressed",
         "not_attempted",
         "rejected_input",

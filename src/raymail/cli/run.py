@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +14,7 @@ from raymail.cli.output import clean_errors, console, print_json, print_report
 def register(app: typer.Typer) -> None:
     app.command("demo")(demo)
     app.command("send")(send)
+    app.command("resume")(resume)
     app.command("report")(report)
     app.command("status")(status)
 
@@ -54,6 +56,33 @@ def send(
     print_json(result) if json_output else print_report(result)
 
 
+class InDoubt(StrEnum):
+    resend = "resend"
+    skip = "skip"
+
+
+@clean_errors
+def resume(
+    run_dir: Annotated[Path, typer.Argument(help="The run directory of a stopped run.")],
+    in_doubt: Annotated[
+        InDoubt | None,
+        typer.Option(
+            "--in-doubt",
+            help="Recipients whose message may have been delivered: resend (risk a "
+            "duplicate) or skip (risk a miss). Default: the spec's choice (resend).",
+        ),
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Continue a killed or stopped run: nobody accepted is sent again, nobody is skipped."""
+    from raymail.campaign import resume_campaign
+
+    result = resume_campaign(run_dir, in_doubt=in_doubt.value if in_doubt else None)
+    if result.get("note"):
+        console.print(f"raymail: {result['note']}")
+    print_json(result) if json_output else print_report(result)
+
+
 @clean_errors
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
@@ -74,9 +103,10 @@ def status(
     from raymail.report import build_report
 
     result = build_report(run_dir)
-    settled = result["accepted"] + result["deferred"] + result["failed"]
+    settled = sum(result[k] for k in ("accepted", "deferred", "failed", "in_doubt"))
     console.print(
         f"{result['campaign']}: {result['status']} — {settled}/{result['total']} settled "
         f"(accepted {result['accepted']}, deferred {result['deferred']}, "
-        f"failed {result['failed']})"
+        f"failed {result['failed']}, in doubt {result['in_doubt']}); "
+        f"resumed {result['resumes']} time(s)"
     )

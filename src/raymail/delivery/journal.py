@@ -89,7 +89,7 @@ def iter_journal(paths: Iterable[Path]) -> Iterator[JournalLine]:
 
 
 def journal_states(paths: Iterable[Path]) -> pl.DataFrame:
-    """Last journal state per (row, attempt), with the portion it belongs to.
+    """Last journal state per (row, attempt), with the portion and server it belongs to.
 
     Within one attempt a fate (A, D, F, X) always comes after the in-flight mark, so the
     last line wins.
@@ -98,6 +98,7 @@ def journal_states(paths: Iterable[Path]) -> pl.DataFrame:
     attempts: list[int] = []
     portions: list[int] = []
     states: list[str] = []
+    servers: list[str] = []
     order: list[int] = []
     seq = 0
     for line in iter_journal(paths):
@@ -106,15 +107,24 @@ def journal_states(paths: Iterable[Path]) -> pl.DataFrame:
             attempts.append(line.attempt)
             portions.append(line.portion)
             states.append(line.state)
+            servers.append(line.file.rsplit("-", 1)[0])
             order.append(seq)
             seq += 1
     frame = pl.DataFrame(
-        {"row": rows, "attempt": attempts, "portion": portions, "state": states, "seq": order},
+        {
+            "row": rows,
+            "attempt": attempts,
+            "portion": portions,
+            "state": states,
+            "server": servers,
+            "seq": order,
+        },
         schema={
             "row": pl.Int64,
             "attempt": pl.Int32,
             "portion": pl.Int64,
             "state": pl.String,
+            "server": pl.String,
             "seq": pl.Int64,
         },
     )

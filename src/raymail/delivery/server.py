@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 import pyarrow as pa
 import ray
 
+from raymail.delivery.journal import ACCEPTED as JOURNAL_ACCEPTED
+from raymail.delivery.journal import DEFERRED as JOURNAL_DEFERRED
+from raymail.delivery.journal import DROPPED_AFTER_DATA, Journal
+from raymail.delivery.journal import FAILED as JOURNAL_FAILED
+from raymail.delivery.journal import IN_FLIGHT as JOURNAL_IN_FLIGHT
 from raymail.delivery.mx import MXResolver, MXTarget
 from raymail.delivery.pool import ConnectionPool
 from raymail.delivery.records import ObservationBuilder, OutcomeBuilder, from_ipc, now, to_ipc
@@ -29,7 +36,7 @@ from raymail.delivery.smtp_client import (
 from raymail.errors import MXResolutionError, SmtpProtocolError, TemplateError
 from raymail.message import MessageTemplate
 from raymail.plan import PortionTask
-from raymail.schema import ACCEPTED, DEFERRED, FAILED
+from raymail.schema import ACCEPTED, DEFERRED, FAILED, IN_DOUBT
 from raymail.spec import CampaignSpec
 
 _MAX_RECONNECTS = 3
@@ -79,6 +86,17 @@ class _Job:
     message_id: str
     mail_from: str
     started_at: datetime
+    in_flight: bool = False  # the journal says "in flight": its fate must follow
+
+
+# A connection lost after the whole body was written: the server may have accepted it.
+DROPPED_IN_DATA = Reply(0, "connection dropped after the message was sent (in doubt)")
+JOURNAL_STATE = {
+    ACCEPTED: JOURNAL_ACCEPTED,
+    DEFERRED: JOURNAL_DEFERRED,
+    FAILED: JOURNAL_FAILED,
+    IN_DOUBT: DROPPED_AFTER_DATA,
+}
 
 
 def _status_of(reply: Reply) -> str:
@@ -96,6 +114,7 @@ class DeliveryServer:
         spec: CampaignSpec,
         source_address: str | None = None,
         nameservers: list[tuple[str, int]] | None = None,
+        journal_dir: str | None = None,
     ) -> None:
         self.name = name
         self.spec = spec
@@ -105,6 +124,7 @@ class DeliveryServer:
         self._resolver: MXResolver | None = None
         self._pool: ConnectionPool | None = None
         self.stats = ServerStats(name)
+        self.journal = Journal(Path(journal_dir), name) if journal_dir else None
 
     def _started(self) -> tuple[MXResolver, ConnectionPool]:
         """Create the event-loop-bound parts on first use, inside the actor's send loop."""
@@ -286,12 +306,17 @@ class DeliveryServer:
             job = pending[0]
             rcpts = [email for _, email in job.recipients]
             try:
-                tx = await conn.send(job.mail_from, rcpts, job.message)
+                tx = await conn.send(
+                    job.mail_from, rcpts, job.message, before_data=self._in_flight(task, job)
+                )
             except ConnectionDropped as exc:
                 if first and not fresh and not exc.data_sent:
                     return True  # a stale pooled connection: retry the job on a new one
                 pending.popleft()
-                self._settle([job], task, out, DEFERRED, DROPPED, exc)
+                if exc.data_sent:  # the server may have taken it: in doubt, never "deferred"
+                    self._settle([job], task, out, IN_DOUBT, DROPPED_IN_DATA, exc)
+                else:
+                    self._settle([job], task, out, DEFERRED, DROPPED, exc)
                 self._observe(obs, conn, target, fresh and first, 0.0, len(rcpts), 0, job)
                 return True
             except ValueError as exc:  # an address unsafe for the envelope
@@ -300,6 +325,7 @@ class DeliveryServer:
                 continue
             pending.popleft()
             self._record(job, tx, task, target, out)
+            self.stats.last_progress = time.time()
             worst = max((r.klass for r in (tx.mail, *tx.rcpts)), default=2)
             if tx.data is not None:
                 worst = max(worst, tx.data.klass)
@@ -310,17 +336,41 @@ class DeliveryServer:
                 return False
         return False
 
+    def _in_flight(self, task: PortionTask, job: _Job) -> Callable[[], None] | None:
+        """The journal write that must precede the message body (None without a journal)."""
+        journal = self.journal
+        if journal is None:
+            return None
+        rows = [row for row, _ in job.recipients]
+
+        def mark() -> None:
+            job.in_flight = True
+            journal.mark(JOURNAL_IN_FLIGHT, task.portion, task.attempt, rows)
+
+        return mark
+
+    def _journal_fates(self, task: PortionTask, job: _Job, statuses: list[str]) -> None:
+        if self.journal is None or not job.in_flight:
+            return
+        by_state: dict[str, list[int]] = {}
+        for (row, _), status in zip(job.recipients, statuses, strict=True):
+            by_state.setdefault(JOURNAL_STATE[status], []).append(row)
+        for state, rows in by_state.items():
+            self.journal.mark(state, task.portion, task.attempt, rows)
+
     def _record(
         self, job: _Job, tx: Transaction, task: PortionTask, target: MXTarget, out: OutcomeBuilder
     ) -> None:
+        statuses = []
         for (row, email), rcpt in zip(job.recipients, tx.rcpts, strict=True):
             reply = tx.mail if tx.mail.klass != 2 else rcpt
             if reply.klass == 2:
                 reply = tx.data if tx.data is not None else Reply(451, "4.3.0 DATA not sent")
+            statuses.append(_status_of(reply))
             out.add(
                 row=row,
                 email=email,
-                status=_status_of(reply),
+                status=statuses[-1],
                 smtp_code=reply.code,
                 enhanced_status=reply.enhanced,
                 response=reply.text,
@@ -328,6 +378,7 @@ class DeliveryServer:
                 message_id=job.message_id,
                 started_at=job.started_at,
             )
+        self._journal_fates(task, job, statuses)
 
     def _settle(
         self,
@@ -341,7 +392,7 @@ class DeliveryServer:
         """Give every recipient of ``jobs`` the same outcome (no SMTP reply of its own)."""
         text = reply.text if reply else ""
         if exc is not None:
-            text = f"{text}: {exc}" if reply is DROPPED else str(exc)
+            text = f"{text}: {exc}" if reply in (DROPPED, DROPPED_IN_DATA) else str(exc)
         for job in jobs:
             for row, email in job.recipients:
                 out.add(
@@ -355,6 +406,7 @@ class DeliveryServer:
                     message_id=job.message_id,
                     started_at=job.started_at,
                 )
+            self._journal_fates(task, job, [status] * len(job.recipients))
 
     def _observe(
         self,
@@ -385,7 +437,7 @@ class DeliveryServer:
         for status in outcomes.column("status").to_pylist():
             if status == ACCEPTED:
                 stats.accepted += 1
-            elif status == DEFERRED:
+            elif status in (DEFERRED, IN_DOUBT):
                 stats.deferred += 1
             else:
                 stats.failed += 1

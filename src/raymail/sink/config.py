@@ -54,6 +54,11 @@ class Rule(_Strict):
     drop_rate: Rate = Field(
         0.0, description="Share of transactions whose connection closes without a DATA reply."
     )
+    hang: bool = Field(
+        False,
+        description="Never answer the end of DATA (the client's data timeout decides): a "
+        "receiver that stalls mid-transaction.",
+    )
     tempfail_reply: str = Field(
         "451 4.3.0 Temporary failure, try again later (raymail sink)",
         pattern=r"^4\d\d [^\r\n]+$",
@@ -88,6 +93,11 @@ class SinkConfig(_Strict):
     default: Rule = Field(default_factory=Rule)
     domains: dict[str, Rule] = Field(
         default_factory=dict, description="Rules by recipient domain (exact, case-insensitive)."
+    )
+    clients: dict[str, Rule] = Field(
+        default_factory=dict,
+        description="Rules by client (sending) IP address; keys they set override the "
+        "domain's rule, so one delivery server can be made to fail or hang alone.",
     )
     addresses: dict[str, Behaviour] = Field(
         default_factory=dict,

@@ -41,16 +41,20 @@ class RuleBook:
         self._default = config.default
         self._domains = {d: _inherit(config.default, r) for d, r in config.domains.items()}
         self._addresses = dict(config.addresses)
+        self._clients = config.clients
         self._rng = random.Random(config.seed)
 
     def pick(self, peer_ip: str, domain: str, address: str) -> Pick:
         """The seam for topology: the rule for this (client address, domain, recipient).
 
-        ``domain`` and ``address`` are lower-case. ``peer_ip`` is unused until rules are
-        keyed by client source address.
+        ``domain`` and ``address`` are lower-case. A rule for ``peer_ip`` (the sending
+        client) overrides the keys it sets.
         """
-        del peer_ip  # reserved for per-(source address, domain) topology rules
-        return Pick(self._domains.get(domain, self._default), self._addresses.get(address))
+        rule = self._domains.get(domain, self._default)
+        client = self._clients.get(peer_ip)
+        if client is not None:
+            rule = _inherit(rule, client)
+        return Pick(rule, self._addresses.get(address))
 
     def at_rcpt(self, peer_ip: str, address: str) -> tuple[Pick, Behaviour]:
         """Decide one RCPT TO: ACCEPT, TEMPFAIL or PERMFAIL (a forced DROP accepts here)."""
@@ -67,6 +71,10 @@ class RuleBook:
             if draw < rule.tempfail_rate + rule.permfail_rate:
                 return pick, Behaviour.PERMFAIL
         return pick, Behaviour.ACCEPT
+
+    def hangs(self, picks: Sequence[Pick]) -> bool:
+        """Whether the end of DATA goes unanswered for this transaction."""
+        return any(pick.rule.hang for pick in picks)
 
     def at_data(self, picks: Sequence[Pick]) -> tuple[float, bool]:
         """(latency in seconds, drop?) for a transaction whose accepted recipients are picks.

@@ -30,6 +30,7 @@ from raymail.sink.faults import Pick, RuleBook
 from raymail.sink.stats import SinkStats
 
 _DROP_GRACE_S = 5.0  # a dropped session's handler waits at most this for its cancellation
+_HANG_S = 600.0  # how long a "hang" rule keeps the end of DATA unanswered
 _STOP_TIMEOUT_S = 5.0
 _READ_LIMIT = 64 * 1024  # bytes the SMTP reader buffers before it pauses the socket
 
@@ -141,6 +142,10 @@ class _Handler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: _SinkEnvelope) -> str:
         """Wait the rule's latency, then drop the connection or accept (and capture)."""
         latency_s, drop = self.rules.at_data(envelope.picks)
+        if self.rules.hangs(envelope.picks):
+            self.stats.hung += 1
+            await asyncio.sleep(_HANG_S)  # bounded; the client gives up first
+            return "451 4.4.1 Hung transaction released (raymail sink)"
         if latency_s > 0.0:
             await asyncio.sleep(latency_s)
         if drop:

@@ -21,6 +21,7 @@ class SinkStats:
     dropped: int = 0  # transactions whose connection closed before the DATA reply
     dropped_recipients: int = 0  # accepted recipients in those transactions
     bytes: int = 0  # message bytes in accepted transactions
+    hung: int = 0  # transactions whose end of DATA was left unanswered (a "hang" rule)
 
     def copy(self) -> SinkStats:
         return dataclasses.replace(self)

@@ -1,0 +1,74 @@
+"""What a run has already done, from the ledger and the delivery journals.
+
+Used when resuming a killed run and when a delivery server dies mid-portion: the ledger
+holds the outcomes that reached the driver; the journals hold what the delivery servers
+did that had not reached it yet. Together they say, per recipient, whether to send again.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+
+from raymail.delivery.journal import journal_files, journal_states
+from raymail.ledger import final_outcomes, read_outcomes
+from raymail.schema import ACCEPTED, DEFERRED, FAILED, IN_DOUBT, OUTCOME_SCHEMA
+
+# Journal state -> outcome status. "I" alone (in flight, no fate) means the process died
+# between writing the body and reading the reply: in doubt.
+JOURNAL_STATUS = {"A": ACCEPTED, "D": DEFERRED, "F": FAILED, "X": IN_DOUBT, "I": IN_DOUBT}
+RECOVERED_RESPONSE = {
+    ACCEPTED: "accepted (recovered from the delivery journal)",
+    DEFERRED: "deferred (recovered from the delivery journal)",
+    FAILED: "failed (recovered from the delivery journal)",
+    IN_DOUBT: "in doubt: the delivery server stopped between sending the message and "
+    "reading the reply",
+}
+
+
+def recovered_outcomes(
+    journal: pl.DataFrame, known: pl.DataFrame, recipients: pa.Table, campaign: str
+) -> pa.Table:
+    """Outcome rows for journal entries whose (row, attempt) the ledger does not hold."""
+    if journal.height == 0:
+        return OUTCOME_SCHEMA.empty_table()
+    missing = journal.join(known.select(["row", "attempt"]), on=["row", "attempt"], how="anti")
+    if missing.height == 0:
+        return OUTCOME_SCHEMA.empty_table()
+    people = pl.from_arrow(recipients.select(["row", "email", "domain"]))
+    assert isinstance(people, pl.DataFrame)
+    at = datetime.now(UTC)
+    frame = (
+        missing.join(people, on="row", how="inner")
+        .with_columns(
+            pl.col("state").replace_strict(JOURNAL_STATUS, return_dtype=pl.String).alias("status"),
+        )
+        .with_columns(
+            pl.col("status").replace_strict(RECOVERED_RESPONSE, return_dtype=pl.String)
+            .alias("response"),
+            pl.lit(campaign).alias("campaign"),
+            pl.lit(None, pl.Int32).alias("smtp_code"),
+            pl.lit(None, pl.String).alias("enhanced_status"),
+            pl.lit(None, pl.String).alias("source_address"),
+            pl.lit(None, pl.String).alias("mx_host"),
+            pl.lit(None, pl.String).alias("message_id"),
+            pl.lit(at).dt.replace_time_zone("UTC").alias("started_at"),
+            pl.lit(at).dt.replace_time_zone("UTC").alias("finished_at"),
+        )
+    )  # fmt: skip
+    return frame.select(OUTCOME_SCHEMA.names).to_arrow().cast(OUTCOME_SCHEMA)
+
+
+def run_state(run_dir: Path, recipients: pa.Table, campaign: str) -> tuple[pa.Table, pl.DataFrame]:
+    """(outcomes recovered from journals, final outcome per recipient including them)."""
+    ledger = read_outcomes(run_dir)
+    journal = journal_states(journal_files(run_dir))
+    recovered = recovered_outcomes(journal, ledger, recipients, campaign)
+    if recovered.num_rows:
+        extra = pl.from_arrow(recovered)
+        assert isinstance(extra, pl.DataFrame)
+        ledger = pl.concat([ledger, extra], how="vertical_relaxed")
+    return recovered, final_outcomes(ledger)
