@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import write_csv
 from typer.testing import CliRunner
 
+from conftest import write_csv
 from raymail.cli import _register, app
 from raymail.sink import SinkConfig, read_capture, run_sink
 
@@ -21,8 +21,7 @@ def _spec(path: Path, port: int, extra: str = "") -> Path:
     path.write_text(
         "campaign: clitest\nsender: news@sender.test\nsubject: 'Hi {{ name }}'\n"
         "text: 'Hello {{ name }}'\nrecipients: list.csv\n"
-        f"mx_override: {{'*': '127.0.0.1:{port}'}}\ndelivery_servers: 1\nconcurrency: 2\n"
-        + extra
+        f"mx_override: {{'*': '127.0.0.1:{port}'}}\ndelivery_servers: 1\nconcurrency: 2\n" + extra
     )
     return path
 

@@ -24,7 +24,13 @@ import pyarrow.parquet as pq
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from raymail.delivery.journal import JOURNAL_DIR, journal_files, journal_states
+from raymail.delivery.journal import (
+    FENCE_WAIT_S,
+    JOURNAL_DIR,
+    journal_files,
+    journal_states,
+    write_fence,
+)
 from raymail.delivery.records import OutcomeBuilder, from_ipc, now, to_ipc
 from raymail.delivery.server import DeliveryServerActor, PortionResult, ServerStats
 from raymail.errors import DeliveryError
@@ -165,6 +171,10 @@ class CampaignDriver:
             rd.manifest_path.unlink()
             return self._start()
         recipients = pq.read_table(rd.path / RECIPIENTS)
+        # Fence off delivery servers of earlier drivers that may outlive them, and give
+        # them time to notice, before the journals are read as final.
+        write_fence(rd.path / JOURNAL_DIR, int(manifest.get("resumes", 0)) + 1)
+        time.sleep(FENCE_WAIT_S)
         recovered, final = run_state(rd.path, recipients, self.spec.campaign)
         ledger = Ledger(rd.path, self.spec.checkpoint_interval_s)
         ledger.add(recovered, pa.table({}))
@@ -261,7 +271,7 @@ class CampaignDriver:
             if use_resource:
                 options["resources"] = {DELIVERY_RESOURCE: 1}
             handle = DeliveryServerActor.options(**options).remote(
-                name, spec, source, nameservers, journal_dir
+                name, spec, source, nameservers, journal_dir, resumes
             )
             self.servers.append(_Server(name, handle, source))
 

@@ -113,7 +113,9 @@ class CampaignSpec(_Strict):
         "duplicate) or skip (risking a miss). Either way the report lists them.",
     )
     stall_timeout_s: float = Field(
-        120.0, gt=0, description="A delivery server with work but no progress this long is "
+        120.0,
+        gt=0,
+        description="A delivery server with work but no progress this long is "
         "replaced and its portions go to the others.",
     )
     checkpoint_interval_s: float = Field(

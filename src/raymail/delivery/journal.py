@@ -18,11 +18,14 @@ after the body was written: in doubt).
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+
+from raymail.errors import RaymailError
 
 IN_FLIGHT = "I"
 ACCEPTED = "A"
@@ -31,6 +34,47 @@ FAILED = "F"
 DROPPED_AFTER_DATA = "X"
 
 JOURNAL_DIR = "journal"
+FENCE_FILE = "fence"  # in the journal folder: the epoch of the driver that owns the run
+FENCE_CHECK_S = 1.0  # how often a delivery server re-reads the fence, at most
+FENCE_WAIT_S = 2.5  # a new driver waits this long after raising the fence
+
+
+class Fenced(RaymailError):
+    """A newer driver took over this run: this (orphaned) delivery server must stop."""
+
+
+def write_fence(folder: Path, epoch: int) -> None:
+    """Raise the fence: delivery servers of older epochs stop before their next message."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{FENCE_FILE}.tmp"
+    tmp.write_text(str(epoch))
+    os.replace(tmp, folder / FENCE_FILE)
+
+
+class FenceGuard:
+    """Lets a delivery server notice, within FENCE_CHECK_S, that a newer driver took over.
+
+    Killing a driver (or Ray's control processes) can leave delivery-server processes
+    running for a moment; without a fence they could go on sending while a resumed run
+    re-reads the journals, and send someone twice.
+    """
+
+    def __init__(self, folder: Path, epoch: int) -> None:
+        self.path = folder / FENCE_FILE
+        self.epoch = epoch
+        self._checked = 0.0
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if now - self._checked < FENCE_CHECK_S:
+            return
+        self._checked = now
+        try:
+            current = int(self.path.read_text() or 0)
+        except (OSError, ValueError):
+            return
+        if current > self.epoch:
+            raise Fenced(f"run taken over by a newer driver (epoch {current} > {self.epoch})")
 
 
 class Journal:

@@ -19,7 +19,7 @@ import ray
 
 from raymail.delivery.journal import ACCEPTED as JOURNAL_ACCEPTED
 from raymail.delivery.journal import DEFERRED as JOURNAL_DEFERRED
-from raymail.delivery.journal import DROPPED_AFTER_DATA, Journal
+from raymail.delivery.journal import DROPPED_AFTER_DATA, Fenced, FenceGuard, Journal
 from raymail.delivery.journal import FAILED as JOURNAL_FAILED
 from raymail.delivery.journal import IN_FLIGHT as JOURNAL_IN_FLIGHT
 from raymail.delivery.mx import MXResolver, MXTarget
@@ -115,6 +115,7 @@ class DeliveryServer:
         source_address: str | None = None,
         nameservers: list[tuple[str, int]] | None = None,
         journal_dir: str | None = None,
+        epoch: int = 0,
     ) -> None:
         self.name = name
         self.spec = spec
@@ -125,6 +126,7 @@ class DeliveryServer:
         self._pool: ConnectionPool | None = None
         self.stats = ServerStats(name)
         self.journal = Journal(Path(journal_dir), name) if journal_dir else None
+        self.fence = FenceGuard(Path(journal_dir), epoch) if journal_dir else None
 
     def _started(self) -> tuple[MXResolver, ConnectionPool]:
         """Create the event-loop-bound parts on first use, inside the actor's send loop."""
@@ -303,12 +305,17 @@ class DeliveryServer:
         first = True
         max_tx = self.spec.smtp.max_messages_per_connection
         while pending:
+            if self.fence is not None:
+                self.fence.check()
             job = pending[0]
             rcpts = [email for _, email in job.recipients]
             try:
                 tx = await conn.send(
                     job.mail_from, rcpts, job.message, before_data=self._in_flight(task, job)
                 )
+            except Fenced:
+                conn.broken = True  # left after DATA's 354: never reuse
+                raise
             except ConnectionDropped as exc:
                 if first and not fresh and not exc.data_sent:
                     return True  # a stale pooled connection: retry the job on a new one
@@ -343,7 +350,11 @@ class DeliveryServer:
             return None
         rows = [row for row, _ in job.recipients]
 
+        fence = self.fence
+
         def mark() -> None:
+            if fence is not None:
+                fence.check()  # raising here means the body is never sent
             job.in_flight = True
             journal.mark(JOURNAL_IN_FLIGHT, task.portion, task.attempt, rows)
 

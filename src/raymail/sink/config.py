@@ -37,6 +37,7 @@ class Behaviour(StrEnum):
     TEMPFAIL = "tempfail"  # the rule's 4xx reply at RCPT
     PERMFAIL = "permfail"  # the rule's 5xx reply at RCPT
     DROP = "drop"  # 250 at RCPT, then the connection closes before the reply to DATA end
+    HANG = "hang"  # 250 at RCPT, then the end of DATA is never answered
 
 
 class _Strict(BaseModel):

@@ -62,7 +62,8 @@ class RuleBook:
         pick = self.pick(peer_ip, domain, lowered)
         if pick.forced is not None:
             forced = pick.forced
-            return pick, (Behaviour.ACCEPT if forced is Behaviour.DROP else forced)
+            accepts = forced in (Behaviour.DROP, Behaviour.HANG)
+            return pick, (Behaviour.ACCEPT if accepts else forced)
         rule = pick.rule
         if rule.tempfail_rate or rule.permfail_rate:
             draw = self._rng.random()
@@ -74,7 +75,7 @@ class RuleBook:
 
     def hangs(self, picks: Sequence[Pick]) -> bool:
         """Whether the end of DATA goes unanswered for this transaction."""
-        return any(pick.rule.hang for pick in picks)
+        return any(pick.rule.hang or pick.forced is Behaviour.HANG for pick in picks)
 
     def at_data(self, picks: Sequence[Pick]) -> tuple[float, bool]:
         """(latency in seconds, drop?) for a transaction whose accepted recipients are picks.
