@@ -11,7 +11,6 @@ from __future__ import annotations
 import heapq
 import logging
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +32,7 @@ from raymail.delivery.journal import (
 )
 from raymail.delivery.records import OutcomeBuilder, from_ipc, now, to_ipc
 from raymail.delivery.server import DeliveryServerActor, PortionResult, ServerStats
+from raymail.dispatch import LeastLoadedRouter, Router, ServerView, Work, WorkQueue
 from raymail.errors import DeliveryError
 from raymail.ledger import Ledger
 from raymail.plan import PortionTask, size_capacity, split_portions
@@ -58,15 +58,6 @@ LOADING, PLANNED, DELIVERING, COMPLETE = "loading", "planned", "delivering", "co
 
 
 @dataclass(slots=True)
-class _Work:
-    """A portion waiting for, or on, a delivery server."""
-
-    task: PortionTask
-    rows: ray.ObjectRef[Any]  # the portion's rows, Arrow IPC bytes in the object store
-    internal_failures: int = 0
-
-
-@dataclass(slots=True)
 class _Server:
     name: str
     handle: Any
@@ -85,9 +76,9 @@ class _Server:
 
 @dataclass
 class _State:
-    ready: deque[_Work] = field(default_factory=deque)
-    delayed: list[tuple[float, int, _Work]] = field(default_factory=list)
-    inflight: dict[ray.ObjectRef[Any], tuple[_Server, _Work]] = field(default_factory=dict)
+    ready: WorkQueue = field(default_factory=WorkQueue)
+    delayed: list[tuple[float, int, Work]] = field(default_factory=list)
+    inflight: dict[ray.ObjectRef[Any], tuple[_Server, Work]] = field(default_factory=dict)
     tally: Tally = field(default_factory=Tally)
     attempts: int = 0
     next_portion: int = 0
@@ -127,6 +118,7 @@ class CampaignDriver:
         self.live_progress = live_progress
         self.resume = resume
         self.servers: list[_Server] = []
+        self.router: Router = LeastLoadedRouter()
         self._replacements = 0
         self._capacity_checked = False
         self._journals: dict[str, tuple[tuple[int, ...], pl.DataFrame]] = {}
@@ -212,7 +204,7 @@ class CampaignDriver:
         for task, rows in split_portions(table, spec.portion_size, first_id=first_portion):
             attempt = int(pc.max(rows.column("prev_attempt")).as_py() or 0) + 1
             task = PortionTask(task.portion, task.domain, attempt, task.size)
-            state.ready.append(_Work(task, ray.put(to_ipc(rows.drop(["prev_attempt"])))))
+            state.ready.push(Work(task, ray.put(to_ipc(rows.drop(["prev_attempt"])))))
             state.next_portion = task.portion + 1
         self._start_servers(spec.delivery_servers)
         self._stage(
@@ -319,7 +311,7 @@ class CampaignDriver:
         now_ = time.monotonic()
         while state.delayed and state.delayed[0][0] <= now_:
             _, _, work = heapq.heappop(state.delayed)
-            state.ready.append(work)
+            state.ready.push(work)
 
     def _healthy(self) -> list[_Server]:
         healthy = [s for s in self.servers if s.healthy]
@@ -333,21 +325,25 @@ class CampaignDriver:
         return healthy
 
     def _submit(self, state: _State) -> None:
+        """Let the router fill each healthy server's free capacity (most free first)."""
         if not state.ready:
             return
         cap = self._capacity_per_server()
-        healthy = self._healthy()
-        while state.ready:
-            server = min(healthy, key=lambda s: s.inflight)
-            if server.inflight >= cap:
-                return
-            work = state.ready.popleft()
-            ref = server.handle.deliver.remote(work.task, work.rows)
-            if server.inflight == 0:
-                server.last_progress = time.monotonic()
-            server.inflight += 1
-            state.inflight[ref] = (server, work)
-            state.attempts += 1
+        for server in sorted(self._healthy(), key=lambda s: s.inflight):
+            free = cap - server.inflight
+            if free <= 0 or not state.ready:
+                continue
+            view = ServerView(
+                self.servers.index(server), server.name, server.source_address,
+                server.inflight, cap,
+            )  # fmt: skip
+            for work in self.router.take(view, state.ready, free):
+                ref = server.handle.deliver.remote(work.task, work.rows)
+                if server.inflight == 0:
+                    server.last_progress = time.monotonic()
+                server.inflight += 1
+                state.inflight[ref] = (server, work)
+                state.attempts += 1
 
     def _collect(self, state: _State, ref: ray.ObjectRef[Any], ledger: Ledger) -> None:
         server, work = state.inflight.pop(ref)
@@ -359,9 +355,11 @@ class CampaignDriver:
             return
         server.last_progress = time.monotonic()
         outcomes = result.outcomes
-        ledger.add(outcomes, result.observations)
+        observations = result.observations
+        ledger.add(outcomes, observations)
         self._settle(state, work, outcomes)
         self._judge(server, outcomes)
+        self.router.observe(server.name, outcomes, observations)
 
     def _judge(self, server: _Server, outcomes: pa.Table) -> None:
         """Demote a server that keeps failing where the other servers succeed."""
@@ -380,7 +378,7 @@ class CampaignDriver:
             )
             server.failures = _SERVER_FAILURE_LIMIT
 
-    def _settle(self, state: _State, work: _Work, outcomes: pa.Table) -> None:
+    def _settle(self, state: _State, work: Work, outcomes: pa.Table) -> None:
         """Count final outcomes; schedule deferred (and, by policy, in-doubt) recipients."""
         statuses = outcomes.column("status")
         tally = state.tally
@@ -409,7 +407,7 @@ class CampaignDriver:
         self._requeue(state, work, again_rows, delay=backoff)
 
     def _requeue(
-        self, state: _State, work: _Work, rows: pa.ChunkedArray | pa.Array, *, delay: float
+        self, state: _State, work: Work, rows: pa.ChunkedArray | pa.Array, *, delay: float
     ) -> None:
         """Send some rows of a portion again, as the next attempt, after ``delay``."""
         table = from_ipc(ray.get(work.rows))
@@ -417,11 +415,11 @@ class CampaignDriver:
         task = PortionTask(
             work.task.portion, work.task.domain, work.task.attempt + 1, again.num_rows
         )
-        item = _Work(task, ray.put(to_ipc(again)), work.internal_failures)
+        item = Work(task, ray.put(to_ipc(again)), work.internal_failures)
         heapq.heappush(state.delayed, (time.monotonic() + delay, task.portion, item))
 
     def _call_failed(
-        self, state: _State, server: _Server, work: _Work, exc: Exception, ledger: Ledger
+        self, state: _State, server: _Server, work: Work, exc: Exception, ledger: Ledger
     ) -> None:
         """A call died with its actor (or raised): settle from the journal, requeue the rest.
 
@@ -532,7 +530,7 @@ class CampaignDriver:
 
 
 def _failed_outcomes(
-    spec: CampaignSpec, work: _Work, rows: pa.Table, server: str, exc: Exception
+    spec: CampaignSpec, work: Work, rows: pa.Table, server: str, exc: Exception
 ) -> pa.Table:
     out = OutcomeBuilder(
         spec.campaign, server, None, work.task.portion, work.task.attempt, work.task.domain

@@ -1,0 +1,122 @@
+"""The seam between the driver and routing: queued work, server views, and the Router.
+
+The driver keeps portions in a :class:`WorkQueue` (one FIFO per domain) and, whenever a
+delivery server has free capacity (push mode) or asks for work (pull mode), lets the
+:class:`Router` choose which portions that server takes. Routing policies (learned, round
+robin, equal shares) live in ``raymail.routing`` and only implement :class:`Router`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+from raymail.plan import PortionTask
+
+
+@dataclass(slots=True)
+class Work:
+    """A portion waiting for, or on, a delivery server."""
+
+    task: PortionTask
+    rows: Any  # ray.ObjectRef of the portion's rows as Arrow IPC bytes
+    internal_failures: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ServerView:
+    """What a router may know about a delivery server when it hands out work."""
+
+    index: int
+    name: str
+    source_address: str | None
+    inflight: int  # portions submitted and not yet returned
+    capacity: int  # portions it may hold at once
+
+
+class WorkQueue:
+    """Ready portions, one FIFO per domain; domains are served in turn."""
+
+    def __init__(self) -> None:
+        self._by_domain: OrderedDict[str, deque[Work]] = OrderedDict()
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __bool__(self) -> bool:
+        return self._count > 0
+
+    def push(self, work: Work, *, front: bool = False) -> None:
+        queue = self._by_domain.get(work.task.domain)
+        if queue is None:
+            queue = self._by_domain[work.task.domain] = deque()
+        if front:
+            queue.appendleft(work)
+            self._by_domain.move_to_end(work.task.domain, last=False)
+        else:
+            queue.append(work)
+        self._count += 1
+
+    def domains(self) -> list[str]:
+        """Domains with work waiting, in serving order."""
+        return list(self._by_domain)
+
+    def waiting(self, domain: str) -> int:
+        """Recipients waiting for ``domain``."""
+        queue = self._by_domain.get(domain)
+        return sum(w.task.size for w in queue) if queue else 0
+
+    def pop(self, domain: str | None = None) -> Work | None:
+        """The oldest portion of ``domain`` (or of the next domain in turn)."""
+        if not self._by_domain:
+            return None
+        if domain is None:
+            domain = next(iter(self._by_domain))
+        queue = self._by_domain.get(domain)
+        if not queue:
+            return None
+        work = queue.popleft()
+        self._count -= 1
+        if queue:
+            self._by_domain.move_to_end(domain)  # next time, another domain's turn
+        else:
+            del self._by_domain[domain]
+        return work
+
+    def __iter__(self) -> Iterator[Work]:
+        for queue in self._by_domain.values():
+            yield from queue
+
+
+class Router(Protocol):
+    """Chooses which queued portions a delivery server takes next."""
+
+    def take(self, server: ServerView, queue: WorkQueue, limit: int) -> list[Work]:
+        """Remove and return up to ``limit`` portions for ``server`` (may return none)."""
+        ...
+
+    def observe(self, server: str, outcomes: pa.Table, observations: pa.Table) -> None:
+        """Learn from a finished portion (outcomes per recipient, observations per SMTP
+        transaction)."""
+        ...
+
+
+class LeastLoadedRouter:
+    """Domains in turn, to whichever server has room: the baseline without learning."""
+
+    def take(self, server: ServerView, queue: WorkQueue, limit: int) -> list[Work]:
+        taken: list[Work] = []
+        while len(taken) < limit:
+            work = queue.pop()
+            if work is None:
+                break
+            taken.append(work)
+        return taken
+
+    def observe(self, server: str, outcomes: pa.Table, observations: pa.Table) -> None:
+        del server, outcomes, observations
