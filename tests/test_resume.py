@@ -175,8 +175,10 @@ def test_killed_delivery_server_loses_nothing(tmp_path: Path) -> None:
     assert report["in_doubt"] == 0  # the in-doubt ones were resent (policy resend)
 
 
-@pytest.mark.parametrize("policy", ["resend", "skip"])
-def test_stalled_server_is_replaced(tmp_path: Path, policy: str) -> None:
+@pytest.mark.parametrize(
+    ("policy", "dispatch"), [("resend", "push"), ("skip", "push"), ("resend", "pull")]
+)
+def test_stalled_server_is_replaced(tmp_path: Path, policy: str, dispatch: str) -> None:
     n = 600
     csv = _recipients(tmp_path / "list.csv", n)
     capture = tmp_path / "cap"
@@ -188,6 +190,7 @@ def test_stalled_server_is_replaced(tmp_path: Path, policy: str) -> None:
             source_addresses=["127.0.0.2", "127.0.0.3"],
             stall_timeout_s=3,
             in_doubt=policy,
+            dispatch=dispatch,
             smtp={"data_timeout_s": 600},
         )
         report = run_campaign(spec, tmp_path / "run", live_progress=False)
@@ -203,7 +206,8 @@ def test_stalled_server_is_replaced(tmp_path: Path, policy: str) -> None:
         assert report["accepted"] == n - hung and report["in_doubt"] == hung
 
 
-def test_failing_server_stops_getting_work(tmp_path: Path) -> None:
+@pytest.mark.parametrize("dispatch", ["push", "pull"])
+def test_failing_server_stops_getting_work(tmp_path: Path, dispatch: str) -> None:
     n = 1200
     csv = _recipients(tmp_path / "list.csv", n)
     capture = tmp_path / "cap"
@@ -214,6 +218,7 @@ def test_failing_server_stops_getting_work(tmp_path: Path) -> None:
             sink.port,
             source_addresses=["127.0.0.2", "127.0.0.3"],
             portion_size=20,
+            dispatch=dispatch,
             retry={"max_attempts": 6, "initial_backoff_s": 0.1, "max_backoff_s": 0.5},
         )
         report = run_campaign(spec, tmp_path / "run", live_progress=False)
@@ -223,3 +228,15 @@ def test_failing_server_stops_getting_work(tmp_path: Path) -> None:
     good = outcomes.filter(pl.col("server") == "ds0")
     assert bad["portion"].n_unique() < good["portion"].n_unique()
     assert bad.filter(pl.col("status") == "accepted").height == 0
+
+
+def test_pull_mode_delivers_each_recipient_once(tmp_path: Path) -> None:
+    n = 1500
+    csv = _recipients(tmp_path / "list.csv", n)
+    capture = tmp_path / "cap"
+    with run_sink(SinkConfig(), capture_dir=capture) as sink:
+        spec = make_spec(csv, sink.port, dispatch="pull", portion_size=50)
+        report = run_campaign(spec, tmp_path / "run", live_progress=False)
+    _check_exactly_once(report, capture, n)
+    servers = pl.read_parquet(tmp_path / "run" / "outcomes")["server"].unique().to_list()
+    assert sorted(servers) == ["ds0", "ds1"]  # both servers asked for, and got, work

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
+from raymail.broker import BrokerPoll, WorkBrokerActor
 from raymail.delivery.journal import (
     FENCE_WAIT_S,
     JOURNAL_DIR,
@@ -145,11 +146,18 @@ class CampaignDriver:
         self._stage(LOADING, started_at=_iso(time.time()), resumes=0, elapsed_s=0.0)
         loaded = load_recipients(spec.recipients)
         write_rejects(loaded.rejects, rd.path)
+        from raymail.returns.suppression import apply_suppression  # the C servers' list
+
+        to_send, suppressed = apply_suppression(loaded.table, spec)
+        if suppressed.num_rows:  # ledgered before anything is sent: the report counts them
+            ledger = Ledger(rd.path, spec.checkpoint_interval_s)
+            ledger.add(suppressed, pa.table({}))
+            ledger.flush()
         pq.write_table(loaded.table, rd.path / RECIPIENTS, compression="zstd")
         self._stage(
             PLANNED, recipients=loaded.table.num_rows, rejected_input=loaded.rejects.num_rows
         )
-        table = loaded.table.append_column("prev_attempt", pa.array([0] * loaded.table.num_rows))
+        table = to_send.append_column("prev_attempt", pa.array([0] * to_send.num_rows))
         return self._deliver(table, Tally(), first_portion=0)
 
     def _resume(self) -> dict[str, Any]:
@@ -218,7 +226,10 @@ class CampaignDriver:
         progress = ProgressReporter(total, live=self.live_progress)
         started = time.monotonic()
         try:
-            self._dispatch(state, ledger, progress, started)
+            if spec.dispatch == "pull":
+                self._dispatch_pull(state, ledger, progress, started)
+            else:
+                self._dispatch(state, ledger, progress, started)
         finally:
             ledger.flush()
             progress.close(state.tally)
@@ -256,7 +267,7 @@ class CampaignDriver:
                 else None
             )
             options: dict[str, Any] = {
-                "max_concurrency": spec.concurrency,
+                "max_concurrency": spec.concurrency + 1,  # + pull mode's loop
                 "max_restarts": 3,
                 "num_cpus": 0,
             }
@@ -307,6 +318,119 @@ class CampaignDriver:
             progress.update(state.tally)
             self._maybe_resize(state, progress, started)
 
+    def _dispatch_pull(
+        self, state: _State, ledger: Ledger, progress: ProgressReporter, started: float
+    ) -> None:
+        """Pull mode: servers ask the broker for work; the driver answers and reclaims.
+
+        The driver still owns completion: a server that stops asking (or dies) while it
+        holds portions has them settled from its journal and handed to the others.
+        """
+        broker = WorkBrokerActor.remote()
+        leased: dict[tuple[int, int], tuple[_Server, Work]] = {}
+        loops = {s.name: s.handle.pull.remote(broker) for s in self.servers}
+        by_name = {s.name: s for s in self.servers}
+        try:
+            while state.ready or state.delayed or leased:
+                self._promote_delayed(state)
+                poll: BrokerPoll = ray.get(broker.poll.remote())
+                for result in poll.results:
+                    key = (result.task.portion, result.task.attempt)
+                    if key in leased:
+                        server, work = leased.pop(key)
+                        server.inflight -= 1
+                        self._handle_result(state, server, work, result, ledger)
+                for _name, task, error in poll.failures:
+                    if (task.portion, task.attempt) in leased:
+                        server, work = leased.pop((task.portion, task.attempt))
+                        server.inflight -= 1
+                        self._call_failed(state, server, work, RuntimeError(error), ledger)
+                self._offer(state, broker, poll, by_name, leased)
+                self._watch(state)  # progress: a server that asks but never finishes
+                self._reclaim(state, poll, leased, loops, broker, ledger)
+                if ledger.due():
+                    ledger.flush()
+                progress.update(state.tally)
+                self._maybe_resize(state, progress, started)
+                for server in self.servers:  # started by resizing or replacement
+                    if server.name not in loops:
+                        loops[server.name] = server.handle.pull.remote(broker)
+                        by_name[server.name] = server
+                if not (poll.results or poll.failures):
+                    time.sleep(0.05)
+        finally:
+            ray.get(broker.close.remote())
+            ray.wait(list(loops.values()), num_returns=len(loops), timeout=10)
+            ray.kill(broker)
+
+    def _offer(
+        self,
+        state: _State,
+        broker: Any,
+        poll: BrokerPoll,
+        by_name: dict[str, _Server],
+        leased: dict[tuple[int, int], tuple[_Server, Work]],
+    ) -> None:
+        """Answer each healthy server's request through the router."""
+        for name, wanted in poll.wanted.items():
+            server = by_name.get(name)
+            if server is None or not server.healthy or not state.ready:
+                continue
+            free = min(wanted, self.spec.concurrency - server.inflight)
+            if free <= 0:
+                continue
+            view = ServerView(
+                self.servers.index(server), server.name, server.source_address,
+                server.inflight, self.spec.concurrency,
+            )  # fmt: skip
+            works = self.router.take(view, state.ready, free)
+            if not works:
+                continue
+            for work in works:
+                leased[(work.task.portion, work.task.attempt)] = (server, work)
+                server.inflight += 1
+                state.attempts += 1
+            if server.inflight == len(works):
+                server.last_progress = time.monotonic()
+            broker.offer.remote(name, [(w.task, w.rows) for w in works])
+
+    def _reclaim(
+        self,
+        state: _State,
+        poll: BrokerPoll,
+        leased: dict[tuple[int, int], tuple[_Server, Work]],
+        loops: dict[str, ray.ObjectRef[Any]],
+        broker: Any,
+        ledger: Ledger,
+    ) -> None:
+        """Take back the portions of servers that died or stopped asking."""
+        now_wall = time.time()
+        for server in self.servers:
+            held = [k for k, (s, _) in leased.items() if s is server]
+            loop_ref = loops.get(server.name)
+            dead = False
+            if loop_ref is not None:
+                ready, _ = ray.wait([loop_ref], timeout=0)
+                if ready:
+                    try:
+                        ray.get(ready[0])
+                    except (RayActorError, RayTaskError):
+                        dead = True
+                    del loops[server.name]
+                    if dead and server.healthy:
+                        loops[server.name] = server.handle.pull.remote(broker)  # restarted
+            silent = now_wall - poll.last_seen.get(server.name, now_wall)
+            if held and server.healthy and silent > self.spec.stall_timeout_s:
+                self._replace(server, f"it stopped asking for work {silent:.0f} s ago")
+                dead = True
+            if dead:
+                for key in held:
+                    _, work = leased.pop(key)
+                    server.inflight -= 1
+                    self._call_failed(
+                        state, server, work, RuntimeError("delivery server lost"), ledger
+                    )
+
     def _promote_delayed(self, state: _State) -> None:
         now_ = time.monotonic()
         while state.delayed and state.delayed[0][0] <= now_:
@@ -353,6 +477,11 @@ class CampaignDriver:
         except (RayActorError, RayTaskError) as exc:
             self._call_failed(state, server, work, exc, ledger)
             return
+        self._handle_result(state, server, work, result, ledger)
+
+    def _handle_result(
+        self, state: _State, server: _Server, work: Work, result: PortionResult, ledger: Ledger
+    ) -> None:
         server.last_progress = time.monotonic()
         outcomes = result.outcomes
         observations = result.observations

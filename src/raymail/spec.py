@@ -7,12 +7,20 @@ Every model forbids unknown keys, so a typo in a spec file is an error that name
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from raymail.errors import SpecError
 
@@ -55,6 +63,153 @@ class RetrySettings(_Strict):
     initial_backoff_s: float = Field(2.0, ge=0, description="Wait before the first retry.")
     max_backoff_s: float = Field(60.0, ge=0, description="Upper bound of the backoff.")
     multiplier: float = Field(2.0, ge=1, description="Backoff growth per attempt.")
+
+
+def raymail_home() -> Path:
+    """Where raymail keeps state that outlives a run: $RAYMAIL_HOME, else ~/.raymail."""
+    configured = os.environ.get("RAYMAIL_HOME")
+    return Path(configured).expanduser() if configured else Path.home() / ".raymail"
+
+
+class SuppressionRules(_Strict):
+    """When a returned message takes an address off every future campaign."""
+
+    hard_bounce_after: int = Field(
+        1,
+        ge=1,
+        description="Suppress after this many hard bounces (hard_bounce_address, "
+        "hard_bounce_domain), counted since the address was last un-suppressed.",
+    )
+    soft_bounce_after: int = Field(
+        3,
+        ge=1,
+        description="Suppress after this many soft bounces (mailbox_full, transient) within "
+        "soft_bounce_window_days.",
+    )
+    soft_bounce_window_days: float = Field(
+        30.0, gt=0, description="Window in which soft bounces are counted."
+    )
+    complaints: bool = Field(True, description="Suppress at the first complaint (ARF report).")
+    remove_requests: bool = Field(
+        True, description="Suppress at the first removal request (reply or List-Unsubscribe)."
+    )
+
+
+class ReturnsSettings(_Strict):
+    """The returns server (the seed's C servers): where it listens, what it keeps, whom it tells.
+
+    One model for a campaign spec's ``returns`` key and for the returns server's config, so
+    the driver and the server agree on the suppression list and its rules.
+    """
+
+    listen: HostPort = Field(
+        "127.0.0.1:2526",
+        description="host:port the returns server (the MX of the return domain) listens on.",
+    )
+    reply_address: str | None = Field(
+        None, description="Address replies are sent to (usually the spec's reply_to)."
+    )
+    abuse_address: str | None = Field(
+        None, description="Address complaint reports (ARF) and abuse mail are sent to."
+    )
+    customer_service: HostPort | None = Field(
+        None,
+        description="host:port of the customer-service SMTP server that human replies and "
+        "challenge-response requests are forwarded to; none: they stay in the outbox.",
+    )
+    customer_service_address: str | None = Field(
+        None, description="Envelope recipient of forwarded messages at customer_service."
+    )
+    forward_sender: str = Field(
+        "",
+        description="Envelope sender of forwarded messages; empty: the null sender <>, so a "
+        "failed forward never bounces back into the returns server.",
+    )
+    forward_retry: RetrySettings = Field(
+        default_factory=lambda: RetrySettings(
+            max_attempts=8, initial_backoff_s=5.0, max_backoff_s=600.0
+        ),
+        description="Retries of a failed forward before it is parked (it stays in the "
+        "outbox until delivered; 'raymail returns forward' retries parked ones).",
+    )
+    home: str = Field(
+        default_factory=lambda: str(raymail_home()),
+        description="Folder of the returns archive, events and outbox (returns/ inside it).",
+    )
+    suppression_path: str | None = Field(
+        None, description="The suppression list (Parquet); default HOME/suppression.parquet."
+    )
+    max_message_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="Largest returned message accepted (552 above)."
+    )
+    max_recipients: int = Field(
+        20, ge=1, le=1000, description="RCPT TO accepted per transaction (452 above)."
+    )
+    rules: SuppressionRules = Field(default_factory=SuppressionRules)
+
+    @field_validator("reply_address", "abuse_address", "customer_service_address", "forward_sender")
+    @classmethod
+    def _is_address(cls, value: str | None) -> str | None:
+        if value and not _ADDRESS_RE.match(value):
+            raise ValueError(f"not an email address: {value!r}")
+        return value.lower() if value else value
+
+    @model_validator(mode="after")
+    def _forward_needs_address(self) -> ReturnsSettings:
+        if self.customer_service and not self.customer_service_address:
+            raise ValueError("customer_service needs customer_service_address (who gets them)")
+        return self
+
+    @property
+    def suppression_file(self) -> Path:
+        """The suppression list's path (the configured one, else under ``home``)."""
+        if self.suppression_path:
+            return Path(self.suppression_path).expanduser()
+        return Path(self.home).expanduser() / "suppression.parquet"
+
+    @property
+    def returns_dir(self) -> Path:
+        """Archive, events, rejects and outbox live here."""
+        return Path(self.home).expanduser() / "returns"
+
+
+class RoutingSettings(_Strict):
+    """How portions are matched to delivery servers (issue: learned routing)."""
+
+    policy: Literal["learned", "round_robin", "equal_shares"] = Field(
+        "learned",
+        description="learned: minimise the expected time to the last delivery from what "
+        "each server has shown per domain, exploring a bounded share; round_robin: deal "
+        "each domain's portions to the servers in turn; equal_shares: cut the list into "
+        "one equal contiguous share per server (the seed's plain partitioning).",
+    )
+    table: str | None = Field(
+        None,
+        description="Directory of the routing table (Parquet), kept across runs; default "
+        "$RAYMAIL_HOME/routing (RAYMAIL_HOME defaults to ~/.raymail).",
+    )
+    exploration: float = Field(
+        0.1,
+        ge=0.0,
+        le=0.5,
+        description="Most share of the work given to (server, domain) pairs with little or "
+        "stale evidence while a known-good server exists.",
+    )
+    half_life_days: float = Field(
+        7.0, gt=0, description="Evidence this old counts half as much as new evidence."
+    )
+    probe: bool = Field(
+        True, description="Measure RTT and hop count from each server to the mail exchangers."
+    )
+    probe_interval_s: float = Field(
+        300.0, ge=1.0, description="Time between two probe rounds of one delivery server."
+    )
+    probe_timeout_s: float = Field(
+        10.0, gt=0, le=120.0, description="Longest one probe round may take on one server."
+    )
+    probe_max_hosts: int = Field(
+        20, ge=1, le=1000, description="Mail exchangers one probe round measures at most."
+    )
 
 
 class CampaignSpec(_Strict):
@@ -106,6 +261,11 @@ class CampaignSpec(_Strict):
     portion_size: int = Field(100, ge=1, le=10000, description="Recipients per portion.")
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
+    dispatch: Literal["push", "pull"] = Field(
+        "push",
+        description="push: the driver hands each server portions up to its capacity; pull: "
+        "servers ask for portions sized to their free connections (seed 002's alternative).",
+    )
     in_doubt: Literal["resend", "skip"] = Field(
         "resend",
         description="Recipients whose message may have been delivered (the connection died "
@@ -120,6 +280,12 @@ class CampaignSpec(_Strict):
     )
     checkpoint_interval_s: float = Field(
         2.0, gt=0, description="Longest time outcomes stay only in memory before Parquet."
+    )
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    returns: ReturnsSettings | None = Field(
+        None,
+        description="Returns processing: the suppression list this campaign skips, and the "
+        "returns server's settings. Absent: no suppression list is consulted.",
     )
 
     @field_validator("sender")
@@ -167,6 +333,10 @@ def _known_keys(model: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
     for part in path:
         field = current.model_fields.get(str(part))
         annotation = field.annotation if field else None
+        # An optional section (``X | None``): look inside it.
+        models = [a for a in get_args(annotation) if isinstance(a, type) and a is not type(None)]
+        if len(models) == 1:
+            annotation = models[0]
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return []
         current = annotation

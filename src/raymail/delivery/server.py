@@ -7,12 +7,14 @@ returns one outcome row per recipient plus one observation row per SMTP transact
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import ray
@@ -456,6 +458,40 @@ class DeliveryServer:
         if self._pool is not None:
             stats.open_connections = self._pool.open_connections
             stats.connections_opened = self._pool.opened_total
+
+    async def pull(self, broker: Any) -> ServerStats:
+        """Pull mode: ask the broker for portions sized to free connections, until closed.
+
+        Runs for the whole campaign in one call slot; each portion is delivered by the same
+        code as in push mode, and its result handed back through the broker.
+        """
+        active: set[asyncio.Task[None]] = set()
+        capacity = self.spec.concurrency
+        for _ in range(10_000_000):  # bounded: ends when the broker closes
+            free = capacity - len(active)
+            if free <= 0:
+                await asyncio.wait(active, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+                free = capacity - len(active)
+            # With no free slot this is a keep-alive: the broker sees the server is alive.
+            items, closed = await broker.take.remote(self.name, free)
+            for task, rows_ref in items:
+                job = asyncio.create_task(self._pull_one(broker, task, rows_ref))
+                active.add(job)
+                job.add_done_callback(active.discard)
+            if closed and not items:
+                break
+        if active:
+            await asyncio.wait(active)
+        return self.stats
+
+    async def _pull_one(self, broker: Any, task: PortionTask, rows_ref: Any) -> None:
+        try:
+            rows_ipc = await rows_ref
+            result = await self.deliver(task, rows_ipc)
+        except Exception as exc:  # reported, never lost: the driver recovers the portion
+            await broker.failed.remote(self.name, task, f"{type(exc).__name__}: {exc}")
+            return
+        await broker.complete.remote(result)
 
     @ray.method(concurrency_group="control")
     async def heartbeat(self) -> ServerStats:
