@@ -31,9 +31,9 @@ from raymail.delivery.journal import (
     journal_states,
     write_fence,
 )
-from raymail.delivery.records import OutcomeBuilder, from_ipc, now, to_ipc
+from raymail.delivery.records import OutcomeBuilder, now, to_ipc
 from raymail.delivery.server import DeliveryServerActor, PortionResult, ServerStats
-from raymail.dispatch import LeastLoadedRouter, Router, ServerView, Work, WorkQueue
+from raymail.dispatch import ServerView, Work, WorkQueue
 from raymail.errors import DeliveryError
 from raymail.ledger import Ledger
 from raymail.plan import PortionTask, size_capacity, split_portions
@@ -41,6 +41,7 @@ from raymail.progress import ProgressReporter, Tally
 from raymail.recipients import load_recipients, write_rejects
 from raymail.recovery import recovered_outcomes, run_state
 from raymail.report import build_report
+from raymail.routing import make_router
 from raymail.rundir import RECIPIENTS, REPORT, RunDir, write_json_atomic
 from raymail.runtime import DELIVERY_RESOURCE, delivery_slots, ensure_ray
 from raymail.schema import ACCEPTED, DEFERRED, FAILED, IN_DOUBT
@@ -119,7 +120,11 @@ class CampaignDriver:
         self.live_progress = live_progress
         self.resume = resume
         self.servers: list[_Server] = []
-        self.router: Router = LeastLoadedRouter()
+        self.router = make_router(
+            spec,
+            run_dir=run_dir.path,
+            servers=lambda: {s.name: s.handle for s in self.servers if s.healthy},
+        )
         self._replacements = 0
         self._capacity_checked = False
         self._journals: dict[str, tuple[tuple[int, ...], pl.DataFrame]] = {}
@@ -146,18 +151,11 @@ class CampaignDriver:
         self._stage(LOADING, started_at=_iso(time.time()), resumes=0, elapsed_s=0.0)
         loaded = load_recipients(spec.recipients)
         write_rejects(loaded.rejects, rd.path)
-        from raymail.returns.suppression import apply_suppression  # the C servers' list
-
-        to_send, suppressed = apply_suppression(loaded.table, spec)
-        if suppressed.num_rows:  # ledgered before anything is sent: the report counts them
-            ledger = Ledger(rd.path, spec.checkpoint_interval_s)
-            ledger.add(suppressed, pa.table({}))
-            ledger.flush()
         pq.write_table(loaded.table, rd.path / RECIPIENTS, compression="zstd")
         self._stage(
             PLANNED, recipients=loaded.table.num_rows, rejected_input=loaded.rejects.num_rows
         )
-        table = to_send.append_column("prev_attempt", pa.array([0] * to_send.num_rows))
+        table = loaded.table.append_column("prev_attempt", pa.array([0] * loaded.table.num_rows))
         return self._deliver(table, Tally(), first_portion=0)
 
     def _resume(self) -> dict[str, Any]:
@@ -212,7 +210,7 @@ class CampaignDriver:
         for task, rows in split_portions(table, spec.portion_size, first_id=first_portion):
             attempt = int(pc.max(rows.column("prev_attempt")).as_py() or 0) + 1
             task = PortionTask(task.portion, task.domain, attempt, task.size)
-            state.ready.push(Work(task, ray.put(to_ipc(rows.drop(["prev_attempt"])))))
+            state.ready.push(Work(task, rows.drop(["prev_attempt"])))
             state.next_portion = task.portion + 1
         self._start_servers(spec.delivery_servers)
         self._stage(
@@ -238,6 +236,8 @@ class CampaignDriver:
             attempts = int(rd.manifest().get("attempts") or 0) + state.attempts
             rd.update(elapsed_s=previous + elapsed, attempts=attempts)
         self._stage(COMPLETE, finished_at=_iso(time.time()))
+        for path in journal_files(rd.path):  # the ledger now holds all they said
+            path.unlink()
         report = build_report(rd.path)
         write_json_atomic(rd.path / REPORT, report)
         return report
@@ -313,6 +313,7 @@ class CampaignDriver:
             for ref in done:
                 self._collect(state, ref, ledger)
             self._watch(state)
+            self.router.tick()
             if ledger.due():
                 ledger.flush()
             progress.update(state.tally)
@@ -392,7 +393,7 @@ class CampaignDriver:
                 state.attempts += 1
             if server.inflight == len(works):
                 server.last_progress = time.monotonic()
-            broker.offer.remote(name, [(w.task, w.rows) for w in works])
+            broker.offer.remote(name, [(w.task, ray.put(to_ipc(w.rows))) for w in works])
 
     def _reclaim(
         self,
@@ -462,7 +463,9 @@ class CampaignDriver:
                 server.inflight, cap,
             )  # fmt: skip
             for work in self.router.take(view, state.ready, free):
-                ref = server.handle.deliver.remote(work.task, work.rows)
+                # Rows enter the object store only when handed out: its use stays
+                # bounded by the work in flight, whatever the size of the list.
+                ref = server.handle.deliver.remote(work.task, to_ipc(work.rows))
                 if server.inflight == 0:
                     server.last_progress = time.monotonic()
                 server.inflight += 1
@@ -539,12 +542,12 @@ class CampaignDriver:
         self, state: _State, work: Work, rows: pa.ChunkedArray | pa.Array, *, delay: float
     ) -> None:
         """Send some rows of a portion again, as the next attempt, after ``delay``."""
-        table = from_ipc(ray.get(work.rows))
+        table = work.rows
         again = table.filter(pc.is_in(table.column("row"), value_set=rows))
         task = PortionTask(
             work.task.portion, work.task.domain, work.task.attempt + 1, again.num_rows
         )
-        item = Work(task, ray.put(to_ipc(again)), work.internal_failures)
+        item = Work(task, again, work.internal_failures)
         heapq.heappush(state.delayed, (time.monotonic() + delay, task.portion, item))
 
     def _call_failed(
@@ -558,7 +561,7 @@ class CampaignDriver:
         server.failures += 1
         work.internal_failures += 1
         log.warning("portion %d failed on %s: %s", work.task.portion, server.name, exc)
-        rows = from_ipc(ray.get(work.rows))
+        rows = work.rows
         journal = self._journal(server.name).filter(
             (pl.col("portion") == work.task.portion) & (pl.col("attempt") == work.task.attempt)
         )

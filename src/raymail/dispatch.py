@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import pyarrow as pa
 
@@ -23,7 +23,7 @@ class Work:
     """A portion waiting for, or on, a delivery server."""
 
     task: PortionTask
-    rows: Any  # ray.ObjectRef of the portion's rows as Arrow IPC bytes
+    rows: pa.Table  # the portion's rows (a zero-copy slice of the planned list)
     internal_failures: int = 0
 
 
