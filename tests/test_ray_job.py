@@ -106,7 +106,11 @@ def test_ray_job_submit_sends_the_campaign(ray_head: str, tmp_path: Path) -> Non
             result = subprocess.run(
                 command, capture_output=True, text=True, timeout=300, env=_ray_env()
             )
-            if "No available agent" not in result.stdout + result.stderr:
+            output = result.stdout + result.stderr
+            # The dashboard answers before its job agent is ready, and drops requests
+            # while it starts under load: both are worth another try.
+            transient = ("No available agent", "Connection aborted", "ConnectionError")
+            if result.returncode == 0 or not any(t in output for t in transient):
                 break
             time.sleep(5)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
