@@ -33,7 +33,7 @@ from raymail.delivery.journal import (
 )
 from raymail.delivery.records import OutcomeBuilder, now, to_ipc
 from raymail.delivery.server import DeliveryServerActor, PortionResult, ServerStats
-from raymail.dispatch import ServerView, Work, WorkQueue
+from raymail.dispatch import LeastLoadedRouter, Router, ServerView, Work, WorkQueue
 from raymail.errors import DeliveryError
 from raymail.ledger import Ledger
 from raymail.plan import PortionTask, size_capacity, split_portions
@@ -41,7 +41,6 @@ from raymail.progress import ProgressReporter, Tally
 from raymail.recipients import load_recipients, write_rejects
 from raymail.recovery import recovered_outcomes, run_state
 from raymail.report import build_report
-from raymail.routing import make_router
 from raymail.rundir import RECIPIENTS, REPORT, RunDir, write_json_atomic
 from raymail.runtime import DELIVERY_RESOURCE, delivery_slots, ensure_ray
 from raymail.schema import ACCEPTED, DEFERRED, FAILED, IN_DOUBT
@@ -120,11 +119,7 @@ class CampaignDriver:
         self.live_progress = live_progress
         self.resume = resume
         self.servers: list[_Server] = []
-        self.router = make_router(
-            spec,
-            run_dir=run_dir.path,
-            servers=lambda: {s.name: s.handle for s in self.servers if s.healthy},
-        )
+        self.router: Router = LeastLoadedRouter()
         self._replacements = 0
         self._capacity_checked = False
         self._journals: dict[str, tuple[tuple[int, ...], pl.DataFrame]] = {}
@@ -313,7 +308,6 @@ class CampaignDriver:
             for ref in done:
                 self._collect(state, ref, ledger)
             self._watch(state)
-            self.router.tick()
             if ledger.due():
                 ledger.flush()
             progress.update(state.tally)
