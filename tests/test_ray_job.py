@@ -102,7 +102,7 @@ def test_ray_job_submit_sends_the_campaign(ray_head: str, tmp_path: Path) -> Non
             "--address", ray_head, "--working-dir", str(ROOT), "--",
             "python", "jobs/send_campaign.py", str(spec), "--run-dir", str(run_dir),
         ]  # fmt: skip
-        for _ in range(12):  # the dashboard answers before its job agent is ready
+        for _ in range(40):  # the dashboard answers before its job agent is ready
             result = subprocess.run(
                 command, capture_output=True, text=True, timeout=300, env=_ray_env()
             )

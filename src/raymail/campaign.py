@@ -69,6 +69,7 @@ class _Server:
     last_progress: float = field(default_factory=time.monotonic)
     heartbeat: ray.ObjectRef[Any] | None = None
     heartbeat_sent: float = 0.0
+    alive: bool = False  # answered a heartbeat: its actor has started
 
     @property
     def healthy(self) -> bool:
@@ -600,17 +601,20 @@ class CampaignDriver:
                     try:
                         stats: ServerStats = ray.get(ready[0])
                         seen = now_ - (time.time() - stats.last_progress)
+                        if not server.alive:  # the stall clock starts once it runs
+                            server.alive = True
+                            seen = now_
                         server.last_progress = max(server.last_progress, seen)
                     except (RayActorError, RayTaskError):
                         pass  # a dead actor shows in its calls; Ray restarts it
                     server.heartbeat = None
-                elif now_ - server.heartbeat_sent > timeout:
+                elif server.alive and now_ - server.heartbeat_sent > timeout:
                     self._replace(server, "its heartbeat went unanswered")
                     continue
             if server.heartbeat is None and now_ - server.heartbeat_sent >= _HEARTBEAT_S:
                 server.heartbeat = server.handle.heartbeat.remote()
                 server.heartbeat_sent = now_
-            if server.inflight and now_ - server.last_progress > timeout:
+            if server.alive and server.inflight and now_ - server.last_progress > timeout:
                 self._replace(server, f"no progress for {timeout:.0f} s")
 
     def _replace(self, server: _Server, why: str) -> None:
