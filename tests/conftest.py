@@ -12,6 +12,15 @@ import pytest
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
+@pytest.fixture(autouse=True)
+def raymail_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test its own RAYMAIL_HOME: the routing table learned in one test (or on this
+    machine) never steers another."""
+    home = tmp_path_factory.mktemp("raymail-home")
+    monkeypatch.setenv("RAYMAIL_HOME", str(home))
+    return home
+
+
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
     """One real local Ray for the whole session (starting Ray costs seconds)."""

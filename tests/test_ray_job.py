@@ -32,8 +32,22 @@ def _ray_env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A separate Ray head (its own ports), in its own process group so it can be removed."""
+    """A separate Ray head (its own ports), in its own process group so it can be removed.
+
+    Every port is chosen free: the session's Ray already holds the fixed defaults (the
+    dashboard agent's 52365 above all), and a head whose agent cannot bind never runs jobs.
+    """
     port, dashboard = free_port(), free_port()
+    agent_ports = {
+        name: free_port()
+        for name in (
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "metrics-export-port",
+            "runtime-env-agent-port",
+            "ray-client-server-port",
+        )
+    }
     log = tmp_path_factory.mktemp("rayhead") / "head.log"
     ray_bin = str(Path(sys.executable).parent / "ray")
     with log.open("w") as out:
@@ -49,6 +63,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 "--include-dashboard=true",
                 '--resources={"raymail_delivery": 8}',
                 "--disable-usage-stats",
+                *(f"--{name}={value}" for name, value in agent_ports.items()),
                 "--block",
             ],
             stdout=out,
@@ -102,7 +117,7 @@ def test_ray_job_submit_sends_the_campaign(ray_head: str, tmp_path: Path) -> Non
             "--address", ray_head, "--working-dir", str(ROOT), "--",
             "python", "jobs/send_campaign.py", str(spec), "--run-dir", str(run_dir),
         ]  # fmt: skip
-        for _ in range(40):  # the dashboard answers before its job agent is ready
+        for _ in range(12):
             result = subprocess.run(
                 command, capture_output=True, text=True, timeout=300, env=_ray_env()
             )

@@ -33,7 +33,7 @@ from raymail.delivery.journal import (
 )
 from raymail.delivery.records import OutcomeBuilder, now, to_ipc
 from raymail.delivery.server import DeliveryServerActor, PortionResult, ServerStats
-from raymail.dispatch import LeastLoadedRouter, Router, ServerView, Work, WorkQueue
+from raymail.dispatch import ServerView, Work, WorkQueue
 from raymail.errors import DeliveryError
 from raymail.ledger import Ledger
 from raymail.plan import PortionTask, size_capacity, split_portions
@@ -41,9 +41,10 @@ from raymail.progress import ProgressReporter, Tally
 from raymail.recipients import load_recipients, write_rejects
 from raymail.recovery import recovered_outcomes, run_state
 from raymail.report import build_report
+from raymail.routing import make_router
 from raymail.rundir import RECIPIENTS, REPORT, RunDir, write_json_atomic
 from raymail.runtime import DELIVERY_RESOURCE, delivery_slots, ensure_ray
-from raymail.schema import ACCEPTED, DEFERRED, FAILED, IN_DOUBT
+from raymail.schema import ACCEPTED, DEFERRED, FAILED, IN_DOUBT, SUPPRESSED
 from raymail.spec import CampaignSpec
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,11 @@ class CampaignDriver:
         self.live_progress = live_progress
         self.resume = resume
         self.servers: list[_Server] = []
-        self.router: Router = LeastLoadedRouter()
+        self.router = make_router(
+            spec,
+            run_dir=run_dir.path,
+            servers=lambda: {s.name: s.handle for s in self.servers if s.healthy},
+        )
         self._replacements = 0
         self._capacity_checked = False
         self._journals: dict[str, tuple[tuple[int, ...], pl.DataFrame]] = {}
@@ -147,11 +152,18 @@ class CampaignDriver:
         self._stage(LOADING, started_at=_iso(time.time()), resumes=0, elapsed_s=0.0)
         loaded = load_recipients(spec.recipients)
         write_rejects(loaded.rejects, rd.path)
+        from raymail.returns.suppression import apply_suppression  # the C servers' list
+
+        to_send, suppressed = apply_suppression(loaded.table, spec)
+        if suppressed.num_rows:  # ledgered before anything is sent: the report counts them
+            ledger = Ledger(rd.path, spec.checkpoint_interval_s)
+            ledger.add(suppressed, pa.table({}))
+            ledger.flush()
         pq.write_table(loaded.table, rd.path / RECIPIENTS, compression="zstd")
         self._stage(
             PLANNED, recipients=loaded.table.num_rows, rejected_input=loaded.rejects.num_rows
         )
-        table = loaded.table.append_column("prev_attempt", pa.array([0] * loaded.table.num_rows))
+        table = to_send.append_column("prev_attempt", pa.array([0] * to_send.num_rows))
         return self._deliver(table, Tally(), first_portion=0)
 
     def _resume(self) -> dict[str, Any]:
@@ -181,7 +193,7 @@ class CampaignDriver:
     def _remaining(self, recipients: pa.Table, final: pl.DataFrame) -> tuple[pa.Table, Tally]:
         """Recipients still to send, and the tally of those already settled."""
         resend_doubt = self.spec.in_doubt == "resend"
-        settled_statuses = [ACCEPTED, FAILED] + ([] if resend_doubt else [IN_DOUBT])
+        settled_statuses = [ACCEPTED, FAILED, SUPPRESSED] + ([] if resend_doubt else [IN_DOUBT])
         settled = final.filter(pl.col("status").is_in(settled_statuses))
         tally = Tally(
             accepted=int((settled["status"] == ACCEPTED).sum()),
@@ -309,6 +321,7 @@ class CampaignDriver:
             for ref in done:
                 self._collect(state, ref, ledger)
             self._watch(state)
+            self.router.tick()
             if ledger.due():
                 ledger.flush()
             progress.update(state.tally)

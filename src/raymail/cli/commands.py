@@ -7,8 +7,9 @@ import typer
 
 def register(app: typer.Typer) -> None:
     """Attach all commands; each module owns one noun."""
-    from raymail.cli import returns, run, sink
+    from raymail.cli import returns, run, sink, suppression
 
     returns.register(app)
     run.register(app)
     sink.register(app)
+    suppression.register(app)

@@ -38,15 +38,25 @@ def sink(
     stats: Annotated[
         Path | None, typer.Option("--stats", help="Write the counters as JSON here on exit.")
     ] = None,
+    topology: Annotated[
+        Path | None,
+        typer.Option(
+            "--topology",
+            help="Topology YAML: latency, rates and faults per (client address, domain).",
+        ),
+    ] = None,
 ) -> None:
     """Run an SMTP sink that accepts mail for any domain (loopback only)."""
-    from raymail.sink import SinkConfig, load_config, serve  # lazy: keeps --help fast
+    from raymail.sink import SinkConfig, load_config, load_topology, serve  # lazy: fast --help
 
     def ready(server: SinkServer) -> None:
         print(f"raymail sink listening on {server.address} (Ctrl-C to stop)", flush=True)
 
+    settings = load_config(config) if config is not None else SinkConfig()
+    if topology is not None:
+        settings = load_topology(topology).apply(settings)
     final = serve(
-        load_config(config) if config is not None else SinkConfig(),
+        settings,
         host=host,
         port=port,
         capture_dir=capture,

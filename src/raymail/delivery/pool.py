@@ -93,7 +93,7 @@ class ConnectionPool:
     async def release(self, conn: SmtpConnection) -> None:
         """Give a connection back: kept for reuse when healthy, else closed."""
         async with self._cond:
-            if conn.broken or conn.transactions >= self._max_transactions:
+            if not conn.reusable or conn.transactions >= self._max_transactions:
                 self._discard(conn)
             else:
                 self._idle.setdefault((conn.host, conn.port), []).append(conn)

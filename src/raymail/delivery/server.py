@@ -311,9 +311,17 @@ class DeliveryServer:
                 self.fence.check()
             job = pending[0]
             rcpts = [email for _, email in job.recipients]
+            then = None
+            if len(pending) > 1 and conn.transactions + 1 < max_tx:
+                nxt = pending[1]
+                then = (nxt.mail_from, [email for _, email in nxt.recipients], nxt.message)
             try:
                 tx = await conn.send(
-                    job.mail_from, rcpts, job.message, before_data=self._in_flight(task, job)
+                    job.mail_from,
+                    rcpts,
+                    job.message,
+                    before_data=self._in_flight(task, job),
+                    then=then,
                 )
             except Fenced:
                 conn.broken = True  # left after DATA's 354: never reuse
@@ -497,6 +505,34 @@ class DeliveryServer:
     async def heartbeat(self) -> ServerStats:
         """Counters for the driver's watchdog; never queued behind sends."""
         return self.stats
+
+    @ray.method(concurrency_group="control")
+    async def probe(
+        self, domains: list[str], timeout_s: float = 10.0, max_hosts: int = 20
+    ) -> bytes:
+        """RTT and hop count to the MX hosts of ``domains``, from this server's own node and
+        source address (routing probes). Runs in the control group, never in a send slot,
+        with its own resolver (the send loop's resolver belongs to another event loop).
+        Returns Arrow IPC bytes of ``raymail.routing.probes.PROBE_SCHEMA`` rows."""
+        from raymail.routing.probes import probe_domains
+
+        resolver = getattr(self, "_probe_resolver", None)
+        if resolver is None:
+            resolver = MXResolver(
+                nameservers=self._nameservers,
+                overrides=self.spec.mx_override,
+                port=self.spec.smtp.port,
+            )
+            self._probe_resolver = resolver
+        table = await probe_domains(
+            domains,
+            resolver,
+            server=self.name,
+            source_address=self.source_address,
+            timeout_s=timeout_s,
+            max_hosts=max_hosts,
+        )
+        return to_ipc(table)
 
     async def shutdown(self) -> ServerStats:
         """Close pooled connections politely."""

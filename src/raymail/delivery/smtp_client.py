@@ -102,6 +102,8 @@ class SmtpConnection:
     tls: bool = False
     last_used: float = field(default_factory=time.monotonic)
     broken: bool = False
+    # The next transaction's envelope, already sent with the last body: (key, payload, tx).
+    _prefetched: tuple[tuple[str, tuple[str, ...]], bytes, Transaction] | None = None
 
     @classmethod
     async def open(
@@ -176,6 +178,11 @@ class SmtpConnection:
         await self._hello(helo_name)
 
     @property
+    def reusable(self) -> bool:
+        """Healthy, with no envelope left open for a message that was not sent."""
+        return not self.broken and self._prefetched is None
+
+    @property
     def pipelining(self) -> bool:
         return "PIPELINING" in self.extensions
 
@@ -244,39 +251,64 @@ class SmtpConnection:
         rcpts: list[str],
         message: bytes,
         before_data: Callable[[], None] | None = None,
+        then: tuple[str, list[str], bytes] | None = None,
     ) -> Transaction:
         """Run one mail transaction; pipelined when the server offers PIPELINING.
 
         ``before_data`` runs just before the message body is written: the last moment at
-        which the recipients' fate is still certainly "not delivered". Raises
-        ConnectionDropped when the connection dies; its ``data_sent`` says whether the
-        message may have been accepted.
+        which the recipients' fate is still certainly "not delivered". ``then`` names the
+        next transaction: its envelope rides in the same write as this body (RFC 2920
+        §3.1 lets message content start a command group), halving the writes per message.
+        Raises ConnectionDropped when the connection dies; its ``data_sent`` says whether
+        the message may have been accepted.
         """
         for address in (mail_from, *rcpts):
             if any(c in address for c in "\r\n<> ") or not address:
                 raise ValueError(f"unsafe address in envelope: {address!r}")
         started = time.perf_counter()
-        payload = dot_stuff(message)
-        mail_cmd = f"MAIL FROM:<{mail_from}>"
-        if "SIZE" in self.extensions:
-            mail_cmd += f" SIZE={len(payload)}"
-        if "8BITMIME" in self.extensions and _has_8bit(message):
-            mail_cmd += " BODY=8BITMIME"
-        envelope = [mail_cmd, *(f"RCPT TO:<{r}>" for r in rcpts)]
-        if self.pipelining:
-            tx = await self._send_pipelined(envelope, len(rcpts))
+        key = (mail_from, tuple(rcpts))
+        if self._prefetched is not None:
+            if self._prefetched[0] != key:  # an envelope is open for another message
+                self.broken = True
+                raise ConnectionDropped("pipelined envelope does not match the message")
+            _, payload, tx = self._prefetched
+            self._prefetched = None
         else:
-            tx = await self._send_lockstep(envelope, len(rcpts))
+            payload = dot_stuff(message)
+            envelope = self._envelope(mail_from, rcpts, message, payload)
+            if self.pipelining:
+                tx = await self._send_pipelined(envelope, len(rcpts))
+            else:
+                tx = await self._send_lockstep(envelope, len(rcpts))
         accepted = any(r.klass == 2 for r in tx.rcpts) and tx.mail.klass == 2
         if accepted and tx.data is not None and tx.data.code == 354:
             if before_data is not None:
                 before_data()
-            self._write(payload)
+            ahead = None
+            if then is not None and self.pipelining:
+                for address in (then[0], *then[1]):
+                    if any(c in address for c in "\r\n<> ") or not address:
+                        then = None  # unsafe: let its own send() reject it
+                        break
+            if then is not None and self.pipelining:
+                next_payload = dot_stuff(then[2])
+                lines = self._envelope(then[0], then[1], then[2], next_payload)
+                ahead = ((then[0], tuple(then[1])), next_payload, len(then[1]))
+                self._write(payload + "".join(f"{x}\r\n" for x in lines).encode() + b"DATA\r\n")
+            else:
+                self._write(payload)
             try:
                 await self._drain(self.data_timeout)
                 tx.data = await self.read_reply(self.data_timeout)
             except ConnectionDropped as exc:
                 raise ConnectionDropped(str(exc), data_sent=True) from None
+            if ahead is not None:
+                try:
+                    replies = await self._replies(ahead[2] + 2)
+                    nxt = Transaction(replies[0], replies[1:-1], replies[-1])
+                    self._prefetched = (ahead[0], ahead[1], nxt)
+                except ConnectionDropped:
+                    self.broken = True  # this message's fate is known; the next one retries
         elif tx.data is not None and tx.data.code == 354:
             # Pipelined DATA was accepted though no recipient was: end it empty.
             self._write(b".\r\n")
@@ -296,6 +328,16 @@ class SmtpConnection:
         self.last_used = time.monotonic()
         tx.seconds = time.perf_counter() - started
         return tx
+
+    def _envelope(
+        self, mail_from: str, rcpts: list[str], message: bytes, payload: bytes
+    ) -> list[str]:
+        mail_cmd = f"MAIL FROM:<{mail_from}>"
+        if "SIZE" in self.extensions:
+            mail_cmd += f" SIZE={len(payload)}"
+        if "8BITMIME" in self.extensions and _has_8bit(message):
+            mail_cmd += " BODY=8BITMIME"
+        return [mail_cmd, *(f"RCPT TO:<{r}>" for r in rcpts)]
 
     async def _send_pipelined(self, envelope: list[str], n_rcpt: int) -> Transaction:
         self._write("".join(f"{line}\r\n" for line in envelope).encode() + b"DATA\r\n")

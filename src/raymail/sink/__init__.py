@@ -22,11 +22,13 @@ from raymail.sink.process import SinkProcess
 from raymail.sink.runner import RunningSink, run_sink, serve
 from raymail.sink.server import SinkServer
 from raymail.sink.stats import SinkStats
+from raymail.sink.topology import RandomTopology, Topology, load_topology, random_topology
 
 __all__ = [
     "Behaviour",
     "CapturedMessage",
     "Pick",
+    "RandomTopology",
     "Rule",
     "RuleBook",
     "RunningSink",
@@ -36,11 +38,14 @@ __all__ = [
     "SinkProcess",
     "SinkServer",
     "SinkStats",
+    "Topology",
     "capture_files",
     "find_message_id",
     "iter_capture",
     "load_config",
+    "load_topology",
     "parse_config",
+    "random_topology",
     "raw_message",
     "read_capture",
     "run_sink",

@@ -18,6 +18,7 @@ from raymail.errors import SinkConfigError, SinkError
 from raymail.sink.config import SinkConfig, load_config, parse_config
 from raymail.sink.runner import serve
 from raymail.sink.server import SinkServer
+from raymail.sink.topology import load_topology
 
 READY_PREFIX = "RAYMAIL-SINK READY"
 
@@ -27,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="loopback address to bind")
     parser.add_argument("--port", type=int, default=2525, help="port; 0 picks a free one")
     parser.add_argument("--config", type=Path, help="sink config YAML")
+    parser.add_argument("--topology", type=Path, help="topology YAML (per client and domain)")
     parser.add_argument("--capture", type=Path, help="directory for capture JSON Lines")
     parser.add_argument("--tls-cert", type=Path, help="PEM certificate for STARTTLS")
     parser.add_argument("--tls-key", type=Path, help="PEM key for STARTTLS")
@@ -59,7 +61,8 @@ def _config(args: argparse.Namespace) -> SinkConfig:
         except ValueError as exc:
             raise SinkConfigError(f"<stdin>: sink config is not JSON: {exc}") from None
         return parse_config(data, "<stdin>")
-    return load_config(args.config) if args.config else SinkConfig()
+    config = load_config(args.config) if args.config else SinkConfig()
+    return load_topology(args.topology).apply(config) if args.topology else config
 
 
 def _announce(parent_pipe: bool) -> Callable[[SinkServer], None]:

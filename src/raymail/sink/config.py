@@ -9,10 +9,14 @@ rather than a fault that silently never fires. Example::
       slow.example: {latency_ms: 250, tempfail_rate: 0.05}   # other keys from default
       gone.example: {permfail_rate: 1.0, permfail_reply: "550 5.1.2 No such domain"}
       flaky.example: {drop_rate: 0.02}
+    topology:                    # per (client address, domain): see sink/topology.py
+      127.0.0.2: {far.example: {latency_ms: 120, jitter_ms: 10, max_sessions: 4}}
     addresses:
       bounce-me@example.com: permfail
       later@example.com: tempfail
       cut-off@example.com: drop
+      gone@example.com: bounce_hard         # 250, then a DSN to the envelope sender
+    returns_server: 127.0.0.1:2526           # where generated returns are sent
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 import difflib
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, get_args, get_origin
+from typing import Annotated, Any, Final, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -28,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from raymail.errors import SinkConfigError
 
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
+HostPort = Annotated[str, Field(pattern=r"^\[?[A-Za-z0-9.:_-]+\]?:\d{1,5}$")]
 
 
 class Behaviour(StrEnum):
@@ -38,6 +43,16 @@ class Behaviour(StrEnum):
     PERMFAIL = "permfail"  # the rule's 5xx reply at RCPT
     DROP = "drop"  # 250 at RCPT, then the connection closes before the reply to DATA end
     HANG = "hang"  # 250 at RCPT, then the end of DATA is never answered
+    # 250 to the message, then a return to its envelope sender (see sink/returns.py):
+    BOUNCE_HARD = "bounce_hard"  # an RFC 3464 DSN, failed, 5.1.1 user unknown
+    BOUNCE_SOFT = "bounce_soft"  # an RFC 3464 DSN, failed after retries, 4.2.2 mailbox full
+    AUTO_REPLY = "auto_reply"  # an RFC 3834 out-of-office reply
+    HUMAN_REPLY = "human_reply"  # a reply written by a person
+
+
+RETURNS: Final = frozenset(
+    {Behaviour.BOUNCE_HARD, Behaviour.BOUNCE_SOFT, Behaviour.AUTO_REPLY, Behaviour.HUMAN_REPLY}
+)
 
 
 class _Strict(BaseModel):
@@ -49,6 +64,24 @@ class Rule(_Strict):
 
     latency_ms: float = Field(
         0.0, ge=0.0, le=600_000.0, description="Added before the reply to the end of DATA."
+    )
+    jitter_ms: float = Field(
+        0.0,
+        ge=0.0,
+        le=600_000.0,
+        description="Latency varies uniformly by up to this much either way (never below 0).",
+    )
+    rate_per_connection: float | None = Field(
+        None,
+        gt=0.0,
+        description="Most transactions per second one connection may complete (a receiver "
+        "that throttles); unset: no limit.",
+    )
+    max_sessions: int | None = Field(
+        None,
+        ge=1,
+        description="Most transactions one client address may have open at once for a "
+        "domain; beyond it RCPT TO gets a 4xx (a receiver's per-IP session limit).",
     )
     tempfail_rate: Rate = Field(0.0, description="Share of RCPT TO answered with 4xx.")
     permfail_rate: Rate = Field(0.0, description="Share of RCPT TO answered with 5xx.")
@@ -70,6 +103,29 @@ class Rule(_Strict):
         pattern=r"^5\d\d [^\r\n]+$",
         description="Reply line for a permfailed recipient.",
     )
+    returns: Behaviour | None = Field(
+        None,
+        description="Accept, then send a return to the envelope sender for every recipient "
+        "this rule applies to: bounce_hard, bounce_soft, auto_reply or human_reply "
+        "(needs returns_server).",
+    )
+    bounce_hard_reply: str = Field(
+        "550 5.1.1 Recipient address rejected: User unknown in local recipient table",
+        pattern=r"^5\d\d [^\r\n]+$",
+        description="The remote reply a bounce_hard DSN reports (its Diagnostic-Code).",
+    )
+    bounce_soft_reply: str = Field(
+        "452 4.2.2 Mailbox full, quota exceeded",
+        pattern=r"^[45]\d\d [^\r\n]+$",
+        description="The remote reply a bounce_soft DSN reports (its Diagnostic-Code).",
+    )
+
+    @field_validator("returns")
+    @classmethod
+    def _is_return(cls, value: Behaviour | None) -> Behaviour | None:
+        if value is not None and value not in RETURNS:
+            raise ValueError(f"must be one of {', '.join(sorted(RETURNS))}")
+        return value
 
     @model_validator(mode="after")
     def _rates_fit(self) -> Rule:
@@ -100,15 +156,34 @@ class SinkConfig(_Strict):
         description="Rules by client (sending) IP address; keys they set override the "
         "domain's rule, so one delivery server can be made to fail or hang alone.",
     )
+    topology: dict[str, dict[str, Rule]] = Field(
+        default_factory=dict,
+        description="Rules by client (sending) IP address, then by recipient domain: the "
+        "network between each delivery server and each receiver (see sink/topology.py). "
+        "Keys they set override the domain's and the client's rule.",
+    )
     addresses: dict[str, Behaviour] = Field(
         default_factory=dict,
         description="Forced behaviour by exact recipient address (case-insensitive).",
+    )
+    returns_server: HostPort | None = Field(
+        None,
+        description="host:port that generated returns (bounce_hard, bounce_soft, "
+        "auto_reply, human_reply) are sent to by SMTP: the returns server of the sender.",
+    )
+    returns_delay_ms: float = Field(
+        0.0, ge=0.0, le=600_000.0, description="Wait after the 250 before sending a return."
     )
 
     @field_validator("domains")
     @classmethod
     def _lower_domains(cls, value: dict[str, Rule]) -> dict[str, Rule]:
         return {k.lower(): v for k, v in value.items()}
+
+    @field_validator("topology")
+    @classmethod
+    def _lower_topology(cls, value: dict[str, dict[str, Rule]]) -> dict[str, dict[str, Rule]]:
+        return {ip: {d.lower(): r for d, r in rules.items()} for ip, rules in value.items()}
 
     @field_validator("addresses")
     @classmethod

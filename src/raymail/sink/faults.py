@@ -1,9 +1,10 @@
 """Fault decisions: which rule governs a recipient, and what the sink answers.
 
 :meth:`RuleBook.pick` is the one place that maps (client source address, domain, address) to
-a rule; the routing work will key a topology on the client address there, so nothing else in
-the sink needs to change. Draws come from one seeded ``random.Random``: a run whose SMTP
-traffic arrives in the same order gets the same faults.
+a rule: domain rule, then the client's rule, then the topology link of (client, domain), each
+overriding the keys it sets. That is how one machine stands in for delivery servers in
+different networks. Draws come from one seeded ``random.Random``: a run whose SMTP traffic
+arrives in the same order gets the same faults.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from raymail.sink.config import Behaviour, Rule, SinkConfig
+from raymail.sink.config import RETURNS, Behaviour, Rule, SinkConfig
+
+_MAX_RESOLVED = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,19 +45,34 @@ class RuleBook:
         self._domains = {d: _inherit(config.default, r) for d, r in config.domains.items()}
         self._addresses = dict(config.addresses)
         self._clients = config.clients
+        self._topology = config.topology
+        self._resolved: dict[tuple[str, str], Rule] = {}
         self._rng = random.Random(config.seed)
 
     def pick(self, peer_ip: str, domain: str, address: str) -> Pick:
         """The seam for topology: the rule for this (client address, domain, recipient).
 
         ``domain`` and ``address`` are lower-case. A rule for ``peer_ip`` (the sending
-        client) overrides the keys it sets.
+        client), then its topology link for ``domain``, override the keys they set.
+        Resolved rules are cached per (client, domain): this runs once per recipient.
         """
+        rule = self._resolved.get((peer_ip, domain))
+        if rule is None:
+            rule = self._resolve(peer_ip, domain)
+        return Pick(rule, self._addresses.get(address))
+
+    def _resolve(self, peer_ip: str, domain: str) -> Rule:
         rule = self._domains.get(domain, self._default)
         client = self._clients.get(peer_ip)
         if client is not None:
             rule = _inherit(rule, client)
-        return Pick(rule, self._addresses.get(address))
+        link = self._topology.get(peer_ip, {}).get(domain)
+        if link is not None:
+            rule = _inherit(rule, link)
+        if len(self._resolved) >= _MAX_RESOLVED:  # bounded: many domains, few clients
+            self._resolved.clear()
+        self._resolved[(peer_ip, domain)] = rule
+        return rule
 
     def at_rcpt(self, peer_ip: str, address: str) -> tuple[Pick, Behaviour]:
         """Decide one RCPT TO: ACCEPT, TEMPFAIL or PERMFAIL (a forced DROP accepts here)."""
@@ -62,7 +80,7 @@ class RuleBook:
         pick = self.pick(peer_ip, domain, lowered)
         if pick.forced is not None:
             forced = pick.forced
-            accepts = forced in (Behaviour.DROP, Behaviour.HANG)
+            accepts = forced in (Behaviour.DROP, Behaviour.HANG) or forced in RETURNS
             return pick, (Behaviour.ACCEPT if accepts else forced)
         rule = pick.rule
         if rule.tempfail_rate or rule.permfail_rate:
@@ -73,6 +91,12 @@ class RuleBook:
                 return pick, Behaviour.PERMFAIL
         return pick, Behaviour.ACCEPT
 
+    def return_for(self, pick: Pick) -> Behaviour | None:
+        """The return (bounce, reply) an accepted recipient gets after the 250, if any."""
+        if pick.forced in RETURNS:
+            return pick.forced
+        return pick.rule.returns
+
     def hangs(self, picks: Sequence[Pick]) -> bool:
         """Whether the end of DATA goes unanswered for this transaction."""
         return any(pick.rule.hang or pick.forced is Behaviour.HANG for pick in picks)
@@ -80,18 +104,28 @@ class RuleBook:
     def at_data(self, picks: Sequence[Pick]) -> tuple[float, bool]:
         """(latency in seconds, drop?) for a transaction whose accepted recipients are picks.
 
-        The latency is the largest of the recipients' rules. The connection drops when any
-        recipient is forced to DROP; otherwise one draw against the largest drop_rate of
-        the recipients that are not forced.
+        The latency is the largest of the recipients' rules, moved by a uniform draw within
+        its jitter. The connection drops when any recipient is forced to DROP; otherwise
+        one draw against the largest drop_rate of the recipients that are not forced.
         """
         latency_ms = 0.0
+        jitter_ms = 0.0
         drop_rate = 0.0
         forced_drop = False
         for pick in picks:
-            latency_ms = max(latency_ms, pick.rule.latency_ms)
+            if pick.rule.latency_ms >= latency_ms:
+                latency_ms, jitter_ms = pick.rule.latency_ms, pick.rule.jitter_ms
             if pick.forced is Behaviour.DROP:
                 forced_drop = True
             elif pick.forced is None:
                 drop_rate = max(drop_rate, pick.rule.drop_rate)
+        if jitter_ms > 0.0:
+            latency_ms = max(0.0, latency_ms + self._rng.uniform(-jitter_ms, jitter_ms))
         drop = forced_drop or (drop_rate > 0.0 and self._rng.random() < drop_rate)
         return latency_ms / 1000.0, drop
+
+    @staticmethod
+    def min_interval(picks: Sequence[Pick]) -> float:
+        """Shortest time between two transactions on one connection (rate_per_connection)."""
+        rates = [p.rule.rate_per_connection for p in picks if p.rule.rate_per_connection]
+        return 1.0 / min(rates) if rates else 0.0

@@ -27,6 +27,7 @@ from raymail.errors import SinkConfigError, SinkError
 from raymail.sink.capture import CaptureWriter
 from raymail.sink.config import Behaviour, SinkConfig
 from raymail.sink.faults import Pick, RuleBook
+from raymail.sink.returner import ReturnSender
 from raymail.sink.stats import SinkStats
 
 _DROP_GRACE_S = 5.0  # a dropped session's handler waits at most this for its cancellation
@@ -67,11 +68,16 @@ def unstuff(raw: bytes) -> bytes:
 
 
 class _SinkEnvelope(Envelope):
-    """An envelope that also remembers the rule of each accepted recipient."""
+    """An envelope that also remembers the rule of each accepted recipient, and the
+    (client, domain) session slots it holds under ``max_sessions`` rules."""
 
     def __init__(self) -> None:
         super().__init__()
         self.picks: list[Pick] = []
+        self.slots: list[tuple[str, str]] = []
+
+
+_THROTTLED = "451 4.7.0 Too many concurrent sessions from your address (raymail sink)"
 
 
 def _peer(session: Session) -> tuple[str, str]:
@@ -86,11 +92,60 @@ def _peer(session: Session) -> tuple[str, str]:
 class _Handler:
     """aiosmtpd hooks; all state they touch lives on the event loop's thread."""
 
-    def __init__(self, rules: RuleBook, stats: SinkStats, capture: CaptureWriter | None) -> None:
+    def __init__(
+        self,
+        rules: RuleBook,
+        stats: SinkStats,
+        capture: CaptureWriter | None,
+        returner: ReturnSender,
+    ) -> None:
         self.rules = rules
         self.stats = stats
         self.capture = capture
+        self.returner = returner
         self._queue_id = 0
+        self._sessions: dict[tuple[str, str], int] = {}  # open transactions per slot
+        self._last_reply: dict[int, float] = {}  # loop time of each connection's last DATA reply
+
+    def _hold_slot(self, envelope: _SinkEnvelope, peer_ip: str, pick: Pick, address: str) -> bool:
+        """Take a (client, domain) session slot for this transaction; False when full."""
+        limit = pick.rule.max_sessions
+        if limit is None:
+            return True
+        key = (peer_ip, address.rpartition("@")[2].lower())
+        if key in envelope.slots:
+            return True
+        if self._sessions.get(key, 0) >= limit:
+            return False
+        self._sessions[key] = self._sessions.get(key, 0) + 1
+        envelope.slots.append(key)
+        return True
+
+    def release(self, envelope: Envelope | None) -> None:
+        """Give back the session slots of a finished, reset or abandoned transaction."""
+        slots = getattr(envelope, "slots", None)
+        while slots:
+            key = slots.pop()
+            left = self._sessions.get(key, 1) - 1
+            if left > 0:
+                self._sessions[key] = left
+            else:
+                self._sessions.pop(key, None)
+
+    async def pace(self, connection: int, picks: list[Pick], busy_s: float) -> None:
+        """Hold the reply until the connection's rate_per_connection allows it."""
+        interval = self.rules.min_interval(picks)
+        loop = asyncio.get_running_loop()
+        if interval > 0.0:
+            last = self._last_reply.get(connection)
+            now = loop.time()
+            wait = interval - (now - last) if last is not None else interval - busy_s
+            if wait > 0.0:
+                await asyncio.sleep(wait)
+        self._last_reply[connection] = loop.time()
+
+    def forget(self, connection: int) -> None:
+        self._last_reply.pop(connection, None)
 
     async def handle_EHLO(
         self,
@@ -134,13 +189,22 @@ class _Handler:
         if outcome is Behaviour.PERMFAIL:
             self.stats.permfailed += 1
             return pick.rule.permfail_reply
+        if not self._hold_slot(envelope, _peer(session)[0], pick, address):
+            self.stats.throttled += 1
+            return _THROTTLED
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         envelope.picks.append(pick)
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: _SinkEnvelope) -> str:
-        """Wait the rule's latency, then drop the connection or accept (and capture)."""
+        """Wait the rule's latency (and pace), then drop the connection or accept (capture)."""
+        try:
+            return await self._data(server, session, envelope)
+        finally:
+            self.release(envelope)
+
+    async def _data(self, server: SMTP, session: Session, envelope: _SinkEnvelope) -> str:
         latency_s, drop = self.rules.at_data(envelope.picks)
         if self.rules.hangs(envelope.picks):
             self.stats.hung += 1
@@ -148,6 +212,7 @@ class _Handler:
             return "451 4.4.1 Hung transaction released (raymail sink)"
         if latency_s > 0.0:
             await asyncio.sleep(latency_s)
+        await self.pace(id(server), envelope.picks, latency_s)
         if drop:
             self.stats.dropped += 1
             self.stats.dropped_recipients += len(envelope.rcpt_tos)
@@ -167,6 +232,12 @@ class _Handler:
         self.stats.transactions += 1
         self.stats.accepted += len(envelope.rcpt_tos)
         self.stats.bytes += len(data)
+        for rcpt, pick in zip(envelope.rcpt_tos, envelope.picks, strict=True):
+            kind = self.rules.return_for(pick)
+            if kind is not None:
+                self.returner.schedule(
+                    kind, data, mail_from=envelope.mail_from or "", recipient=rcpt, rule=pick.rule
+                )
         self._queue_id += 1
         return f"250 2.0.0 OK queued as S{self._queue_id:08X}"
 
@@ -259,7 +330,16 @@ class _SinkSMTP(SMTP):
 
     def connection_lost(self, error: Exception | None) -> None:
         self._sessions.discard(self)
+        self._sink_handler.release(self.envelope)
+        self._sink_handler.forget(id(self))
         super().connection_lost(error)
+
+    def _set_rset_state(self) -> None:
+        """RSET (and aiosmtpd's own resets) end the transaction: free its session slots."""
+        handler = getattr(self, "_sink_handler", None)
+        if handler is not None:
+            handler.release(getattr(self, "envelope", None))
+        super()._set_rset_state()  # type: ignore[no-untyped-call]
 
     async def smtp_XSTATS(self, arg: str | None) -> None:
         """Counters as one JSON line: how a parent reads a sink process's stats."""
@@ -306,7 +386,9 @@ class SinkServer:
     async def start(self) -> None:
         """Bind and listen; afterwards ``port`` is the real port (also when 0 was asked)."""
         capture = CaptureWriter(self._capture_dir) if self._capture_dir is not None else None
-        handler = _Handler(RuleBook(self.config), self._stats, capture)
+        handler = _Handler(
+            RuleBook(self.config), self._stats, capture, ReturnSender(self.config, self._stats)
+        )
         self._handler = handler
         cfg = self.config
         loop = asyncio.get_running_loop()
@@ -346,6 +428,8 @@ class SinkServer:
                     break
                 await asyncio.sleep(0.01)
             self._server = None
+        if self._handler is not None:
+            await self._handler.returner.close(_STOP_TIMEOUT_S)
         if self._handler is not None and self._handler.capture is not None:
             self._handler.capture.close()
         if self._stats_path is not None:

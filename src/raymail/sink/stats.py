@@ -22,6 +22,10 @@ class SinkStats:
     dropped_recipients: int = 0  # accepted recipients in those transactions
     bytes: int = 0  # message bytes in accepted transactions
     hung: int = 0  # transactions whose end of DATA was left unanswered (a "hang" rule)
+    returns_sent: int = 0  # generated bounces and replies the returns server accepted
+    returns_failed: int = 0  # generated returns that could not be delivered
+    returns_skipped: int = 0  # returns not generated: the message's sender was null
+    throttled: int = 0  # RCPT TO answered 4xx for exceeding a rule's max_sessions
 
     def copy(self) -> SinkStats:
         return dataclasses.replace(self)
