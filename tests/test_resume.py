@@ -182,7 +182,12 @@ def test_stalled_server_is_replaced(tmp_path: Path, policy: str, dispatch: str) 
     n = 600
     csv = _recipients(tmp_path / "list.csv", n)
     capture = tmp_path / "cap"
-    config = SinkConfig(clients={"127.0.0.3": {"hang": True}})  # type: ignore[arg-type]
+    clients: dict[str, dict[str, object]] = {"127.0.0.3": {"hang": True}}
+    if dispatch == "pull":
+        # A pulling server only gets work while work is left: slow the healthy one down
+        # (~6 s for the list) so the hanging one, however slowly it starts, asks in time.
+        clients["127.0.0.2"] = {"latency_ms": 40}
+    config = SinkConfig(clients=clients)  # type: ignore[arg-type]
     with run_sink(config, capture_dir=capture) as sink:
         spec = make_spec(
             csv,
