@@ -29,13 +29,14 @@ capturing SMTP sink on loopback that runs in its own process, so it outlives eve
 After each trial the sink's capture is counted per (recipient, Message-ID) and compared with
 the run's report: ``missed`` recipients never captured, ``duplicates`` recipients captured
 more than once, ``duplicates_not_in_doubt`` duplicates the report never listed as in doubt
-(``in_doubt_recipients``; beyond its first 1000 names, the ledger's in_doubt rows), and ``in_doubt`` against ``in_flight_bound``: the SMTP transactions that can be in flight at
-one kill (delivery servers x concurrency), times the kills of that trial, and against
-``in_flight_at_kills``: the transactions each kill actually caught, measured from the killed
-processes' journals (rows whose last line is "in flight"). For orphans left
-to the fence, ``orphan_rows_after_fence`` counts, by journal state, what their journals got
-after the resume's fence wait (a fate arriving late is fine: that recipient was in doubt; a
-new "in flight" line, ``orphan_in_flight_after_fence``, means the fence failed).
+(``in_doubt_recipients``; beyond its first 1000 names, the ledger's in_doubt rows), and
+``in_doubt`` against two bounds: ``in_flight_bound``, the SMTP transactions that can be in
+flight at one kill (delivery servers x concurrency) times the kills of that trial, and
+``in_flight_at_kills``, the transactions each kill actually caught, measured from the killed
+processes' journals (rows whose last line is "in flight"). For orphans left to the fence,
+``orphan_rows_after_fence`` counts, by journal state, what their journals got after the
+resume's fence wait (a fate arriving late is fine: that recipient was in doubt; a new "in
+flight" line, ``orphan_in_flight_after_fence``, means the fence failed).
 
 Prints one JSON object on stdout (progress goes to stderr); exit status 1 when any trial
 missed someone, sent a duplicate not in doubt, had more in doubt than in flight at its
@@ -717,9 +718,7 @@ def count_trial(run_dir: Path, capture: Path, n: int) -> dict[str, Any]:
     return result
 
 
-def tally_deliveries(
-    want: set[str], captured: pl.DataFrame, doubted: set[str]
-) -> dict[str, Any]:
+def tally_deliveries(want: set[str], captured: pl.DataFrame, doubted: set[str]) -> dict[str, Any]:
     """Compare what the sink captured (``rcpt_to``, ``message_id``) with who should get mail.
 
     ``doubted``: every recipient the run ever called in doubt; a duplicate outside it is a
