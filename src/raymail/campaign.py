@@ -33,7 +33,7 @@ from raymail.delivery.journal import (
 )
 from raymail.delivery.records import OutcomeBuilder, now, to_ipc
 from raymail.delivery.server import DeliveryServerActor, PortionResult, ServerStats
-from raymail.dispatch import ServerView, Work, WorkQueue
+from raymail.dispatch import LeastLoadedRouter, ServerView, Work, WorkQueue
 from raymail.errors import DeliveryError
 from raymail.ledger import Ledger
 from raymail.plan import PortionTask, size_capacity, split_portions
@@ -53,6 +53,7 @@ _INTERNAL_RETRIES = 2  # re-runs of a portion whose call failed for a reason not
 _SERVER_FAILURE_LIMIT = 3  # failed calls after which a server gets no more work
 _REPLACEMENTS = 3  # delivery servers started to replace dead or stalled ones
 _WARMUP_S = 2.0
+_FALLBACK_ROUTER = LeastLoadedRouter()
 _HEARTBEAT_S = 2.0
 
 # Stages, in order (the seed's P100 .. P699).
@@ -128,6 +129,7 @@ class CampaignDriver:
         )
         self._replacements = 0
         self._capacity_checked = False
+        self._starved = False  # the router once handed out nothing with nothing in flight
         self._journals: dict[str, tuple[tuple[int, ...], pl.DataFrame]] = {}
 
     def run(self) -> dict[str, Any]:
@@ -399,7 +401,7 @@ class CampaignDriver:
                 self.servers.index(server), server.name, server.source_address,
                 server.inflight, self.spec.concurrency,
             )  # fmt: skip
-            works = self.router.take(view, state.ready, free)
+            works = self._take(view, state.ready, free, idle=not leased)
             if not works:
                 continue
             for work in works:
@@ -477,7 +479,7 @@ class CampaignDriver:
                 self.servers.index(server), server.name, server.source_address,
                 server.inflight, cap,
             )  # fmt: skip
-            for work in self.router.take(view, state.ready, free):
+            for work in self._take(view, state.ready, free, idle=not state.inflight):
                 # Rows enter the object store only when handed out: its use stays
                 # bounded by the work in flight, whatever the size of the list.
                 ref = server.handle.deliver.remote(work.task, to_ipc(work.rows))
@@ -486,6 +488,22 @@ class CampaignDriver:
                 server.inflight += 1
                 state.inflight[ref] = (server, work)
                 state.attempts += 1
+
+    def _take(self, view: ServerView, queue: WorkQueue, limit: int, *, idle: bool) -> list[Work]:
+        """The router's choice of portions; when it hands out nothing while no call is in
+        flight anywhere, the queue's next ones instead: whatever a routing policy believes
+        (say, that a dead server still holds a domain), the run must go on to its end."""
+        works = self.router.take(view, queue, limit)
+        if works or not idle or not queue:
+            return works
+        if not self._starved:
+            self._starved = True
+            log.warning(
+                "the router handed out no work while %d portions wait and none is in "
+                "flight; dispatching them least-loaded",
+                len(queue),
+            )
+        return _FALLBACK_ROUTER.take(view, queue, limit)
 
     def _collect(self, state: _State, ref: ray.ObjectRef[Any], ledger: Ledger) -> None:
         server, work = state.inflight.pop(ref)
