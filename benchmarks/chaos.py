@@ -812,6 +812,7 @@ def summarise(trials: list[dict[str, Any]], settings: Settings, elapsed: float) 
         ),
         "incomplete": sum(t["status"] != "complete" for t in trials),
         "kills": sum(t["kill_count"] for t in trials),
+        "trials_with_kill": sum(t["kill_count"] > 0 for t in trials),
         "resume_kills": sum(1 for t in trials for k in t["kills"] if "during_resume" in k),
         "resumes": sum(t["resumes"] for t in trials),
         "orphans_left_to_fence": sum(
