@@ -169,8 +169,11 @@ _OWNER_ENTRY = f"{OWNER_VAR}={OWNER}".encode()
 
 
 def raymail_env(ray_tmpdir: Path) -> dict[str, str]:
-    """Environment of raymail subprocesses: a fresh local Ray under our own temp folder."""
+    """Environment of raymail subprocesses: a fresh local Ray under our own temp folder,
+    and a RAYMAIL_HOME of our own (the routing table and suppression list of the machine's
+    user are neither read nor written)."""
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_TMPDIR=str(ray_tmpdir))
+    env["RAYMAIL_HOME"] = str(ray_tmpdir / "raymail-home")
     env[OWNER_VAR] = OWNER
     env.pop("RAY_ADDRESS", None)
     return env
