@@ -273,7 +273,11 @@ def main(argv: list[str] | None = None) -> int:
         env = raymail_env(ray_tmp)
         for i in range(args.repeat):
             folder = work / f"round-{i}"
-            result = one_round(i, args, recipients, folder, env)
+            try:
+                result = one_round(i, args, recipients, folder, env)
+            except Exception:
+                keep = True  # its logs say why
+                raise
             rounds.append(result)
             log(
                 f"round {i}: first send after {result['seconds_to_first_send']} s "
