@@ -27,16 +27,16 @@ capturing SMTP sink on loopback that runs in its own process, so it outlives eve
    once it has sent some more, at most ``--max-rekills`` times per trial.
 
 After each trial the sink's capture is counted per (recipient, Message-ID) and compared with
-the run's ledger: ``missed`` recipients never captured, ``duplicates`` recipients captured
-more than once, ``duplicates_not_in_doubt`` duplicates the ledger never called in doubt (all
-rows with status in_doubt in RUN_DIR/outcomes, since report.json names only the first 1000),
-and ``in_doubt`` against ``in_flight_bound``: the SMTP transactions that can be in flight at
-one kill (delivery servers x concurrency), times the kills of that trial, and against
-``in_flight_at_kills``: the transactions each kill actually caught, measured from the killed
-processes' journals (rows whose last line is "in flight"). For orphans left
-to the fence, ``orphan_rows_after_fence`` counts, by journal state, what their journals got
-after the resume's fence wait (a fate arriving late is fine: that recipient was in doubt; a
-new "in flight" line, ``orphan_in_flight_after_fence``, means the fence failed).
+the run's report: ``missed`` recipients never captured, ``duplicates`` recipients captured
+more than once, ``duplicates_not_in_doubt`` duplicates the report never listed as in doubt
+(``in_doubt_recipients``; beyond its first 1000 names, the ledger's in_doubt rows), and
+``in_doubt`` against two bounds: ``in_flight_bound``, the SMTP transactions that can be in
+flight at one kill (delivery servers x concurrency) times the kills of that trial, and
+``in_flight_at_kills``, the transactions each kill actually caught, measured from the killed
+processes' journals (rows whose last line is "in flight"). For orphans left to the fence,
+``orphan_rows_after_fence`` counts, by journal state, what their journals got after the
+resume's fence wait (a fate arriving late is fine: that recipient was in doubt; a new "in
+flight" line, ``orphan_in_flight_after_fence``, means the fence failed).
 
 Prints one JSON object on stdout (progress goes to stderr); exit status 1 when any trial
 missed someone, sent a duplicate not in doubt, had more in doubt than in flight at its
@@ -62,6 +62,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -158,11 +159,32 @@ def write_spec(
 # -- processes -----------------------------------------------------------------------------
 
 
+# Every process this tool starts (and every Ray process those start: they inherit the
+# environment) carries this mark. Kills go only to processes of the right session that
+# carry it: pids wrap quickly on a busy machine (pid_max may be 32768), and a session id
+# left over from a dead driver may since belong to somebody else's process.
+OWNER_VAR = "RAYMAIL_CHAOS_OWNER"
+OWNER = f"{os.getpid()}-{uuid.uuid4().hex}"
+_OWNER_ENTRY = f"{OWNER_VAR}={OWNER}".encode()
+
+
 def raymail_env(ray_tmpdir: Path) -> dict[str, str]:
-    """Environment of raymail subprocesses: a fresh local Ray under our own temp folder."""
+    """Environment of raymail subprocesses: a fresh local Ray under our own temp folder,
+    and a RAYMAIL_HOME of our own (the routing table and suppression list of the machine's
+    user are neither read nor written)."""
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_TMPDIR=str(ray_tmpdir))
+    env["RAYMAIL_HOME"] = str(ray_tmpdir / "raymail-home")
+    env[OWNER_VAR] = OWNER
     env.pop("RAY_ADDRESS", None)
     return env
+
+
+def owned(pid: int) -> bool:
+    """Whether ``pid`` was started by this tool (directly or through Ray)."""
+    try:
+        return _OWNER_ENTRY in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
 
 
 def spawn_raymail(args: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -188,14 +210,15 @@ def _stat_fields(pid: int) -> list[str] | None:
 
 
 def session_pids(sid: int) -> list[int]:
-    """Live (not zombie) processes of session ``sid``."""
+    """Live (not zombie) processes of session ``sid`` that this tool started."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        fields = _stat_fields(int(entry.name))
-        if fields is not None and int(fields[3]) == sid and fields[0] != "Z":
-            pids.append(int(entry.name))
+        pid = int(entry.name)
+        fields = _stat_fields(pid)
+        if fields is not None and int(fields[3]) == sid and fields[0] != "Z" and owned(pid):
+            pids.append(pid)
     return pids
 
 
@@ -684,21 +707,36 @@ def count_trial(run_dir: Path, capture: Path, n: int) -> dict[str, Any]:
     """Deliveries per (recipient, Message-ID) at the sink against the run's ledger."""
     expected = pl.read_parquet(run_dir / "recipients.parquet", columns=["email"])["email"]
     captured = read_capture(capture).select(["rcpt_to", "message_id"])
+    report = build_report(run_dir)
+    doubted = set(report["in_doubt_recipients"])
+    if report["in_doubt_ever"] > len(doubted):  # the report names the first 1000 only
+        outcomes = read_outcomes(run_dir).filter(pl.col("status") == "in_doubt")
+        doubted = set(outcomes["email"].unique().to_list())
+    result = tally_deliveries(set(expected.to_list()), captured, doubted)
+    result["status"] = report["status"]
+    result["report"] = {
+        key: report[key]
+        for key in ("accepted", "deferred", "failed", "in_doubt", "in_doubt_ever", "resumes")
+    }
+    return result
+
+
+def tally_deliveries(want: set[str], captured: pl.DataFrame, doubted: set[str]) -> dict[str, Any]:
+    """Compare what the sink captured (``rcpt_to``, ``message_id``) with who should get mail.
+
+    ``doubted``: every recipient the run ever called in doubt; a duplicate outside it is a
+    recipient sent twice although the run believed it knew its fate.
+    """
     per_pair = captured.group_by(["rcpt_to", "message_id"]).len()
     per_rcpt = captured.group_by("rcpt_to").agg(
         pl.len().alias("n"), pl.col("message_id").n_unique().alias("ids")
     )
     got = set(per_rcpt["rcpt_to"].to_list())
-    want = set(expected.to_list())
     missed = sorted(want - got)
     unexpected = sorted(got - want)
     duplicates = set(per_rcpt.filter(pl.col("n") > 1)["rcpt_to"].to_list())
-    outcomes = read_outcomes(run_dir)
-    doubted = set(outcomes.filter(pl.col("status") == "in_doubt")["email"].unique().to_list())
     not_in_doubt = sorted(duplicates - doubted)
-    report = build_report(run_dir)
     return {
-        "status": report["status"],
         "expected": len(want),
         "captured_deliveries": captured.height,
         "distinct_recipients": len(got),
@@ -711,10 +749,6 @@ def count_trial(run_dir: Path, capture: Path, n: int) -> dict[str, Any]:
         "duplicates_not_in_doubt": len(not_in_doubt),
         "in_doubt": len(doubted),
         "duplicates_in_doubt": len(duplicates & doubted),
-        "report": {
-            key: report[key]
-            for key in ("accepted", "deferred", "failed", "in_doubt", "in_doubt_ever", "resumes")
-        },
         "examples": {"missed": missed[:10], "duplicates_not_in_doubt": not_in_doubt[:10]},
     }
 
@@ -781,6 +815,7 @@ def summarise(trials: list[dict[str, Any]], settings: Settings, elapsed: float) 
         ),
         "incomplete": sum(t["status"] != "complete" for t in trials),
         "kills": sum(t["kill_count"] for t in trials),
+        "trials_with_kill": sum(t["kill_count"] > 0 for t in trials),
         "resume_kills": sum(1 for t in trials for k in t["kills"] if "during_resume" in k),
         "resumes": sum(t["resumes"] for t in trials),
         "orphans_left_to_fence": sum(

@@ -19,8 +19,10 @@ Then the capture is split at the resume: ``resent`` messages arrived after it st
 any recipient captured both before and after is one the ledger lists as in doubt (a message
 in flight at the kill). ``resume_vs_fresh_first_send`` compares the two start-up times
 measured in the same round (the machine is shared and noisy: ratios, not absolute times).
-``phases`` splits the resume's start-up using the stage history in run.json: the fence wait
-and the reading of the ledger and journals, then Ray and the delivery servers.
+``phases`` splits the resume's start-up using the stage history in run.json: a resume
+records "delivering" when it has raised the fence (it then starts Ray and the delivery
+servers during the fence wait), again once the ledger and journals are read and the work is
+queued, then "complete".
 
 Prints one JSON object on stdout (progress on stderr). With ``--repeat N`` the times are
 medians over N rounds and the counts are summed; exit status 1 when a round did not send
@@ -109,11 +111,7 @@ def state_before(run_dir: Path) -> dict[str, Any]:
 
 
 def resume_phases(run_dir: Path, started_wall: float) -> list[dict[str, Any]]:
-    """Seconds from the resume command to each stage it recorded (run.json history).
-
-    A resume records "delivering" once it has read the ledger and journals (after the
-    fence wait), again once Ray and the delivery servers are up, then "complete".
-    """
+    """Seconds from the resume command to each stage it recorded (run.json history)."""
     phases = []
     for stage in RunDir(run_dir).manifest().get("stages", []):
         at = datetime.fromisoformat(stage["at"]).timestamp()
@@ -268,13 +266,18 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     rounds: list[dict[str, Any]] = []
     work = Path(tempfile.mkdtemp(prefix="raymail-resume-"))
+    keep = False
     ray_tmp = Path(tempfile.mkdtemp(prefix="rmresume-", dir="/tmp"))  # short: socket paths
     try:
         recipients = write_recipients(work / "recipients.parquet", args.recipients)
         env = raymail_env(ray_tmp)
         for i in range(args.repeat):
             folder = work / f"round-{i}"
-            result = one_round(i, args, recipients, folder, env)
+            try:
+                result = one_round(i, args, recipients, folder, env)
+            except Exception:
+                keep = True  # its logs say why
+                raise
             rounds.append(result)
             log(
                 f"round {i}: first send after {result['seconds_to_first_send']} s "
@@ -282,10 +285,17 @@ def main(argv: list[str] | None = None) -> int:
                 f"{result['resent']} of {result['remaining_before_resume']} remaining, "
                 f"only the rest: {result['sent_only_the_rest']}"
             )
-            shutil.rmtree(folder, ignore_errors=True)
+            if result["sent_only_the_rest"] and result["within_15_s"]:
+                shutil.rmtree(folder, ignore_errors=True)
+            else:  # keep its run directory, capture and logs to look at
+                result["folder"] = str(folder)
+                keep = True
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
-        shutil.rmtree(work, ignore_errors=True)
+        if keep:
+            log(f"kept {work} (a round fell short)")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     summary = {
         "benchmark": "resume",
         "recipients": args.recipients,

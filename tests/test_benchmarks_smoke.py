@@ -67,3 +67,33 @@ def test_throughput_benchmark_small_run(tmp_path: Path) -> None:
     assert printed["raymail_vs_limit"] == pytest.approx(
         printed["raymail_msg_s"] / printed["smtp_source_msg_s"], rel=0.01
     )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_resume_benchmark_small_run(tmp_path: Path) -> None:
+    """One round on a small list: the resume sends exactly the rest (its time is not judged
+    here: the 15 s figure comes from the full benchmark, not a timed test)."""
+    out = tmp_path / "resume.json"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run(
+        [
+            sys.executable, str(ROOT / "benchmarks" / "resume.py"), "--recipients", "2000",
+            "--repeat", "1", "--latency-ms", "5", "--json-out", str(out),
+        ],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=540, check=False,
+    )  # fmt: skip
+    assert out.exists(), done.stderr[-3000:]
+    printed = json.loads(done.stdout)
+    assert json.loads(out.read_text(encoding="utf-8")) == printed
+    assert printed["rounds"] == 1
+    (round_,) = printed["per_round"]
+    assert round_["status"] == "complete"
+    assert 0 < round_["remaining_before_resume"] < 2000 * 0.2  # killed at about 90 %
+    assert round_["resent"] == round_["remaining_before_resume"]
+    assert round_["accepted_before_and_resent"] == 0
+    assert round_["resent_also_before_not_in_doubt"] == 0
+    assert round_["missed"] == 0
+    assert printed["sent_only_the_rest"] is True
+    assert round_["seconds_to_first_send"] is not None

@@ -182,12 +182,14 @@ def test_stalled_server_is_replaced(tmp_path: Path, policy: str, dispatch: str) 
     n = 600
     csv = _recipients(tmp_path / "list.csv", n)
     capture = tmp_path / "cap"
-    clients: dict[str, dict[str, object]] = {"127.0.0.3": {"hang": True}}
-    if dispatch == "pull":
-        # A pulling server only gets work while work is left: slow the healthy one down
-        # (~6 s for the list) so the hanging one, however slowly it starts, asks in time.
-        clients["127.0.0.2"] = {"latency_ms": 40}
-    config = SinkConfig(clients=clients)  # type: ignore[arg-type]
+    # Pull mode: a server gets work only once its actor runs and asks. Small portions and a
+    # slow sink keep the healthy server busy for seconds, so a late-starting hanging server
+    # still asks before the work runs out (else the test would prove nothing).
+    pull = dispatch == "pull"
+    config = SinkConfig(
+        default={"latency_ms": 50 if pull else 0},  # type: ignore[arg-type]
+        clients={"127.0.0.3": {"hang": True}},  # type: ignore[dict-item]
+    )
     with run_sink(config, capture_dir=capture) as sink:
         spec = make_spec(
             csv,
@@ -196,6 +198,7 @@ def test_stalled_server_is_replaced(tmp_path: Path, policy: str, dispatch: str) 
             stall_timeout_s=3,
             in_doubt=policy,
             dispatch=dispatch,
+            portion_size=10 if pull else 100,
             smtp={"data_timeout_s": 600},
         )
         report = run_campaign(spec, tmp_path / "run", live_progress=False)

@@ -33,7 +33,7 @@ from raymail.delivery.journal import (
 )
 from raymail.delivery.records import OutcomeBuilder, now, to_ipc
 from raymail.delivery.server import DeliveryServerActor, PortionResult, ServerStats
-from raymail.dispatch import ServerView, Work, WorkQueue
+from raymail.dispatch import LeastLoadedRouter, ServerView, Work, WorkQueue
 from raymail.errors import DeliveryError
 from raymail.ledger import Ledger
 from raymail.plan import PortionTask, size_capacity, split_portions
@@ -53,6 +53,7 @@ _INTERNAL_RETRIES = 2  # re-runs of a portion whose call failed for a reason not
 _SERVER_FAILURE_LIMIT = 3  # failed calls after which a server gets no more work
 _REPLACEMENTS = 3  # delivery servers started to replace dead or stalled ones
 _WARMUP_S = 2.0
+_FALLBACK_ROUTER = LeastLoadedRouter()
 _HEARTBEAT_S = 2.0
 
 # Stages, in order (the seed's P100 .. P699).
@@ -128,6 +129,7 @@ class CampaignDriver:
         )
         self._replacements = 0
         self._capacity_checked = False
+        self._starved = False  # the router once handed out nothing with nothing in flight
         self._journals: dict[str, tuple[tuple[int, ...], pl.DataFrame]] = {}
 
     def run(self) -> dict[str, Any]:
@@ -178,16 +180,23 @@ class CampaignDriver:
             return self._start()
         recipients = pq.read_table(rd.path / RECIPIENTS)
         # Fence off delivery servers of earlier drivers that may outlive them, and give
-        # them time to notice, before the journals are read as final.
-        write_fence(rd.path / JOURNAL_DIR, int(manifest.get("resumes", 0)) + 1)
-        time.sleep(FENCE_WAIT_S)
+        # them time to notice, before the journals are read as final. The new epoch is
+        # recorded before any server of it starts, so the next resume fences those too.
+        epoch = int(manifest.get("resumes", 0)) + 1
+        write_fence(rd.path / JOURNAL_DIR, epoch)
+        fenced_at = time.monotonic()
+        self._stage(DELIVERING, resumes=epoch)
+        # Starting Ray and the delivery servers takes seconds: do it during the fence wait.
+        # The servers are of the new epoch and get work only once the journals are read.
+        ensure_ray()
+        self._start_servers(self.spec.delivery_servers)
+        time.sleep(max(0.0, FENCE_WAIT_S - (time.monotonic() - fenced_at)))
         recovered, final = run_state(rd.path, recipients, self.spec.campaign)
         ledger = Ledger(rd.path, self.spec.checkpoint_interval_s)
         ledger.add(recovered, pa.table({}))
         ledger.flush()
         remaining, tally = self._remaining(recipients, final)
         first_portion = int(final.get_column("portion").cast(pl.Int64).max() or 0) + 1  # type: ignore[arg-type]
-        self._stage(DELIVERING, resumes=int(manifest.get("resumes", 0)) + 1)
         return self._deliver(remaining, tally, first_portion=first_portion)
 
     def _remaining(self, recipients: pa.Table, final: pl.DataFrame) -> tuple[pa.Table, Tally]:
@@ -220,7 +229,7 @@ class CampaignDriver:
             task = PortionTask(task.portion, task.domain, attempt, task.size)
             state.ready.push(Work(task, rows.drop(["prev_attempt"])))
             state.next_portion = task.portion + 1
-        self._start_servers(spec.delivery_servers)
+        self._start_servers(spec.delivery_servers - len(self.servers))  # a resume started some
         self._stage(
             DELIVERING,
             portions=len(state.ready),
@@ -392,7 +401,7 @@ class CampaignDriver:
                 self.servers.index(server), server.name, server.source_address,
                 server.inflight, self.spec.concurrency,
             )  # fmt: skip
-            works = self.router.take(view, state.ready, free)
+            works = self._take(view, state.ready, free, idle=not leased)
             if not works:
                 continue
             for work in works:
@@ -470,7 +479,7 @@ class CampaignDriver:
                 self.servers.index(server), server.name, server.source_address,
                 server.inflight, cap,
             )  # fmt: skip
-            for work in self.router.take(view, state.ready, free):
+            for work in self._take(view, state.ready, free, idle=not state.inflight):
                 # Rows enter the object store only when handed out: its use stays
                 # bounded by the work in flight, whatever the size of the list.
                 ref = server.handle.deliver.remote(work.task, to_ipc(work.rows))
@@ -479,6 +488,22 @@ class CampaignDriver:
                 server.inflight += 1
                 state.inflight[ref] = (server, work)
                 state.attempts += 1
+
+    def _take(self, view: ServerView, queue: WorkQueue, limit: int, *, idle: bool) -> list[Work]:
+        """The router's choice of portions; when it hands out nothing while no call is in
+        flight anywhere, the queue's next ones instead: whatever a routing policy believes
+        (say, that a dead server still holds a domain), the run must go on to its end."""
+        works = self.router.take(view, queue, limit)
+        if works or not idle or not queue:
+            return works
+        if not self._starved:
+            self._starved = True
+            log.warning(
+                "the router handed out no work while %d portions wait and none is in "
+                "flight; dispatching them least-loaded",
+                len(queue),
+            )
+        return _FALLBACK_ROUTER.take(view, queue, limit)
 
     def _collect(self, state: _State, ref: ray.ObjectRef[Any], ledger: Ledger) -> None:
         server, work = state.inflight.pop(ref)
@@ -497,7 +522,9 @@ class CampaignDriver:
         outcomes = result.outcomes
         observations = result.observations
         ledger.add(outcomes, observations)
-        self._settle(state, work, outcomes)
+        again, backoff = self._settle(state, work, outcomes)
+        if len(again):
+            self._requeue(state, work, again, delay=backoff)
         self._judge(server, outcomes)
         self.router.observe(server.name, outcomes, observations)
 
@@ -518,8 +545,12 @@ class CampaignDriver:
             )
             server.failures = _SERVER_FAILURE_LIMIT
 
-    def _settle(self, state: _State, work: Work, outcomes: pa.Table) -> None:
-        """Count final outcomes; schedule deferred (and, by policy, in-doubt) recipients."""
+    def _settle(
+        self, state: _State, work: Work, outcomes: pa.Table
+    ) -> tuple[pa.ChunkedArray | pa.Array, float]:
+        """Count final outcomes; say which rows (deferred and, by policy, in doubt) go again,
+        and after what backoff. The caller requeues them: one portion attempt must become at
+        most one next attempt, since pull mode knows a lease by (portion, attempt)."""
         statuses = outcomes.column("status")
         tally = state.tally
         if work.task.attempt > 1:
@@ -531,20 +562,21 @@ class CampaignDriver:
             tally.in_doubt += _count(statuses, IN_DOUBT)
         again_statuses = [DEFERRED, IN_DOUBT] if resend_doubt else [DEFERRED]
         again = outcomes.filter(pc.is_in(statuses, value_set=pa.array(again_statuses)))
+        none = pa.array([], pa.int64())
         if not again.num_rows:
-            return
+            return none, 0.0
         retry = self.spec.retry
         if work.task.attempt >= retry.max_attempts:
             tally.deferred += _count(again.column("status"), DEFERRED)
             tally.in_doubt += _count(again.column("status"), IN_DOUBT)
-            return
+            return none, 0.0
         again_rows = again.column("row")
         backoff = min(
             retry.initial_backoff_s * retry.multiplier ** (work.task.attempt - 1),
             retry.max_backoff_s,
         )
         tally.retrying += len(again_rows)
-        self._requeue(state, work, again_rows, delay=backoff)
+        return again_rows, backoff
 
     def _requeue(
         self, state: _State, work: Work, rows: pa.ChunkedArray | pa.Array, *, delay: float
@@ -575,21 +607,24 @@ class CampaignDriver:
         )
         known = pl.DataFrame(schema={"row": pl.Int64, "attempt": pl.Int32})
         recovered = recovered_outcomes(journal, known, rows, self.spec.campaign)
+        again: pa.ChunkedArray | pa.Array = pa.array([], pa.int64())
+        backoff = 0.0
         if recovered.num_rows:
             ledger.add(recovered, pa.table({}))
-            self._settle(state, work, recovered)
+            again, backoff = self._settle(state, work, recovered)
         untouched = pc.filter(
             rows.column("row"),
             pc.invert(pc.is_in(rows.column("row"), value_set=recovered.column("row"))),
         )
-        if not len(untouched):
-            return
-        if work.internal_failures <= _INTERNAL_RETRIES:
-            self._requeue(state, work, untouched, delay=0.0)
-            return
-        failed = rows.filter(pc.is_in(rows.column("row"), value_set=untouched))
-        ledger.add(_failed_outcomes(self.spec, work, failed, server.name, exc), pa.table({}))
-        state.tally.failed += failed.num_rows
+        if len(untouched) and work.internal_failures > _INTERNAL_RETRIES:
+            failed = rows.filter(pc.is_in(rows.column("row"), value_set=untouched))
+            ledger.add(_failed_outcomes(self.spec, work, failed, server.name, exc), pa.table({}))
+            state.tally.failed += failed.num_rows
+        elif len(untouched):  # never touched: at once, together with what goes again
+            again = pa.concat_arrays([_plain(again), _plain(untouched)])
+            backoff = 0.0
+        if len(again):
+            self._requeue(state, work, again, delay=backoff)
 
     def _journal(self, server: str) -> pl.DataFrame:
         """A server's journal states, re-read only when its files changed."""
@@ -695,6 +730,13 @@ def _failed_outcomes(
             started_at=started,
         )
     return out.table()
+
+
+def _plain(values: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """One int64 array from a column or an array (rows to send again)."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    return values.cast(pa.int64())
 
 
 def _count(statuses: pa.ChunkedArray | pa.Array, status: str) -> int:

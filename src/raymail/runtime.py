@@ -6,13 +6,17 @@ gives it to the worker type meant to send mail, and a local instance offers plen
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+from pathlib import Path
 
 import ray
 
 DELIVERY_RESOURCE = "raymail_delivery"
 LOCAL_DELIVERY_SLOTS = 64
+LOCAL_START_ATTEMPTS = 3  # starts of a local instance before giving up
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +30,49 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if target:
         ray.init(address=target, log_to_driver=True)
         return
-    ray.init(
-        address="local",  # a new instance, even if another cluster runs on this machine
-        num_cpus=num_cpus or max(2, os.cpu_count() or 2),
-        resources={DELIVERY_RESOURCE: LOCAL_DELIVERY_SLOTS},
-        include_dashboard=False,
-        log_to_driver=True,
-        logging_level=logging.WARNING,
-    )
+    before = _children()
+    for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
+        try:
+            ray.init(
+                address="local",  # a new instance, even if another cluster runs here
+                num_cpus=num_cpus or max(2, os.cpu_count() or 2),
+                resources={DELIVERY_RESOURCE: LOCAL_DELIVERY_SLOTS},
+                include_dashboard=False,
+                log_to_driver=True,
+                logging_level=logging.WARNING,
+            )
+            return
+        except Exception as exc:
+            # Ray gives its raylet a fixed 30 s to register; on an overloaded machine a
+            # fresh instance can miss that. A resume must not fail for it: try again.
+            if "timed out during startup" not in str(exc) or attempt == LOCAL_START_ATTEMPTS:
+                raise
+            log.warning("local Ray did not start in time (attempt %d); trying again", attempt)
+            ray.shutdown()
+            _end_started_ray(before)
+
+
+def _children() -> set[int]:
+    """Pids of this process's children (Linux /proc; empty elsewhere)."""
+    me = str(os.getpid())
+    pids = set()
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if stat.rsplit(")", 1)[1].split()[1] == me:
+            pids.add(int(entry.name))
+    return pids
+
+
+def _end_started_ray(before: set[int]) -> None:
+    """Kill the Ray daemons a failed start left behind (children started since ``before``);
+    ray.shutdown() does not know them, and they would load the next attempt."""
+    for pid in _children() - before:
+        with contextlib.suppress(ProcessLookupError, PermissionError, ChildProcessError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, os.WNOHANG)
 
 
 def delivery_slots() -> int:
