@@ -24,7 +24,7 @@ from raymail.dispatch import ServerView, Work, WorkQueue
 from raymail.routing.model import Evidence, PortionEvidence, portion_evidence, route_key
 from raymail.routing.runlog import SERVERS, RunRecords
 from raymail.routing.scheduler import ProbeScheduler
-from raymail.routing.table import RoutingTable
+from raymail.routing.table import RoutingTable, probes_by_route
 from raymail.spec import CampaignSpec
 
 log = logging.getLogger(__name__)
@@ -217,12 +217,7 @@ class BaseRouter:
             del self.outstanding[portion]
 
     def _probed(self, frame: pl.DataFrame) -> None:
-        keyed = frame.with_columns(
-            pl.when(pl.col("source_address").is_not_null())
-            .then(pl.col("source_address"))
-            .otherwise(pl.col("server"))
-            .alias("server")
-        )
+        keyed = probes_by_route(frame)
         if self.records is not None:
             self.records.add_probes(frame)
         self._probe_delta.append(keyed)

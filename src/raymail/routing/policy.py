@@ -34,7 +34,7 @@ from numpy.typing import NDArray
 from raymail.dispatch import ServerView, Work, WorkQueue
 from raymail.routing.base import BaseRouter, Given, ServerHandles, expected_keys
 from raymail.routing.demotion import Demotions
-from raymail.routing.estimates import BAD, BUSY, OK, RCPT, TX, PairStats, estimate
+from raymail.routing.estimates import BAD, BUSY, OK, RCPT, TX, Estimates, PairStats, estimate
 from raymail.routing.exploration import offers
 from raymail.routing.model import UNKNOWN_MX, PortionEvidence, network_of
 from raymail.routing.plan import Plan, round_portions, solve
@@ -201,7 +201,7 @@ class LearnedRouter(BaseRouter):
             return
         ks = np.array([self.stats.key(k) for k in keys])
         ds = np.array([self.stats.domain(d) for d in domains])
-        est = estimate(self.stats, ks, ds)
+        est = self.estimates(keys, domains, ks, ds)
         mean = est.effective()
         blocked = np.asarray(self._mask(keys, domains, self.demotions.demoted) | est.excluded)
         blocked[:, blocked.all(axis=0)] = False  # nobody left: everybody may try
@@ -246,6 +246,13 @@ class LearnedRouter(BaseRouter):
             demoted = self.demotions.demoted
             self.records.write(ESTIMATES_START, estimates_frame(keys, domains, est, demoted))
             self.records.write(PLAN_START, plan_frame(keys, domains, self.plan, counts))
+
+    def estimates(
+        self, keys: list[str], domains: list[str], ks: NDArray[np.int64], ds: NDArray[np.int64]
+    ) -> Estimates:
+        """What the plan believes about these pairs (the oracle overrides this)."""
+        del keys, domains
+        return estimate(self.stats, ks, ds)
 
     @staticmethod
     def _mask(keys: list[str], domains: list[str], pairs: set[Pair]) -> NDArray[np.bool_]:
