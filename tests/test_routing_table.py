@@ -10,10 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pytest
 from typer.testing import CliRunner
 
 from conftest import make_spec, write_csv
 from raymail.cli import _register, app
+from raymail.errors import SpecError
 from raymail.routing import RoutingTable, show
 from raymail.routing.estimates import PairStats, estimate
 from raymail.routing.model import SUMS, Evidence, PortionEvidence
@@ -108,3 +110,18 @@ def test_routing_cli_probe_show_and_clear_errors(tmp_path: Path, raymail_home: P
     assert saved["mark"].to_list() == ["unacceptable"]  # unreachable, no delivery evidence
     listed = runner.invoke(app, ["routing", "show", "--domain", "up.test"])
     assert listed.exit_code == 0 and "routing (1 rows)" in listed.stdout
+
+
+def test_routing_spec_keys_are_checked_by_name(tmp_path: Path) -> None:
+    csv = write_csv(tmp_path / "list.csv", "email", ["a@x.test"])
+    assert make_spec(csv, 25).routing.policy == "learned"  # the default
+    for policy in ("round_robin", "equal_shares"):
+        assert make_spec(csv, 25, routing={"policy": policy}).routing.policy == policy
+    with pytest.raises(SpecError, match=r"routing\.policy"):
+        make_spec(csv, 25, routing={"policy": "fastest"})
+    with pytest.raises(
+        SpecError, match=r"unknown key 'routing\.explore' \(did you mean 'exploration'"
+    ):
+        make_spec(csv, 25, routing={"explore": 0.2})
+    with pytest.raises(SpecError, match=r"routing\.exploration"):
+        make_spec(csv, 25, routing={"exploration": 0.9})
