@@ -192,7 +192,9 @@ def seed_round(seed: int, args: argparse.Namespace, work: Path) -> dict[str, Any
     ]
     if args.static_oracle:
         plan.append(("oracle_static", routing("learned", "oracle_static", False), oracle_static))
-    if seed % 2:  # alternate which warm run goes first, so drift favours neither
+    if args.only:  # a development aid: these runs only, no ratios
+        plan = [p for p in plan if p[0] in args.only.split(",")]
+    if seed % 2 and not args.only:  # alternate which warm run goes first, so drift favours neither
         plan[3], plan[4] = plan[4], plan[3]
     results: dict[str, Any] = {}
     with SinkProcess(topology.to_config()) as sink:
@@ -207,6 +209,8 @@ def seed_round(seed: int, args: argparse.Namespace, work: Path) -> dict[str, Any
             results[name]["fast_share"] = fast_share(run_dir, topology)
             log(f"seed {seed}: {name} {results[name]}")
     lost = [n for n, r in results.items() if r["accepted"] != r["total"]]
+    if args.only:
+        return {"seed": seed, "runs": results, "lost_mail": lost}
     span = {name: r["makespan_s"] for name, r in results.items()}
     ratios = {
         "warm_vs_oracle": span["learned_warm"] / span["oracle"],
@@ -287,6 +291,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--work", type=Path, help="keep run directories here")
     parser.add_argument("--json-out", type=Path, help="also write the JSON here")
+    parser.add_argument("--only", help="comma-separated runs (development aid: no ratios)")
     parser.add_argument(
         "--static-oracle", action="store_true", help="also run the plan fixed up front"
     )
@@ -327,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
         ray.shutdown()
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
+    if args.only:
+        print(json.dumps(rounds, indent=2))
+        return 0
     result = summarise(rounds, args, started)
     text = json.dumps(result, indent=2)
     if args.json_out:

@@ -15,7 +15,8 @@ appears) the router
 A server whose plan is empty gets nothing: that is how a slow server is kept from holding
 the last portions of a domain a fast server would finish sooner, and how a fast server is
 not buried (the plan gives it only what it can finish by the common end). An unknown pair
-has one portion out at a time, so a bad guess costs one portion. A pair whose recent
+has one portion out at a time, counted per server and MX host (the spec's mx_override and
+probes say which domains share one), so a bad guess costs one portion. A pair whose recent
 transactions turn to 4xx/5xx is demoted for a cooldown (``demotion.py``).
 """
 
@@ -89,6 +90,10 @@ class LearnedRouter(BaseRouter):
         self.trials = 0
         self.plans = 0
         self._started_recorded = False
+        for domain, target in (spec.mx_override or {}).items():  # MX hosts known up front
+            host = target.rpartition(":")[0].strip("[]").lower()
+            if domain != "*" and host:
+                self.stats.set_groups(self.stats.domain(domain), host, network_of(host))
 
     # -- take ----------------------------------------------------------------------------
 
@@ -102,7 +107,9 @@ class LearnedRouter(BaseRouter):
         if self.plan is None or self._dirty or now - self._plan_at >= REPLAN_S:
             self._replan(queue, now)
         waiting = set(queue.domains())
-        held = Counter((g.key, g.domain) for g in self.outstanding.values())
+        # unknown pairs: one portion out per server and MX host (what one teaches, the
+        # host's other domains share), so a slow server is not tried twice at once
+        held = Counter((g.key, self._host(g.domain)) for g in self.outstanding.values())
         taken: list[Work] = []
         while len(taken) < limit:
             domain, trial = self._next(key, waiting, held)
@@ -119,7 +126,7 @@ class LearnedRouter(BaseRouter):
                 self.trials += 1
                 self._explored += work.task.size
                 self._budget -= work.task.size
-            held[(key, domain)] += 1
+            held[(key, self._host(domain))] += 1
             self._given_total += work.task.size
             cost = work.task.size * self._cost(key, domain)
             slots = self._slots.get(key, float(self.spec.concurrency))
@@ -132,7 +139,7 @@ class LearnedRouter(BaseRouter):
         """(domain, is a trial): trials first, then the plan, then domains nobody knows."""
         if self._budget > 0:
             for domain in self.offers.get(key, []):
-                if domain in waiting and held[(key, domain)] == 0:
+                if domain in waiting and held[(key, self._host(domain))] == 0:
                     self.offers[key].remove(domain)
                     return domain, True
         quota = self.quota.get(key, {})
@@ -141,15 +148,21 @@ class LearnedRouter(BaseRouter):
             for d, n in quota.items()
             if n > 0
             and d in waiting
-            and not ((key, d) in self._unsure and held[(key, d)])
+            and not ((key, d) in self._unsure and held[(key, self._host(d))])
             and self._in_time(key, d)
         ]
         if candidates:
             return max(candidates, key=quota.__getitem__), False
         for domain in self._blind & waiting:  # idle slots: trying these costs nothing
-            if held[(key, domain)] == 0:
+            if held[(key, self._host(domain))] == 0:
                 return domain, False
         return None, False
+
+    def _host(self, domain: str) -> str:
+        """The domain's MX host group when known (probes, evidence, the spec's
+        mx_override), else the domain itself."""
+        group = int(self.stats.mx_group[self.stats.domain(domain)])
+        return f"mx#{group}" if group >= 0 else domain
 
     def _in_time(self, key: str, domain: str) -> bool:
         """End game: a portion that would finish after the plan's end on this server goes
