@@ -532,6 +532,7 @@ class CampaignDriver:
                 server.bad_streak,
             )
             server.failures = _SERVER_FAILURE_LIMIT
+            self.router.server_gone(server.name)
 
     def _settle(self, state: _State, work: Work, outcomes: pa.Table) -> None:
         """Count final outcomes; schedule deferred (and, by policy, in-doubt) recipients."""
@@ -583,6 +584,9 @@ class CampaignDriver:
         """
         server.failures += 1
         work.internal_failures += 1
+        self.router.failed(server.name, work.task.portion, work.task.attempt)
+        if not server.healthy:
+            self.router.server_gone(server.name)
         log.warning("portion %d failed on %s: %s", work.task.portion, server.name, exc)
         rows = work.rows
         journal = self._journal(server.name).filter(
@@ -649,6 +653,7 @@ class CampaignDriver:
         """Stop a stalled server; its portions come back through _call_failed."""
         log.warning("delivery server %s stalled (%s); reassigning its portions", server.name, why)
         server.failures = _SERVER_FAILURE_LIMIT
+        self.router.server_gone(server.name)
         ray.kill(server.handle, no_restart=True)
 
     def _maybe_resize(self, state: _State, progress: ProgressReporter, started: float) -> None:

@@ -141,6 +141,17 @@ class BaseRouter:
         """Save what is left (the driver may call this when the run ends)."""
         self.flush()
 
+    def failed(self, server: str, portion: int, attempt: int) -> None:
+        """A portion's call died without a result: it no longer holds the server."""
+        given = self.outstanding.get(portion)
+        if given is not None and given.name == server and given.attempt == attempt:
+            del self.outstanding[portion]
+
+    def server_gone(self, server: str) -> None:
+        """The driver gave up on a server (stalled, dead, failing): forget what it held."""
+        for portion in [p for p, g in self.outstanding.items() if g.name == server]:
+            del self.outstanding[portion]
+
     # -- hooks for policies ----------------------------------------------------------------
 
     def learn(self, key: str, evidence: PortionEvidence, given: Given | None) -> None:

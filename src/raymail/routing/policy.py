@@ -158,6 +158,11 @@ class LearnedRouter(BaseRouter):
                 return domain, False
         return None, False
 
+    def server_gone(self, server: str) -> None:
+        super().server_gone(server)
+        self.last_seen.pop(server, None)  # out of the plans until it asks again
+        self._dirty = True
+
     def _host(self, domain: str) -> str:
         """The domain's MX host group when known (probes, evidence, the spec's
         mx_override), else the domain itself."""
