@@ -6,7 +6,10 @@ transaction) is served by one sink process; each delivery server binds its own 1
 source address, so the sink applies the (server, domain) link. The same recipient list is
 then sent, in this one run, with:
 
-``oracle``        the makespan plan computed from the true topology, fixed up front
+``oracle``        the learned policy's planner given the true topology (every pair's
+                  latency) instead of learning it: re-plans as the run goes, explores nothing
+``oracle_static`` (with ``--static-oracle``) the makespan plan computed once, up front, from
+                  the same truth (reported, not in the targets)
 ``round_robin``   portions dealt to servers in turn
 ``equal_shares``  the list cut into equal contiguous shares (the seed's plain partitioning)
 ``learned_cold``  the learned policy with an empty routing table (probing on)
@@ -20,6 +23,7 @@ worker start-up is outside it. Ratios are taken per seed and averaged over seeds
 one JSON object on stdout (progress goes to stderr); exit status 1 when a run lost mail.
 
     python benchmarks/routing.py [--seeds 5] [--recipients 3000] [--json-out PATH]
+    python benchmarks/routing.py --quick     # one small seed: a smoke run, not the figures
 """
 
 from __future__ import annotations
@@ -140,7 +144,7 @@ def fast_share(run_dir: Path, topology: Any) -> float:
 
 
 def seed_round(seed: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    from raymail.routing import OracleRouter
+    from raymail.routing import OracleRouter, StaticOracleRouter
     from raymail.sink import SinkProcess, random_topology
 
     clients = [f"127.0.0.{2 + i}" for i in range(args.servers)]
@@ -171,6 +175,11 @@ def seed_round(seed: int, args: argparse.Namespace, work: Path) -> dict[str, Any
             spec, topology.seconds_per_transaction, run_dir=run_dir, servers=servers
         )
 
+    def oracle_static(spec: Any, run_dir: Path, servers: Any) -> Any:
+        return StaticOracleRouter(
+            spec, topology.seconds_per_transaction, run_dir=run_dir, servers=servers
+        )
+
     plan: list[tuple[str, dict[str, Any], Any]] = [
         ("learned_cold", routing("learned", "learned", True), None),
         ("learned_second", routing("learned", "learned", True), None),
@@ -181,7 +190,11 @@ def seed_round(seed: int, args: argparse.Namespace, work: Path) -> dict[str, Any
         ("round_robin", routing("round_robin", "round_robin", False), None),
         ("equal_shares", routing("equal_shares", "equal_shares", False), None),
     ]
-    if seed % 2:  # alternate which warm run goes first, so drift favours neither
+    if args.static_oracle:
+        plan.append(("oracle_static", routing("learned", "oracle_static", False), oracle_static))
+    if args.only:  # a development aid: these runs only, no ratios
+        plan = [p for p in plan if p[0] in args.only.split(",")]
+    if seed % 2 and not args.only:  # alternate which warm run goes first, so drift favours neither
         plan[3], plan[4] = plan[4], plan[3]
     results: dict[str, Any] = {}
     with SinkProcess(topology.to_config()) as sink:
@@ -196,6 +209,8 @@ def seed_round(seed: int, args: argparse.Namespace, work: Path) -> dict[str, Any
             results[name]["fast_share"] = fast_share(run_dir, topology)
             log(f"seed {seed}: {name} {results[name]}")
     lost = [n for n, r in results.items() if r["accepted"] != r["total"]]
+    if args.only:
+        return {"seed": seed, "runs": results, "lost_mail": lost}
     span = {name: r["makespan_s"] for name, r in results.items()}
     ratios = {
         "warm_vs_oracle": span["learned_warm"] / span["oracle"],
@@ -204,6 +219,8 @@ def seed_round(seed: int, args: argparse.Namespace, work: Path) -> dict[str, Any
         "cold_vs_oracle": span["learned_cold"] / span["oracle"],
         "probing_overhead": span["learned_warm"] / span["learned_warm_noprobe"] - 1.0,
     }
+    if "oracle_static" in span:
+        ratios["oracle_static_vs_oracle"] = span["oracle_static"] / span["oracle"]
     return {
         "seed": seed,
         "runs": results,
@@ -274,7 +291,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--work", type=Path, help="keep run directories here")
     parser.add_argument("--json-out", type=Path, help="also write the JSON here")
-    return parser.parse_args(argv)
+    parser.add_argument("--only", help="comma-separated runs (development aid: no ratios)")
+    parser.add_argument(
+        "--static-oracle", action="store_true", help="also run the plan fixed up front"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="one small seed (6 domains, 240 recipients)"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seeds, args.domains, args.recipients, args.providers = 1, 6, 240, 3
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -305,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
         ray.shutdown()
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
+    if args.only:
+        print(json.dumps(rounds, indent=2))
+        return 0
     result = summarise(rounds, args, started)
     text = json.dumps(result, indent=2)
     if args.json_out:

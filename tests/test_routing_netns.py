@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(120)]
 
 ROOT = Path(__file__).resolve().parents[1]
 SMTP_PORT = 2525
@@ -70,6 +70,8 @@ class Chain:
         )
 
     def create(self) -> None:
+        for ns in self.names:  # left over by a killed run with the same pid: start clean
+            _ip("netns", "del", ns, check=False)
         for ns in self.names:
             _ip("netns", "add", ns)
             _ip("-n", ns, "link", "set", "lo", "up")

@@ -68,6 +68,7 @@ class _Server:
     inflight: int = 0
     failures: int = 0
     bad_streak: int = 0  # portions in a row in which nothing was accepted
+    bad_domains: set[str] = field(default_factory=set)  # the domains of that streak
     last_progress: float = field(default_factory=time.monotonic)
     heartbeat: ray.ObjectRef[Any] | None = None
     heartbeat_sent: float = 0.0
@@ -247,6 +248,7 @@ class CampaignDriver:
                 self._dispatch(state, ledger, progress, started)
         finally:
             ledger.flush()
+            self.router.close()  # what the run learned reaches the routing table
             progress.close(state.tally)
             elapsed = time.monotonic() - started
             previous = float(rd.manifest().get("elapsed_s") or 0.0)
@@ -366,6 +368,7 @@ class CampaignDriver:
                 self._offer(state, broker, poll, by_name, leased)
                 self._watch(state)  # progress: a server that asks but never finishes
                 self._reclaim(state, poll, leased, loops, broker, ledger)
+                self.router.tick()
                 if ledger.due():
                     ledger.flush()
                 progress.update(state.tally)
@@ -525,18 +528,30 @@ class CampaignDriver:
         again, backoff = self._settle(state, work, outcomes)
         if len(again):
             self._requeue(state, work, again, delay=backoff)
-        self._judge(server, outcomes)
+        self._judge(server, outcomes, work.task.domain)
         self.router.observe(server.name, outcomes, observations)
 
-    def _judge(self, server: _Server, outcomes: pa.Table) -> None:
-        """Demote a server that keeps failing where the other servers succeed."""
+    def _judge(self, server: _Server, outcomes: pa.Table, domain: str) -> None:
+        """Demote a server that keeps failing where the other servers succeed.
+
+        Trouble with one domain only is the router's to handle (it demotes the pair), so
+        the whole server is given up only when its streak spans two domains, or is long.
+        """
         statuses = outcomes.column("status")
         if _count(statuses, ACCEPTED) or _count(statuses, FAILED) == outcomes.num_rows:
             server.bad_streak = 0
+            server.bad_domains.clear()
             return
         server.bad_streak += 1
+        server.bad_domains.add(domain)
         others_fine = any(s.healthy and s.bad_streak == 0 for s in self.servers if s is not server)
-        if server.bad_streak >= _SERVER_FAILURE_LIMIT and others_fine and server.healthy:
+        widespread = len(server.bad_domains) >= 2 or server.bad_streak >= 3 * _SERVER_FAILURE_LIMIT
+        if (
+            server.bad_streak >= _SERVER_FAILURE_LIMIT
+            and widespread
+            and others_fine
+            and server.healthy
+        ):
             log.warning(
                 "delivery server %s keeps failing (%d portions with nothing accepted) while "
                 "others deliver; it gets no more work",
@@ -544,6 +559,7 @@ class CampaignDriver:
                 server.bad_streak,
             )
             server.failures = _SERVER_FAILURE_LIMIT
+            self.router.server_gone(server.name)
 
     def _settle(
         self, state: _State, work: Work, outcomes: pa.Table
@@ -600,6 +616,9 @@ class CampaignDriver:
         """
         server.failures += 1
         work.internal_failures += 1
+        self.router.failed(server.name, work.task.portion, work.task.attempt)
+        if not server.healthy:
+            self.router.server_gone(server.name)
         log.warning("portion %d failed on %s: %s", work.task.portion, server.name, exc)
         rows = work.rows
         journal = self._journal(server.name).filter(
@@ -669,6 +688,7 @@ class CampaignDriver:
         """Stop a stalled server; its portions come back through _call_failed."""
         log.warning("delivery server %s stalled (%s); reassigning its portions", server.name, why)
         server.failures = _SERVER_FAILURE_LIMIT
+        self.router.server_gone(server.name)
         ray.kill(server.handle, no_restart=True)
 
     def _maybe_resize(self, state: _State, progress: ProgressReporter, started: float) -> None:

@@ -13,6 +13,7 @@ builtin that fits, so callers may catch either::
     ├── RunDirError(RuntimeError)        a run directory is unusable (missing, foreign)
     │   └── RunLockedError               another driver holds the run directory's lock
     ├── ReturnsError(ValueError)         a returned message cannot be stored or processed
+    ├── RoutingError(ValueError)         routing input is unusable (names the field or path)
     ├── SinkConfigError(ValueError)      the embedded sink's config is invalid (names the key)
     └── SinkError(RuntimeError)          the embedded sink cannot start, stop or report
 
@@ -70,3 +71,7 @@ class SinkConfigError(RaymailError, ValueError):
 
 class SinkError(RaymailError, RuntimeError):
     """The embedded sink could not start, stop, or be asked for its counters."""
+
+
+class RoutingError(RaymailError, ValueError):
+    """A routing command got unusable input (names the field, run directory or table)."""

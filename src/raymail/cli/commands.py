@@ -7,9 +7,10 @@ import typer
 
 def register(app: typer.Typer) -> None:
     """Attach all commands; each module owns one noun."""
-    from raymail.cli import returns, run, sink, suppression
+    from raymail.cli import returns, routing, run, sink, suppression
 
     returns.register(app)
+    routing.register(app)
     run.register(app)
     sink.register(app)
     suppression.register(app)

@@ -6,8 +6,8 @@ should send which domain's portions.
 - ``RoutingTable``: the Parquet table kept across runs (``table.py``).
 - Probes of RTT and hop count (``probes.py``), scheduled off the send path
   (``scheduler.py``).
-- Library functions returning polars frames: ``show``, ``explain``, ``probe`` and the
-  analysis helpers (``explain.py``, ``analysis.py``).
+- Library functions returning polars frames: ``show``, ``explain`` (``views.py``),
+  ``probe`` (``probe_now.py``) and the notebook's helpers (``analysis.py``).
 
 Names are imported on first use: delivery servers import ``raymail.routing.probes`` and
 must not pay for the policy's numpy/scipy/polars imports.
@@ -19,21 +19,39 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from raymail.routing.analysis import (
+        compare_makespans,
+        latency_by_server_domain,
+        makespan,
+        preferred_map,
+    )
     from raymail.routing.base import BaseRouter
     from raymail.routing.baselines import (
         EqualSharesRouter,
-        OracleRouter,
         RoundRobinRouter,
+        StaticOracleRouter,
         StaticRouter,
     )
     from raymail.routing.factory import POLICIES, make_router
+    from raymail.routing.oracle import OracleRouter
     from raymail.routing.policy import LearnedRouter
-    from raymail.routing.table import RoutingTable, default_table_dir, raymail_home
+    from raymail.routing.probe_now import probe
+    from raymail.routing.table import RoutingTable, default_table_dir
+    from raymail.routing.views import explain, show
+    from raymail.spec import raymail_home
 
 _WHERE = {
+    "compare_makespans": "analysis",
+    "latency_by_server_domain": "analysis",
+    "makespan": "analysis",
+    "preferred_map": "analysis",
+    "explain": "views",
+    "show": "views",
+    "probe": "probe_now",
     "BaseRouter": "base",
     "EqualSharesRouter": "baselines",
-    "OracleRouter": "baselines",
+    "OracleRouter": "oracle",
+    "StaticOracleRouter": "baselines",
     "RoundRobinRouter": "baselines",
     "StaticRouter": "baselines",
     "POLICIES": "factory",
@@ -41,7 +59,7 @@ _WHERE = {
     "LearnedRouter": "policy",
     "RoutingTable": "table",
     "default_table_dir": "table",
-    "raymail_home": "table",
+    "raymail_home": "table",  # imported there from raymail.spec
 }
 
 __all__ = [
@@ -52,10 +70,18 @@ __all__ = [
     "OracleRouter",
     "RoundRobinRouter",
     "RoutingTable",
+    "StaticOracleRouter",
     "StaticRouter",
+    "compare_makespans",
     "default_table_dir",
+    "explain",
+    "latency_by_server_domain",
     "make_router",
+    "makespan",
+    "preferred_map",
+    "probe",
     "raymail_home",
+    "show",
 ]
 
 

@@ -24,7 +24,7 @@ from raymail.dispatch import ServerView, Work, WorkQueue
 from raymail.routing.model import Evidence, PortionEvidence, portion_evidence, route_key
 from raymail.routing.runlog import SERVERS, RunRecords
 from raymail.routing.scheduler import ProbeScheduler
-from raymail.routing.table import RoutingTable
+from raymail.routing.table import RoutingTable, probes_by_route
 from raymail.spec import CampaignSpec
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,17 @@ class BaseRouter:
         """Save what is left (the driver may call this when the run ends)."""
         self.flush()
 
+    def failed(self, server: str, portion: int, attempt: int) -> None:
+        """A portion's call died without a result: it no longer holds the server."""
+        given = self.outstanding.get(portion)
+        if given is not None and given.name == server and given.attempt == attempt:
+            del self.outstanding[portion]
+
+    def server_gone(self, server: str) -> None:
+        """The driver gave up on a server (stalled, dead, failing): forget what it held."""
+        for portion in [p for p, g in self.outstanding.items() if g.name == server]:
+            del self.outstanding[portion]
+
     # -- hooks for policies ----------------------------------------------------------------
 
     def learn(self, key: str, evidence: PortionEvidence, given: Given | None) -> None:
@@ -217,12 +228,7 @@ class BaseRouter:
             del self.outstanding[portion]
 
     def _probed(self, frame: pl.DataFrame) -> None:
-        keyed = frame.with_columns(
-            pl.when(pl.col("source_address").is_not_null())
-            .then(pl.col("source_address"))
-            .otherwise(pl.col("server"))
-            .alias("server")
-        )
+        keyed = probes_by_route(frame)
         if self.records is not None:
             self.records.add_probes(frame)
         self._probe_delta.append(keyed)

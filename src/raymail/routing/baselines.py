@@ -139,11 +139,11 @@ class EqualSharesRouter(StaticRouter):
         return allocation
 
 
-class OracleRouter(StaticRouter):
-    """The makespan plan computed once from the true cost of every (server, domain) pair,
-    e.g. a generated topology's latencies: the yardstick for the learned policy."""
+class StaticOracleRouter(StaticRouter):
+    """The makespan plan computed once, up front, from the true cost of every (server,
+    domain) pair (e.g. a generated topology's latencies); see also ``oracle.py``."""
 
-    policy = "oracle"
+    policy = "static_oracle"
 
     def __init__(
         self,

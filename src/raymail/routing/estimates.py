@@ -26,6 +26,9 @@ MIN_GROUP_RECIPIENTS = 10.0
 DEFAULT_TAU_S = 0.05  # seconds per recipient when nothing at all is known
 CONFIDENT_TRANSACTIONS = 3.0
 CONFIDENT_RECIPIENTS = 5.0
+# A server that delivered this many recipients to an MX host knows every domain on it
+# (hosted domains share the path and the receiver): the seed's "common network".
+CONFIDENT_MX_RECIPIENTS = 10.0
 POOL_MIN = 3  # known domains a group needs before unknown pairs draw from them
 EXCESS_BAD = 0.3  # deferral + failure rate above the domain's best: excluded
 MIN_FATES = 5.0
@@ -158,7 +161,7 @@ class Estimates:
 def estimate(stats: PairStats, ks: NDArray[np.int64], ds: NDArray[np.int64]) -> Estimates:
     """Estimates for servers ``ks`` x domains ``ds`` (indices into ``stats``)."""
     total = stats.base + stats.run
-    prior, source = _prior(stats, total, ks, ds)
+    prior, source, mx_recipients = _prior(stats, total, ks, ds)
     sub = total[:, ks][:, :, ds]
     rcpt, busy, tx = sub[RCPT], sub[BUSY], sub[TX]
     tau = (busy + PRIOR_RECIPIENTS * prior) / (rcpt + PRIOR_RECIPIENTS)
@@ -167,6 +170,7 @@ def estimate(stats: PairStats, ks: NDArray[np.int64], ds: NDArray[np.int64]) -> 
     own = rcpt >= MIN_GROUP_RECIPIENTS
     source = np.where(own, 0, source)
     confident = (tx >= CONFIDENT_TRANSACTIONS) & (rcpt >= CONFIDENT_RECIPIENTS)
+    confident |= (source == 1) & (mx_recipients >= CONFIDENT_MX_RECIPIENTS)
     judged = fates >= MIN_FATES
     best_bad = np.min(np.where(judged, bad_rate, np.inf), axis=0, initial=np.inf)
     excluded = judged & (bad_rate - best_bad[None, :] >= EXCESS_BAD)
@@ -219,8 +223,9 @@ def _pools(
 
 def _prior(
     stats: PairStats, total: NDArray[np.float64], ks: NDArray[np.int64], ds: NDArray[np.int64]
-) -> tuple[Floats, NDArray[np.int64]]:
-    """The prior tau of each pair, and which level it came from."""
+) -> tuple[Floats, NDArray[np.int64], Floats]:
+    """The prior tau of each pair, which level it came from, and the recipients the
+    server has delivered to the domain's MX host (0 when the MX host is unknown)."""
     n_keys, n_domains = len(stats.keys), len(stats.domains)
     rcpt = total[RCPT, :n_keys, :n_domains]
     busy = total[BUSY, :n_keys, :n_domains]
@@ -228,6 +233,7 @@ def _prior(
     run_b = stats.run[BUSY, :n_keys, :n_domains]
     prior = np.full((len(ks), len(ds)), np.nan)
     source = np.full((len(ks), len(ds)), len(SOURCES) - 1, dtype=np.int64)
+    mx_recipients = np.zeros((len(ks), len(ds)))
     for level, groups in ((1, stats.mx_group), (2, stats.net_group)):
         ids = groups[:n_domains]
         known = ids >= 0
@@ -244,6 +250,8 @@ def _prior(
         fill = np.isnan(prior) & (sub_r >= MIN_GROUP_RECIPIENTS)
         prior = np.where(fill, sub_b / np.maximum(sub_r, 1e-12), prior)
         source = np.where(fill, level, source)
+        if level == 1:
+            mx_recipients = sub_r
     server_r = rcpt.sum(axis=1)[ks]
     server_b = busy.sum(axis=1)[ks]
     fill = np.isnan(prior) & (server_r >= MIN_GROUP_RECIPIENTS)[:, None]
@@ -255,7 +263,7 @@ def _prior(
         prior = np.where(fill, all_b / all_r, prior)
         source = np.where(fill, 4, source)
     prior = np.where(np.isnan(prior), DEFAULT_TAU_S, prior)
-    return prior * _rtt_tilt(stats, ks, ds, rcpt), source
+    return prior * _rtt_tilt(stats, ks, ds, rcpt), source, mx_recipients
 
 
 def _rtt_tilt(

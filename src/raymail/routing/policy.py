@@ -15,7 +15,8 @@ appears) the router
 A server whose plan is empty gets nothing: that is how a slow server is kept from holding
 the last portions of a domain a fast server would finish sooner, and how a fast server is
 not buried (the plan gives it only what it can finish by the common end). An unknown pair
-has one portion out at a time, so a bad guess costs one portion. A pair whose recent
+has one portion out at a time, counted per server and MX host (the spec's mx_override and
+probes say which domains share one), so a bad guess costs one portion. A pair whose recent
 transactions turn to 4xx/5xx is demoted for a cooldown (``demotion.py``).
 """
 
@@ -34,7 +35,7 @@ from numpy.typing import NDArray
 from raymail.dispatch import ServerView, Work, WorkQueue
 from raymail.routing.base import BaseRouter, Given, ServerHandles, expected_keys
 from raymail.routing.demotion import Demotions
-from raymail.routing.estimates import BAD, BUSY, OK, RCPT, TX, PairStats, estimate
+from raymail.routing.estimates import BAD, BUSY, OK, RCPT, TX, Estimates, PairStats, estimate
 from raymail.routing.exploration import offers
 from raymail.routing.model import UNKNOWN_MX, PortionEvidence, network_of
 from raymail.routing.plan import Plan, round_portions, solve
@@ -89,6 +90,10 @@ class LearnedRouter(BaseRouter):
         self.trials = 0
         self.plans = 0
         self._started_recorded = False
+        for domain, target in (spec.mx_override or {}).items():  # MX hosts known up front
+            host = target.rpartition(":")[0].strip("[]").lower()
+            if domain != "*" and host:
+                self.stats.set_groups(self.stats.domain(domain), host, network_of(host))
 
     # -- take ----------------------------------------------------------------------------
 
@@ -102,7 +107,9 @@ class LearnedRouter(BaseRouter):
         if self.plan is None or self._dirty or now - self._plan_at >= REPLAN_S:
             self._replan(queue, now)
         waiting = set(queue.domains())
-        held = Counter((g.key, g.domain) for g in self.outstanding.values())
+        # unknown pairs: one portion out per server and MX host (what one teaches, the
+        # host's other domains share), so a slow server is not tried twice at once
+        held = Counter((g.key, self._host(g.domain)) for g in self.outstanding.values())
         taken: list[Work] = []
         while len(taken) < limit:
             domain, trial = self._next(key, waiting, held)
@@ -119,7 +126,7 @@ class LearnedRouter(BaseRouter):
                 self.trials += 1
                 self._explored += work.task.size
                 self._budget -= work.task.size
-            held[(key, domain)] += 1
+            held[(key, self._host(domain))] += 1
             self._given_total += work.task.size
             cost = work.task.size * self._cost(key, domain)
             slots = self._slots.get(key, float(self.spec.concurrency))
@@ -132,7 +139,7 @@ class LearnedRouter(BaseRouter):
         """(domain, is a trial): trials first, then the plan, then domains nobody knows."""
         if self._budget > 0:
             for domain in self.offers.get(key, []):
-                if domain in waiting and held[(key, domain)] == 0:
+                if domain in waiting and held[(key, self._host(domain))] == 0:
                     self.offers[key].remove(domain)
                     return domain, True
         quota = self.quota.get(key, {})
@@ -141,15 +148,26 @@ class LearnedRouter(BaseRouter):
             for d, n in quota.items()
             if n > 0
             and d in waiting
-            and not ((key, d) in self._unsure and held[(key, d)])
+            and not ((key, d) in self._unsure and held[(key, self._host(d))])
             and self._in_time(key, d)
         ]
         if candidates:
             return max(candidates, key=quota.__getitem__), False
         for domain in self._blind & waiting:  # idle slots: trying these costs nothing
-            if held[(key, domain)] == 0:
+            if held[(key, self._host(domain))] == 0:
                 return domain, False
         return None, False
+
+    def server_gone(self, server: str) -> None:
+        super().server_gone(server)
+        self.last_seen.pop(server, None)  # out of the plans until it asks again
+        self._dirty = True
+
+    def _host(self, domain: str) -> str:
+        """The domain's MX host group when known (probes, evidence, the spec's
+        mx_override), else the domain itself."""
+        group = int(self.stats.mx_group[self.stats.domain(domain)])
+        return f"mx#{group}" if group >= 0 else domain
 
     def _in_time(self, key: str, domain: str) -> bool:
         """End game: a portion that would finish after the plan's end on this server goes
@@ -201,7 +219,7 @@ class LearnedRouter(BaseRouter):
             return
         ks = np.array([self.stats.key(k) for k in keys])
         ds = np.array([self.stats.domain(d) for d in domains])
-        est = estimate(self.stats, ks, ds)
+        est = self.estimates(keys, domains, ks, ds)
         mean = est.effective()
         blocked = np.asarray(self._mask(keys, domains, self.demotions.demoted) | est.excluded)
         blocked[:, blocked.all(axis=0)] = False  # nobody left: everybody may try
@@ -246,6 +264,13 @@ class LearnedRouter(BaseRouter):
             demoted = self.demotions.demoted
             self.records.write(ESTIMATES_START, estimates_frame(keys, domains, est, demoted))
             self.records.write(PLAN_START, plan_frame(keys, domains, self.plan, counts))
+
+    def estimates(
+        self, keys: list[str], domains: list[str], ks: NDArray[np.int64], ds: NDArray[np.int64]
+    ) -> Estimates:
+        """What the plan believes about these pairs (the oracle overrides this)."""
+        del keys, domains
+        return estimate(self.stats, ks, ds)
 
     @staticmethod
     def _mask(keys: list[str], domains: list[str], pairs: set[Pair]) -> NDArray[np.bool_]:

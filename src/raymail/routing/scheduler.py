@@ -73,7 +73,7 @@ class ProbeScheduler:
             try:
                 ref = handle.probe.remote(wanted, self.timeout_s, self.max_hosts)
             except Exception as exc:  # e.g. an actor class without probe()
-                done.append(_failure(name, f"probe call failed: {exc}"))
+                done.append(failure_table(name, f"probe call failed: {exc}"))
                 continue
             self._pending[name] = _Pending(ref, now)
             self.rounds += 1
@@ -92,15 +92,16 @@ class ProbeScheduler:
             try:
                 tables.append(from_ipc(ray.get(ref)))
             except Exception as exc:  # a dead actor or a failing probe: recorded
-                tables.append(_failure(name, f"probe call failed: {type(exc).__name__}"))
+                tables.append(failure_table(name, f"probe call failed: {type(exc).__name__}"))
         for name, pending in list(self._pending.items()):
             if now - pending.sent > self.timeout_s + _GRACE_S:
                 del self._pending[name]
-                tables.append(_failure(name, "probe round did not answer in time"))
+                tables.append(failure_table(name, "probe round did not answer in time"))
         return tables
 
 
-def _failure(server: str, why: str) -> pa.Table:
+def failure_table(server: str, why: str) -> pa.Table:
+    """One probe row for a server whose round could not run, saying why."""
     log.info("probe of %s: %s", server, why)
     row: dict[str, Any] = dict.fromkeys(PROBE_SCHEMA.names)
     row.update(server=server, method="tcp", error=why, at=datetime.now(UTC))

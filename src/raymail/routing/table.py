@@ -27,6 +27,7 @@ from typing import Any
 import polars as pl
 
 from raymail.routing.model import PAIR, SUMS, network_of
+from raymail.spec import raymail_home
 
 ROUTES = "routes.parquet"
 PROBES = "probes"
@@ -53,17 +54,20 @@ STORED: dict[str, Any] = {
 }
 
 
-def raymail_home() -> Path:
-    """$RAYMAIL_HOME, else ~/.raymail: where raymail keeps state between runs."""
-    return Path(os.environ.get("RAYMAIL_HOME") or Path.home() / ".raymail")
-
-
 def default_table_dir() -> Path:
     return raymail_home() / "routing"
 
 
 def empty_stored() -> pl.DataFrame:
     return pl.DataFrame(schema=STORED)
+
+
+def probes_by_route(frame: pl.DataFrame) -> pl.DataFrame:
+    """Probe rows keyed like evidence: ``server`` becomes the source address when the
+    probe had one (see ``model.route_key``)."""
+    return frame.with_columns(
+        pl.coalesce(pl.col("source_address"), pl.col("server")).alias("server")
+    )
 
 
 def decay(frame: pl.DataFrame, half_life_s: float, now: datetime) -> pl.DataFrame:
