@@ -35,6 +35,7 @@ from raymail.delivery.records import OutcomeBuilder, now, to_ipc
 from raymail.delivery.server import DeliveryServerActor, PortionResult, ServerStats
 from raymail.dispatch import ServerView, Work, WorkQueue
 from raymail.errors import DeliveryError
+from raymail.export import start_export
 from raymail.ledger import Ledger
 from raymail.plan import PortionTask, size_capacity, split_portions
 from raymail.progress import ProgressReporter, Tally
@@ -133,9 +134,14 @@ class CampaignDriver:
     def run(self) -> dict[str, Any]:
         self.rd.lock()
         try:
-            return self._resume() if self.resume else self._start()
+            export = start_export(self.spec, self.rd.path)  # a bad bucket fails here
+            try:
+                return self._resume() if self.resume else self._start()
+            finally:
+                self._stop_servers()
+                if export is not None:
+                    export.close()  # the final copy, report included
         finally:
-            self._stop_servers()
             self.rd.unlock()
 
     # -- stages ------------------------------------------------------------------------
@@ -150,7 +156,7 @@ class CampaignDriver:
         spec, rd = self.spec, self.rd
         rd.create(spec)
         self._stage(LOADING, started_at=_iso(time.time()), resumes=0, elapsed_s=0.0)
-        loaded = load_recipients(spec.recipients)
+        loaded = load_recipients(spec.recipients, spec.s3)
         write_rejects(loaded.rejects, rd.path)
         from raymail.returns.suppression import apply_suppression  # the C servers' list
 

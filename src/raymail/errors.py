@@ -13,6 +13,7 @@ builtin that fits, so callers may catch either::
     ├── RunDirError(RuntimeError)        a run directory is unusable (missing, foreign)
     │   └── RunLockedError               another driver holds the run directory's lock
     ├── ReturnsError(ValueError)         a returned message cannot be stored or processed
+    ├── StorageError(OSError)            object storage (s3://) or an export folder failed
     ├── SinkConfigError(ValueError)      the embedded sink's config is invalid (names the key)
     └── SinkError(RuntimeError)          the embedded sink cannot start, stop or report
 
@@ -62,6 +63,10 @@ class RunLockedError(RunDirError):
 
 class ReturnsError(RaymailError, ValueError):
     """A returned message cannot be stored or processed."""
+
+
+class StorageError(RaymailError, OSError):
+    """Object storage or an export destination cannot be read or written."""
 
 
 class SinkConfigError(RaymailError, ValueError):
