@@ -165,6 +165,7 @@ def main(sink_port: int, capture: Path, work: Path) -> dict[str, Any]:
             "placements_before": before,
             "placements": placements.seen,
             "elapsed_s": round(time.monotonic() - started, 1),
+            "captured_at_end": _captured(capture),
             "recipients": RECIPIENTS,
             **outcome,
         }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,7 @@ def test_node_loss_mid_run(tmp_path: Path) -> None:
     # bytes), and the cluster's address file stays out of the machine-wide /tmp/ray.
     ray_tmp = tempfile.mkdtemp(prefix="rm-", dir="/tmp")
     env["RAY_TMPDIR"] = ray_tmp
+    env["RAY_raylet_start_wait_time_s"] = "120"  # nodes start slowly on a busy 2-core machine
     config = SinkConfig(default={"latency_ms": 20})  # type: ignore[arg-type]
     try:
         with run_sink(config, capture_dir=capture) as sink:
@@ -38,11 +40,13 @@ def test_node_loss_mid_run(tmp_path: Path) -> None:
                 timeout=420,
                 env=env,
             )
+        logs = "" if proc.returncode == 0 else _ray_logs(Path(ray_tmp))
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.returncode == 0, proc.stderr[-3000:] + logs
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert "error" not in result, result["error"]
+    assert "report" in result, f"the run did not end: {result}"
     report, n = result["report"], result["recipients"]
 
     # The node went while work was in flight, and the run still completed.
@@ -66,3 +70,14 @@ def test_node_loss_mid_run(tmp_path: Path) -> None:
     duplicates = set(per_rcpt.filter(pl.col("len") > 1)["rcpt_to"].to_list())
     assert duplicates <= set(report["in_doubt_recipients"])
     assert report["accepted"] + report["in_doubt"] == n
+
+
+def _ray_logs(ray_tmp: Path) -> str:
+    """The end of the cluster's daemon logs, to tell a failed start from a failed run."""
+    parts = []
+    for path in sorted(ray_tmp.glob("ray/session_*/logs/*")):
+        if path.is_file() and path.name.startswith(("raylet", "gcs_server")):
+            lines = path.read_text(errors="replace").splitlines()
+            fatal = [line for line in lines if re.search(r"Check failed| F |FATAL|\*\*\*", line)]
+            parts.append(f"\n--- {path.name}\n" + "\n".join((fatal or lines)[-12:]))
+    return "".join(parts)

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from raymail.broker import BrokerPoll, WorkBrokerActor
 from raymail.delivery.journal import (
@@ -572,7 +572,11 @@ class CampaignDriver:
         What the dead server had accepted is never sent again; what it had in flight is in
         doubt; what it never touched goes to another attempt right away.
         """
-        server.failures += 1
+        # A server whose node was lost (or whose process died) is being restarted by Ray:
+        # every call it had in flight fails at once, and counting each as a failure would
+        # retire a server that comes back healthy (all of them, when a node hosted them).
+        if not isinstance(exc, ActorUnavailableError):
+            server.failures += 1
         work.internal_failures += 1
         log.warning("portion %d failed on %s: %s", work.task.portion, server.name, exc)
         rows = work.rows
