@@ -15,6 +15,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -81,37 +82,56 @@ class Placements:
         return {name: nodes[-1] for name, nodes in self.seen.items() if nodes}
 
 
+def _start_cluster(attempts: int = 3) -> tuple[Any, list[Any]]:
+    """A head without the delivery resource and two delivery workers.
+
+    Ray 2.60's raylet gives its dashboard agent 30 s to start and aborts otherwise, which
+    a busy 2-core machine sometimes exceeds: such a start is tried again, a bounded number
+    of times.
+    """
+    from ray.cluster_utils import Cluster
+
+    from raymail.runtime import DELIVERY_RESOURCE
+
+    for attempt in range(1, attempts + 1):
+        cluster = Cluster()
+        try:
+            cluster.add_node(
+                num_cpus=1,
+                resources={DELIVERY_RESOURCE: 0},  # the driver's node sends nothing
+                include_dashboard=False,
+                gcs_server_port=_free_port(),
+                ray_client_server_port=_free_port(),
+                _system_config=FAST_FAILURE,
+                **_node_ports(),
+            )
+            workers = [
+                cluster.add_node(
+                    num_cpus=1, resources={DELIVERY_RESOURCE: UNITS_PER_WORKER}, **_node_ports()
+                )
+                for _ in range(2)
+            ]
+            return cluster, workers
+        except Exception as exc:  # Ray raises a bare Exception for a node that never came up
+            print(f"cluster start {attempt} failed: {exc}", file=sys.stderr, flush=True)
+            cluster.shutdown()
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
 def main(sink_port: int, capture: Path, work: Path) -> dict[str, Any]:
     import ray
-    from ray.cluster_utils import Cluster
 
     from raymail.campaign import CampaignDriver
     from raymail.rundir import RunDir
-    from raymail.runtime import DELIVERY_RESOURCE
     from raymail.spec import parse_spec
 
     csv = work / "list.csv"
     csv.write_text(
         "email,name\n" + "".join(f"u{i}@d{i % 6}.test,N{i}\n" for i in range(RECIPIENTS))
     )
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 1,
-            "resources": {DELIVERY_RESOURCE: 0},  # the driver's node sends nothing
-            "include_dashboard": False,
-            "gcs_server_port": _free_port(),
-            "ray_client_server_port": _free_port(),
-            "_system_config": FAST_FAILURE,
-            **_node_ports(),
-        },
-    )
-    workers = [
-        cluster.add_node(
-            num_cpus=1, resources={DELIVERY_RESOURCE: UNITS_PER_WORKER}, **_node_ports()
-        )
-        for _ in range(2)
-    ]
+    cluster, workers = _start_cluster()
     ray.init(address=cluster.address, log_to_driver=False)
     try:
         spec = parse_spec(
@@ -156,7 +176,9 @@ def main(sink_port: int, capture: Path, work: Path) -> dict[str, Any]:
             placements.poll()
             time.sleep(0.5)
         thread.join(timeout=5)
+        stuck = sys._current_frames().get(thread.ident or -1) if thread.is_alive() else None
         return {
+            "driver_stack": "".join(traceback.format_stack(stuck)) if stuck else None,
             "head": cluster.head_node.node_id,
             "workers": [w.node_id for w in workers],
             "removed": victim.node_id,

@@ -29,7 +29,10 @@ def test_node_loss_mid_run(tmp_path: Path) -> None:
     # bytes), and the cluster's address file stays out of the machine-wide /tmp/ray.
     ray_tmp = tempfile.mkdtemp(prefix="rm-", dir="/tmp")
     env["RAY_TMPDIR"] = ray_tmp
-    env["RAY_raylet_start_wait_time_s"] = "120"  # nodes start slowly on a busy 2-core machine
+    # Nodes start slowly on a busy 2-core machine: a raylet that gives up waiting for its
+    # dashboard agent (default: well under a minute) aborts the whole cluster.
+    env["RAY_raylet_start_wait_time_s"] = "180"
+    env["RAY_agent_register_timeout_ms"] = "180000"
     config = SinkConfig(default={"latency_ms": 20})  # type: ignore[arg-type]
     try:
         with run_sink(config, capture_dir=capture) as sink:
@@ -39,6 +42,7 @@ def test_node_loss_mid_run(tmp_path: Path) -> None:
                 text=True,
                 timeout=420,
                 env=env,
+                start_new_session=True,  # Ray's reaper may signal its whole process group
             )
         logs = "" if proc.returncode == 0 else _ray_logs(Path(ray_tmp))
     finally:

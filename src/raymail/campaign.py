@@ -55,6 +55,7 @@ _SERVER_FAILURE_LIMIT = 3  # failed calls after which a server gets no more work
 _REPLACEMENTS = 3  # delivery servers started to replace dead or stalled ones
 _WARMUP_S = 2.0
 _HEARTBEAT_S = 2.0
+_RESTART_PAUSE_S = 2.0  # no work for a server Ray is restarting (its node or process died)
 
 # Stages, in order (the seed's P100 .. P699).
 LOADING, PLANNED, DELIVERING, COMPLETE = "loading", "planned", "delivering", "complete"
@@ -72,6 +73,8 @@ class _Server:
     heartbeat: ray.ObjectRef[Any] | None = None
     heartbeat_sent: float = 0.0
     alive: bool = False  # answered a heartbeat: its actor has started
+    unavailable_since: float | None = None  # Ray is restarting it (since this time)
+    paused_until: float = 0.0  # no new work before this time (it is restarting)
 
     @property
     def healthy(self) -> bool:
@@ -468,9 +471,10 @@ class CampaignDriver:
         if not state.ready:
             return
         cap = self._capacity_per_server()
+        now_ = time.monotonic()
         for server in sorted(self._healthy(), key=lambda s: s.inflight):
             free = cap - server.inflight
-            if free <= 0 or not state.ready:
+            if free <= 0 or not state.ready or server.paused_until > now_:
                 continue
             view = ServerView(
                 self.servers.index(server), server.name, server.source_address,
@@ -500,6 +504,7 @@ class CampaignDriver:
         self, state: _State, server: _Server, work: Work, result: PortionResult, ledger: Ledger
     ) -> None:
         server.last_progress = time.monotonic()
+        server.unavailable_since = None
         outcomes = result.outcomes
         observations = result.observations
         ledger.add(outcomes, observations)
@@ -572,12 +577,9 @@ class CampaignDriver:
         What the dead server had accepted is never sent again; what it had in flight is in
         doubt; what it never touched goes to another attempt right away.
         """
-        # A server whose node was lost (or whose process died) is being restarted by Ray:
-        # every call it had in flight fails at once, and counting each as a failure would
-        # retire a server that comes back healthy (all of them, when a node hosted them).
-        if not isinstance(exc, ActorUnavailableError):
+        if not self._restarting(server, exc):
             server.failures += 1
-        work.internal_failures += 1
+            work.internal_failures += 1
         log.warning("portion %d failed on %s: %s", work.task.portion, server.name, exc)
         rows = work.rows
         journal = self._journal(server.name).filter(
@@ -600,6 +602,23 @@ class CampaignDriver:
         failed = rows.filter(pc.is_in(rows.column("row"), value_set=untouched))
         ledger.add(_failed_outcomes(self.spec, work, failed, server.name, exc), pa.table({}))
         state.tally.failed += failed.num_rows
+
+    def _restarting(self, server: _Server, exc: Exception) -> bool:
+        """True while Ray restarts the server (its node was lost, or its process died).
+
+        Every call it had in flight fails at once, and so does each call sent before it is
+        back: counted as failures they would retire a server that comes back healthy (all
+        of them, when one node hosted them) and fail portions that never reached it. It
+        gets no work for a moment instead; after ``stall_timeout_s`` unavailable, its
+        failures count again.
+        """
+        if not isinstance(exc, ActorUnavailableError):
+            return False
+        now_ = time.monotonic()
+        if server.unavailable_since is None:
+            server.unavailable_since = now_
+        server.paused_until = now_ + _RESTART_PAUSE_S
+        return now_ - server.unavailable_since < self.spec.stall_timeout_s
 
     def _journal(self, server: str) -> pl.DataFrame:
         """A server's journal states, re-read only when its files changed."""
@@ -627,6 +646,7 @@ class CampaignDriver:
                         if not server.alive:  # the stall clock starts once it runs
                             server.alive = True
                             seen = now_
+                        server.unavailable_since, server.paused_until = None, 0.0  # back
                         server.last_progress = max(server.last_progress, seen)
                     except (RayActorError, RayTaskError):
                         pass  # a dead actor shows in its calls; Ray restarts it
