@@ -580,6 +580,7 @@ class CampaignDriver:
         if not self._restarting(server, exc):
             server.failures += 1
             work.internal_failures += 1
+        self.router.lost(work.task.portion)
         log.warning("portion %d failed on %s: %s", work.task.portion, server.name, exc)
         rows = work.rows
         journal = self._journal(server.name).filter(

@@ -114,6 +114,12 @@ class BaseRouter:
         self.learn(key, evidence, given)
         self._housekeeping()
 
+    def lost(self, portion: int) -> None:
+        """A portion's call died without a result (its server's node or process was lost);
+        the driver requeues it. Forgotten now, not after the stale timeout: until then the
+        (server, domain) pair it held would get no more work."""
+        self.outstanding.pop(portion, None)
+
     def tick(self) -> None:
         """Called by the driver's loop: probes, and saving evidence when due. Never blocks.
 
