@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
+from types import FrameType
 
 try:
     import raymail  # noqa: F401  (installed on the cluster: see cluster.yaml setup_commands)
@@ -20,6 +22,17 @@ except ImportError:  # running from a source checkout uploaded as the job's work
 from raymail.campaign import resume_campaign, run_campaign
 from raymail.errors import RaymailError
 from raymail.spec import load_spec
+
+
+def _unwind_on_sigterm() -> None:
+    """`ray job stop` sends SIGTERM (then SIGKILL a few seconds later): unwind as on
+    Ctrl-C, so the ledger's buffer is written and delivery servers stop before their next
+    message. A resume finds less in doubt; it is correct either way."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--in-doubt", choices=["resend", "skip"], help="policy on resume")
     args = parser.parse_args(argv)
+    _unwind_on_sigterm()
     try:
         spec = load_spec(args.spec)
         run_dir = (
@@ -52,6 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     except RaymailError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            "raymail: stopped; submit again with --resume and the same --run-dir to continue",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 130
     print(json.dumps(report, indent=2, sort_keys=True, default=str), flush=True)
     return 0
 

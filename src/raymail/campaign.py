@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from raymail.broker import BrokerPoll, WorkBrokerActor
 from raymail.delivery.journal import (
@@ -35,6 +35,7 @@ from raymail.delivery.records import OutcomeBuilder, now, to_ipc
 from raymail.delivery.server import DeliveryServerActor, PortionResult, ServerStats
 from raymail.dispatch import LeastLoadedRouter, ServerView, Work, WorkQueue
 from raymail.errors import DeliveryError
+from raymail.export import start_export
 from raymail.ledger import Ledger
 from raymail.plan import PortionTask, size_capacity, split_portions
 from raymail.progress import ProgressReporter, Tally
@@ -55,6 +56,7 @@ _REPLACEMENTS = 3  # delivery servers started to replace dead or stalled ones
 _WARMUP_S = 2.0
 _FALLBACK_ROUTER = LeastLoadedRouter()
 _HEARTBEAT_S = 2.0
+_RESTART_PAUSE_S = 2.0  # no work for a server Ray is restarting (its node or process died)
 
 # Stages, in order (the seed's P100 .. P699).
 LOADING, PLANNED, DELIVERING, COMPLETE = "loading", "planned", "delivering", "complete"
@@ -73,6 +75,8 @@ class _Server:
     heartbeat: ray.ObjectRef[Any] | None = None
     heartbeat_sent: float = 0.0
     alive: bool = False  # answered a heartbeat: its actor has started
+    unavailable_since: float | None = None  # Ray is restarting it (since this time)
+    paused_until: float = 0.0  # no new work before this time (it is restarting)
 
     @property
     def healthy(self) -> bool:
@@ -136,9 +140,14 @@ class CampaignDriver:
     def run(self) -> dict[str, Any]:
         self.rd.lock()
         try:
-            return self._resume() if self.resume else self._start()
+            export = start_export(self.spec, self.rd.path)  # a bad bucket fails here
+            try:
+                return self._resume() if self.resume else self._start()
+            finally:
+                self._stop_servers()
+                if export is not None:
+                    export.close()  # the final copy, report included
         finally:
-            self._stop_servers()
             self.rd.unlock()
 
     # -- stages ------------------------------------------------------------------------
@@ -153,7 +162,7 @@ class CampaignDriver:
         spec, rd = self.spec, self.rd
         rd.create(spec)
         self._stage(LOADING, started_at=_iso(time.time()), resumes=0, elapsed_s=0.0)
-        loaded = load_recipients(spec.recipients)
+        loaded = load_recipients(spec.recipients, spec.s3)
         write_rejects(loaded.rejects, rd.path)
         from raymail.returns.suppression import apply_suppression  # the C servers' list
 
@@ -474,9 +483,10 @@ class CampaignDriver:
         if not state.ready:
             return
         cap = self._capacity_per_server()
+        now_ = time.monotonic()
         for server in sorted(self._healthy(), key=lambda s: s.inflight):
             free = cap - server.inflight
-            if free <= 0 or not state.ready:
+            if free <= 0 or not state.ready or server.paused_until > now_:
                 continue
             view = ServerView(
                 self.servers.index(server), server.name, server.source_address,
@@ -522,6 +532,7 @@ class CampaignDriver:
         self, state: _State, server: _Server, work: Work, result: PortionResult, ledger: Ledger
     ) -> None:
         server.last_progress = time.monotonic()
+        server.unavailable_since = None
         outcomes = result.outcomes
         observations = result.observations
         ledger.add(outcomes, observations)
@@ -614,8 +625,9 @@ class CampaignDriver:
         What the dead server had accepted is never sent again; what it had in flight is in
         doubt; what it never touched goes to another attempt right away.
         """
-        server.failures += 1
-        work.internal_failures += 1
+        if not self._restarting(server, exc):
+            server.failures += 1
+            work.internal_failures += 1
         self.router.failed(server.name, work.task.portion, work.task.attempt)
         if not server.healthy:
             self.router.server_gone(server.name)
@@ -645,6 +657,23 @@ class CampaignDriver:
         if len(again):
             self._requeue(state, work, again, delay=backoff)
 
+    def _restarting(self, server: _Server, exc: Exception) -> bool:
+        """True while Ray restarts the server (its node was lost, or its process died).
+
+        Every call it had in flight fails at once, and so does each call sent before it is
+        back: counted as failures they would retire a server that comes back healthy (all
+        of them, when one node hosted them) and fail portions that never reached it. It
+        gets no work for a moment instead; after ``stall_timeout_s`` unavailable, its
+        failures count again.
+        """
+        if not isinstance(exc, ActorUnavailableError):
+            return False
+        now_ = time.monotonic()
+        if server.unavailable_since is None:
+            server.unavailable_since = now_
+        server.paused_until = now_ + _RESTART_PAUSE_S
+        return now_ - server.unavailable_since < self.spec.stall_timeout_s
+
     def _journal(self, server: str) -> pl.DataFrame:
         """A server's journal states, re-read only when its files changed."""
         files = journal_files(self.rd.path, server)
@@ -671,6 +700,7 @@ class CampaignDriver:
                         if not server.alive:  # the stall clock starts once it runs
                             server.alive = True
                             seen = now_
+                        server.unavailable_since, server.paused_until = None, 0.0  # back
                         server.last_progress = max(server.last_progress, seen)
                     except (RayActorError, RayTaskError):
                         pass  # a dead actor shows in its calls; Ray restarts it

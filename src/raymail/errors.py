@@ -14,6 +14,7 @@ builtin that fits, so callers may catch either::
     │   └── RunLockedError               another driver holds the run directory's lock
     ├── ReturnsError(ValueError)         a returned message cannot be stored or processed
     ├── RoutingError(ValueError)         routing input is unusable (names the field or path)
+    ├── StorageError(OSError)            object storage (s3://) or an export folder failed
     ├── SinkConfigError(ValueError)      the embedded sink's config is invalid (names the key)
     └── SinkError(RuntimeError)          the embedded sink cannot start, stop or report
 
@@ -63,6 +64,10 @@ class RunLockedError(RunDirError):
 
 class ReturnsError(RaymailError, ValueError):
     """A returned message cannot be stored or processed."""
+
+
+class StorageError(RaymailError, OSError):
+    """Object storage or an export destination cannot be read or written."""
 
 
 class SinkConfigError(RaymailError, ValueError):

@@ -1,13 +1,22 @@
 """Progress on the console: a live rich bar on a terminal, plain log lines otherwise.
 
-Plain lines (every few seconds) keep `ray job logs` readable, where a live bar would
-print thousands of redraws.
+Plain lines (every few seconds; ``RAYMAIL_PROGRESS_INTERVAL_S`` changes how often) keep
+`ray job logs` readable, where a live bar would print thousands of redraws and escape
+codes. One line reads::
+
+    raymail: sent 1200/3000 (40.0%) | accepted 1100 deferred 0 failed 100 in doubt 0 \
+        retrying 5 | 240 msg/s | ETA 0:00:08
+
+"sent" counts recipients whose fate is settled; the rate is that of the last half minute
+(a run slows down at its tail, when only slow domains are left), and the ETA follows it.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 
 from rich.console import Console
@@ -39,12 +48,15 @@ class Tally:
 class ProgressReporter:
     """Shows sent/accepted/deferred/failed, rate and ETA."""
 
-    def __init__(self, total: int, *, live: bool | None = None, every_s: float = 5.0) -> None:
+    def __init__(
+        self, total: int, *, live: bool | None = None, every_s: float | None = None
+    ) -> None:
         self.total = total
         self.live = sys.stderr.isatty() if live is None else live
-        self.every_s = every_s
+        self.every_s = every_s if every_s is not None else _interval_from_env()
         self.started = time.monotonic()
         self._last_line = 0.0
+        self._samples: deque[tuple[float, int]] = deque([(self.started, 0)])
         self._console = Console(stderr=True)
         self._progress: Progress | None = None
         self._task = None
@@ -62,36 +74,65 @@ class ProgressReporter:
             self._progress.start()
             self._task = self._progress.add_task("send", total=total, detail="")
 
-    def _detail(self, tally: Tally) -> str:
-        elapsed = max(time.monotonic() - self.started, 1e-9)
-        rate = tally.settled / elapsed
+    def rate(self, settled: int, now: float | None = None) -> float:
+        """Recipients settled per second over the last ``_WINDOW_S`` (since start before)."""
+        now = time.monotonic() if now is None else now
+        samples = self._samples
+        if now - samples[-1][0] >= 1.0:  # one sample a second bounds the window's size
+            samples.append((now, settled))
+        while len(samples) > 1 and now - samples[1][0] >= _WINDOW_S:
+            samples.popleft()
+        then, before = samples[0]
+        return (settled - before) / (now - then) if now > then else 0.0
+
+    def _detail(self, tally: Tally, rate: float) -> str:
         return (
             f"accepted {tally.accepted} deferred {tally.deferred} failed {tally.failed} "
-            f"retrying {tally.retrying} | {rate:,.0f} msg/s"
+            f"in doubt {tally.in_doubt} retrying {tally.retrying} | {rate:,.0f} msg/s"
+        )
+
+    def line(self, tally: Tally, now: float | None = None) -> str:
+        """The plain progress line (what `ray job logs` shows)."""
+        rate = self.rate(tally.settled, now)
+        left = max(self.total - tally.settled, 0)
+        eta = _clock(left / rate) if rate > 0 else ("0:00:00" if not left else "?")
+        share = 100.0 * tally.settled / self.total if self.total else 100.0
+        return (
+            f"raymail: sent {tally.settled}/{self.total} ({share:.1f}%) | "
+            f"{self._detail(tally, rate)} | ETA {eta}"
         )
 
     def update(self, tally: Tally, *, force: bool = False) -> None:
         if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, completed=tally.settled, detail=self._detail(tally))
+            detail = self._detail(tally, self.rate(tally.settled))
+            self._progress.update(self._task, completed=tally.settled, detail=detail)
             return
         now = time.monotonic()
         if force or now - self._last_line >= self.every_s:
             self._last_line = now
-            elapsed = now - self.started
-            rate = tally.settled / elapsed if elapsed > 0 else 0.0
-            left = self.total - tally.settled
-            eta = f"{left / rate:,.0f}s" if rate > 0 else "?"
-            print(
-                f"raymail: {tally.settled}/{self.total} settled | {self._detail(tally)} | "
-                f"ETA {eta}",
-                file=sys.stderr,
-                flush=True,
-            )
+            print(self.line(tally, now), file=sys.stderr, flush=True)
 
     def note(self, message: str) -> None:
-        self._console.print(f"raymail: {message}")
+        self._console.print(f"raymail: {message}", highlight=False, soft_wrap=True)
 
     def close(self, tally: Tally) -> None:
         self.update(tally, force=True)
         if self._progress is not None:
             self._progress.stop()
+
+
+_WINDOW_S = 30.0
+_DEFAULT_EVERY_S = 5.0
+
+
+def _interval_from_env() -> float:
+    try:
+        value = float(os.environ.get("RAYMAIL_PROGRESS_INTERVAL_S", _DEFAULT_EVERY_S))
+    except ValueError:
+        return _DEFAULT_EVERY_S
+    return value if value > 0 else _DEFAULT_EVERY_S
+
+
+def _clock(seconds: float) -> str:
+    whole = round(seconds)
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"

@@ -13,6 +13,7 @@ Every input row ends up in exactly one place: the recipient table or the rejects
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,11 +26,14 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raymail.address import ATEXT, MAX_ADDRESS, MAX_LOCAL, check_address
 from raymail.errors import RecipientError
 from raymail.schema import DOMAIN, EMAIL, REJECTS_SCHEMA, ROW
+from raymail.spec import S3Settings
+from raymail.storage import Location, locate
 
 __all__ = ["RecipientLoad", "load_recipients", "write_rejects"]
 
@@ -81,8 +85,8 @@ class _Raw(NamedTuple):
     malformed: list[_Malformed]
 
 
-def _read_csv(path: Path, source: str) -> _Raw:
-    names = _csv_header(path, source)
+def _read_csv(loc: Location, source: str) -> _Raw:
+    names = _csv_header(loc, source)
     malformed: list[_Malformed] = []
 
     def on_invalid(row: Any) -> str:
@@ -96,17 +100,18 @@ def _read_csv(path: Path, source: str) -> _Raw:
     # One thread: as fast as two on this machine kind, and the only way pyarrow numbers
     # the invalid rows. newlines_in_values: a quoted address field may span lines.
     try:
-        table = pa_csv.read_csv(
-            path,
-            read_options=pa_csv.ReadOptions(use_threads=False),
-            parse_options=pa_csv.ParseOptions(
-                newlines_in_values=True, invalid_row_handler=on_invalid
-            ),
-            convert_options=pa_csv.ConvertOptions(
-                column_types={name: pa.string() for name in names},
-                strings_can_be_null=False,
-            ),
-        )
+        with loc.fs.open_input_stream(loc.path) as stream:
+            table = pa_csv.read_csv(
+                stream,
+                read_options=pa_csv.ReadOptions(use_threads=False),
+                parse_options=pa_csv.ParseOptions(
+                    newlines_in_values=True, invalid_row_handler=on_invalid
+                ),
+                convert_options=pa_csv.ConvertOptions(
+                    column_types={name: pa.string() for name in names},
+                    strings_can_be_null=False,
+                ),
+            )
         table.column_names  # noqa: B018 -- decodes the names: a non-UTF-8 header fails here
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
         message = _first_line(exc)
@@ -122,10 +127,13 @@ def _read_csv(path: Path, source: str) -> _Raw:
     return _Raw(table, rows, malformed)
 
 
-def _csv_header(path: Path, source: str) -> list[str]:
+def _csv_header(loc: Location, source: str) -> list[str]:
     """The header's column names as pyarrow will see them (BOM dropped, not stripped)."""
     try:
-        with path.open(encoding="utf-8-sig", errors="replace", newline="") as handle:
+        with (
+            loc.fs.open_input_stream(loc.path) as stream,
+            io.TextIOWrapper(stream, encoding="utf-8-sig", errors="replace", newline="") as handle,
+        ):
             header = next(csv.reader(handle), None)
     except (OSError, csv.Error) as exc:
         raise RecipientError(f"{source}: cannot read CSV header: {exc}") from None
@@ -134,16 +142,16 @@ def _csv_header(path: Path, source: str) -> list[str]:
     return header
 
 
-def _read_parquet(path: Path, source: str) -> _Raw:
+def _read_parquet(loc: Location, source: str) -> _Raw:
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(loc.path, filesystem=loc.fs)
     except (pa.ArrowException, OSError) as exc:
         raise RecipientError(f"{source}: cannot read Parquet: {_first_line(exc)}") from None
     rows = np.arange(1, table.num_rows + 1, dtype=np.int64)
     return _Raw(table, rows, [])
 
 
-_READERS: dict[str, Callable[[Path, str], _Raw]] = {
+_READERS: dict[str, Callable[[Location, str], _Raw]] = {
     ".csv": _read_csv,
     ".parquet": _read_parquet,
 }
@@ -277,24 +285,29 @@ def _duplicates(keys: pa.Array) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.i
 # --- public entry points -------------------------------------------------------------------
 
 
-def load_recipients(path: str | Path) -> RecipientLoad:
-    """Read a .csv or .parquet recipient list; split it into clean rows and rejects.
+def load_recipients(path: str | Path, s3: S3Settings | None = None) -> RecipientLoad:
+    """Read a .csv or .parquet recipient list (a path or an s3:// URL); split it into clean
+    rows and rejects. ``s3`` configures the object store (default: the environment).
 
     Raises :class:`RecipientError` only when the file as a whole is unusable (missing,
     unreadable, unknown extension, no ``email`` column, bad column names); every problem
     with a single row becomes a reject with its row number and reason.
     """
-    file = Path(path)
     source = str(path)
-    reader = _READERS.get(file.suffix.lower())
+    try:
+        loc = locate(path, s3)
+        kind = loc.info().type
+    except (OSError, pa.ArrowException) as exc:  # object store unreachable, access denied
+        raise RecipientError(f"{source}: cannot open: {_first_line(exc)}") from None
+    reader = _READERS.get(loc.suffix)
     if reader is None:
         known = ", ".join(_READERS)
-        raise RecipientError(f"{source}: unknown file type {file.suffix!r} (expected {known})")
-    if not file.exists():
+        raise RecipientError(f"{source}: unknown file type {loc.suffix!r} (expected {known})")
+    if kind == pafs.FileType.NotFound:
         raise RecipientError(f"{source}: file not found")
-    if file.is_dir() and reader is _read_csv:
+    if kind == pafs.FileType.Directory and reader is _read_csv:
         raise RecipientError(f"{source}: is a directory, not a CSV file")
-    raw = reader(file, source)
+    raw = reader(loc, source)
     names = _clean_names(raw.table.column_names, source)
     table = raw.table.rename_columns(names)
 

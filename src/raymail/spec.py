@@ -173,6 +173,35 @@ class ReturnsSettings(_Strict):
         return Path(self.home).expanduser() / "returns"
 
 
+class S3Settings(_Strict):
+    """Object storage for ``s3://`` recipients and exports; unset keys fall back to the
+    usual AWS environment variables, then the AWS SDK's default chain (profiles, roles)."""
+
+    endpoint_url: str | None = Field(
+        None,
+        description="S3-compatible endpoint, e.g. http://minio.internal:9000; default "
+        "$AWS_ENDPOINT_URL_S3, then $AWS_ENDPOINT_URL, then AWS itself.",
+    )
+    region: str | None = Field(
+        None, description="Region; default $AWS_REGION, then $AWS_DEFAULT_REGION."
+    )
+    access_key_id: str | None = Field(
+        None, description="Access key; default $AWS_ACCESS_KEY_ID (prefer the environment)."
+    )
+    secret_access_key: str | None = Field(
+        None, description="Secret key; default $AWS_SECRET_ACCESS_KEY (prefer the environment)."
+    )
+    session_token: str | None = Field(
+        None, description="Session token; default $AWS_SESSION_TOKEN."
+    )
+
+    @model_validator(mode="after")
+    def _keys_in_pairs(self) -> S3Settings:
+        if bool(self.access_key_id) != bool(self.secret_access_key):
+            raise ValueError("access_key_id and secret_access_key go together")
+        return self
+
+
 class RoutingSettings(_Strict):
     """How portions are matched to delivery servers (issue: learned routing)."""
 
@@ -222,7 +251,28 @@ class CampaignSpec(_Strict):
     subject: str = Field(..., min_length=1, description="Subject template (jinja2).")
     text: str = Field(..., description="Plain-text body template (jinja2).")
     html: str | None = Field(None, description="HTML body template; multipart/alternative.")
-    recipients: str = Field(..., description="Path to a .csv or .parquet recipient table.")
+    recipients: str = Field(
+        ...,
+        description="Path or s3:// URL of a .csv or .parquet recipient table.",
+    )
+    s3: S3Settings | None = Field(
+        None, description="Endpoint and credentials for s3:// URLs (default: environment)."
+    )
+    export: str | None = Field(
+        None,
+        description="Folder or s3:// prefix the run's Parquet (ledger, observations, "
+        "recipients, rejects) and JSON (run.json, report.json) are copied to while it runs "
+        "and when it ends; the run directory stays the working copy.",
+    )
+    export_interval_s: float = Field(
+        60.0, gt=0, description="Longest time between two exports while a run goes on."
+    )
+    metrics_domains: int = Field(
+        1000,
+        ge=0,
+        description="Distinct recipient domains each delivery server labels in its Ray "
+        "metrics; later ones are labelled 'other' (bounds the Prometheus series).",
+    )
     mx_override: dict[str, HostPort] | None = Field(
         None,
         description="Map of recipient domain (or '*') to host:port; when absent, real MX lookup.",
@@ -368,8 +418,10 @@ def load_spec(path: str | Path) -> CampaignSpec:
     except yaml.YAMLError as exc:
         raise SpecError(f"{spec_path}: not valid YAML: {exc}") from None
     spec = parse_spec(data, str(spec_path))
-    recipients = spec.recipients
-    if "://" not in recipients and not Path(recipients).is_absolute():
-        recipients = str((spec_path.parent / recipients).resolve())
-        spec = spec.model_copy(update={"recipients": recipients})
-    return spec
+    # Relative local paths are taken from the spec's folder; URLs are left alone.
+    updates = {
+        key: str((spec_path.parent / value).resolve())
+        for key in ("recipients", "export")
+        if (value := getattr(spec, key)) and "://" not in value and not Path(value).is_absolute()
+    }
+    return spec.model_copy(update=updates) if updates else spec

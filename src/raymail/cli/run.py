@@ -17,6 +17,7 @@ def register(app: typer.Typer) -> None:
     app.command("resume")(resume)
     app.command("report")(report)
     app.command("status")(status)
+    app.command("export")(export)
 
 
 @clean_errors
@@ -108,5 +109,27 @@ def status(
         f"{result['campaign']}: {result['status']} — {settled}/{result['total']} settled "
         f"(accepted {result['accepted']}, deferred {result['deferred']}, "
         f"failed {result['failed']}, in doubt {result['in_doubt']}); "
-        f"resumed {result['resumes']} time(s)"
+        f"resumed {result['resumes']} time(s)",
+        soft_wrap=True,  # one line, whatever the width: scripts and logs read it
+        highlight=False,
     )
+
+
+@clean_errors
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    to: Annotated[
+        str | None,
+        typer.Option("--to", help="Folder or s3:// prefix; default: the spec's `export`."),
+    ] = None,
+) -> None:
+    """Copy a run's Parquet and JSON to its export destination (again, e.g. after a failure)."""
+    from raymail.export import RunExport
+    from raymail.rundir import RunDir
+
+    spec = RunDir(run_dir).spec()
+    dest = to or spec.export
+    if not dest:
+        raise typer.BadParameter("the spec has no `export`; pass --to", param_hint="--to")
+    sent = RunExport(run_dir, dest, spec.s3).sync()
+    console.print(f"raymail: {sent} file(s) copied to {dest}", highlight=False, soft_wrap=True)

@@ -37,6 +37,7 @@ from raymail.delivery.smtp_client import (
 )
 from raymail.errors import MXResolutionError, SmtpProtocolError, TemplateError
 from raymail.message import MessageTemplate
+from raymail.metrics import DeliveryMetrics
 from raymail.plan import PortionTask
 from raymail.schema import ACCEPTED, DEFERRED, FAILED, IN_DOUBT
 from raymail.spec import CampaignSpec
@@ -77,6 +78,7 @@ class ServerStats:
     open_connections: int = 0
     connections_opened: int = 0
     last_progress: float = field(default_factory=time.time)
+    node_id: str = ""  # the Ray node it runs on (placement, and what a node loss took)
 
 
 @dataclass(slots=True)
@@ -126,7 +128,8 @@ class DeliveryServer:
         self._nameservers = nameservers
         self._resolver: MXResolver | None = None
         self._pool: ConnectionPool | None = None
-        self.stats = ServerStats(name)
+        self.stats = ServerStats(name, node_id=_node_id())
+        self.metrics = DeliveryMetrics(spec.campaign, name, spec.metrics_domains)
         self.journal = Journal(Path(journal_dir), name) if journal_dir else None
         self.fence = FenceGuard(Path(journal_dir), epoch) if journal_dir else None
 
@@ -164,6 +167,7 @@ class DeliveryServer:
         table = from_ipc(rows_ipc)
         resolver, pool = self._started()
         self.stats.active_portions += 1
+        self.metrics.load(self.stats.active_portions)
         out = OutcomeBuilder(
             self.spec.campaign,
             self.name,
@@ -187,6 +191,8 @@ class DeliveryServer:
             self.stats.active_portions -= 1
         outcomes = out.table()
         self._count(outcomes)
+        self.metrics.outcomes(task.domain, outcomes.column("status"))
+        self.metrics.load(self.stats.active_portions, self.stats.open_connections)
         return PortionResult(task, self.name, to_ipc(outcomes), to_ipc(obs.table()))
 
     def _jobs(self, task: PortionTask, table: pa.Table, out: OutcomeBuilder) -> list[_Job]:
@@ -347,6 +353,7 @@ class DeliveryServer:
             if tx.data is not None:
                 worst = max(worst, tx.data.klass)
             self._observe(obs, conn, target, fresh and first, tx.seconds, len(rcpts), worst, job)
+            self.metrics.transaction(task.domain, tx.seconds)
             first = False
             if any(r.code == 421 for r in (tx.mail, *tx.rcpts)) or conn.transactions >= max_tx:
                 conn.broken = conn.broken or conn.transactions < max_tx
@@ -539,6 +546,11 @@ class DeliveryServer:
         if self._pool is not None:
             await self._pool.close()
         return self.stats
+
+
+def _node_id() -> str:
+    """The Ray node this process runs on ("" outside Ray)."""
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
 # Health calls run in their own group so they never wait behind sends.
