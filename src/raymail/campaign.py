@@ -1,7 +1,10 @@
 """The driver (the seed's A server): load -> plan -> dispatch -> watch -> retry -> report.
 
-The driver holds Arrow tables and object references, never per-recipient Python objects;
-delivery servers do the per-recipient work and hand back Arrow batches. Stages are recorded
+The driver holds Arrow tables and object references, never per-recipient Python objects,
+and never the whole list: it is validated batch by batch into the run directory
+(``intake``) and read back a batch at a time only when the queue of portions runs low
+(``portion_stream``), so memory stays flat as the list grows. Delivery servers do the
+per-recipient work and hand back Arrow batches. Stages are recorded
 in the run directory (the seed's checkpoints P100..P699) so a killed run resumes where it
 stopped, with nobody sent twice (the journals say who was accepted) and nobody skipped.
 """
