@@ -151,8 +151,7 @@ def _csv_batches(path: Path, source: str, batch_rows: int) -> tuple[list[str], I
         raise RecipientError(f"{source}: cannot read CSV: {_csv_message(exc)}") from None
 
     def batches() -> Iterator[_Batch]:
-        good = 0  # good rows handed out so far
-        handed = 0  # malformed rows handed out so far
+        done = 0  # rows handed out so far, good and malformed
         while True:
             try:
                 batch = reader.read_next_batch()
@@ -160,15 +159,16 @@ def _csv_batches(path: Path, source: str, batch_rows: int) -> tuple[list[str], I
                 break
             except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
                 raise RecipientError(f"{source}: cannot read CSV: {_csv_message(exc)}") from None
-            all_rows = _good_rows(good, batch.num_rows, sorted(m.row for m in malformed))
-            good += batch.num_rows
+            # ``malformed`` holds only rows not yet handed out, all after the rows that were
+            all_rows = _good_rows(done, batch.num_rows, [m.row for m in malformed])
             for start in range(0, batch.num_rows, batch_rows):  # blocks are bytes, not rows
                 rows = all_rows[start : start + batch_rows]
-                mine = [m for m in malformed[handed:] if m.row <= int(rows[-1])]
-                handed += len(mine)
+                mine = [m for m in malformed if m.row <= int(rows[-1])]  # a prefix: in order
+                del malformed[: len(mine)]
+                done += len(rows) + len(mine)
                 piece = pa.Table.from_batches([batch.slice(start, batch_rows)])
                 yield _Batch(piece, rows, mine)
-        rest = malformed[handed:]
+        rest = list(malformed)
         if rest:
             empty = pa.table({n: pa.array([], pa.string()) for n in names})
             yield _Batch(empty, np.empty(0, dtype=np.int64), rest)
@@ -177,10 +177,11 @@ def _csv_batches(path: Path, source: str, batch_rows: int) -> tuple[list[str], I
 
 
 def _good_rows(before: int, count: int, malformed: list[int]) -> _I64:
-    """Data-row numbers of good rows ``before+1 .. before+count`` (skipping malformed rows).
+    """Data-row numbers of the next ``count`` good rows after row ``before``.
 
-    The k-th good row is k plus the number of malformed rows at or before it: a fixed point
-    reached in at most one step per malformed row in the way.
+    ``malformed`` are the malformed rows after ``before`` known so far. The k-th good row is
+    k plus the number of malformed rows at or before it: a fixed point reached in at most one
+    step per malformed row in the way.
     """
     goods = np.arange(before + 1, before + count + 1, dtype=np.int64)
     if not malformed:
