@@ -280,6 +280,8 @@ def intake_recipients(
     )
     out = run_dir / target
     rejects_out = run_dir / REJECTS_FILE
+    for stale in (*run_dir.glob(f".{out.name}.*.tmp"), *run_dir.glob(f".{REJECTS_FILE}.*.tmp")):
+        stale.unlink(missing_ok=True)  # left by a driver killed while reading the list
     tmp_out = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     tmp_rejects = rejects_out.with_name(f".{REJECTS_FILE}.{os.getpid()}.tmp")
     seen = SeenKeys()
