@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -149,11 +150,33 @@ def scan_outcomes(run_dir: str | Path) -> pl.LazyFrame:
 
 
 def _read_parts(folder: Path, schema: pa.Schema, columns: list[str] | None = None) -> pl.DataFrame:
-    parts = ledger_parts(folder)
-    if not parts:
-        empty = schema.empty_table()
-        return pl.from_arrow(empty.select(columns) if columns else empty)  # type: ignore[return-value]
-    return pl.read_parquet(parts, columns=columns)
+    def read() -> pl.DataFrame:
+        parts = ledger_parts(folder)
+        if not parts:
+            empty = schema.empty_table()
+            return pl.from_arrow(empty.select(columns) if columns else empty)  # type: ignore[return-value]
+        return pl.read_parquet(parts, columns=columns)
+
+    return retry_merged(read)
+
+
+_T = TypeVar("_T")
+_READ_TRIES = 5
+
+
+def retry_merged(read: Callable[[], _T]) -> _T:
+    """``read()`` again when a part vanished under it.
+
+    A reader in another process (``raymail status`` during a run) may list parts just before
+    the driver merges them; the merged file holds the same rows, so listing again is right.
+    """
+    for attempt in range(_READ_TRIES):
+        try:
+            return read()
+        except FileNotFoundError:
+            if attempt == _READ_TRIES - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 _Frame = TypeVar("_Frame", pl.DataFrame, pl.LazyFrame)
