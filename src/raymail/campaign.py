@@ -1,7 +1,10 @@
 """The driver (the seed's A server): load -> plan -> dispatch -> watch -> retry -> report.
 
-The driver holds Arrow tables and object references, never per-recipient Python objects;
-delivery servers do the per-recipient work and hand back Arrow batches. Stages are recorded
+The driver holds Arrow tables and object references, never per-recipient Python objects,
+and never the whole list: it is validated batch by batch into the run directory
+(``intake``) and read back a batch at a time only when the queue of portions runs low
+(``portion_stream``), so memory stays flat as the list grows. Delivery servers do the
+per-recipient work and hand back Arrow batches. Stages are recorded
 in the run directory (the seed's checkpoints P100..P699) so a killed run resumes where it
 stopped, with nobody sent twice (the journals say who was accepted) and nobody skipped.
 """
@@ -16,10 +19,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
@@ -36,10 +39,11 @@ from raymail.delivery.server import DeliveryServerActor, PortionResult, ServerSt
 from raymail.dispatch import LeastLoadedRouter, ServerView, Work, WorkQueue
 from raymail.errors import DeliveryError
 from raymail.export import start_export
+from raymail.intake import intake_recipients
 from raymail.ledger import Ledger
-from raymail.plan import PortionTask, size_capacity, split_portions
+from raymail.plan import PortionTask, size_capacity
+from raymail.portion_stream import PortionStream
 from raymail.progress import ProgressReporter, Tally
-from raymail.recipients import load_recipients, write_rejects
 from raymail.recovery import recovered_outcomes, run_state
 from raymail.report import build_report
 from raymail.routing import make_router
@@ -47,6 +51,7 @@ from raymail.rundir import RECIPIENTS, REPORT, RunDir, write_json_atomic
 from raymail.runtime import DELIVERY_RESOURCE, delivery_slots, ensure_ray
 from raymail.schema import ACCEPTED, DEFERRED, FAILED, IN_DOUBT, SUPPRESSED
 from raymail.spec import CampaignSpec
+from raymail.storage import stage_recipients
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +95,14 @@ class _State:
     inflight: dict[ray.ObjectRef[Any], tuple[_Server, Work]] = field(default_factory=dict)
     tally: Tally = field(default_factory=Tally)
     attempts: int = 0
-    next_portion: int = 0
+    source: PortionStream | None = None  # the rest of the list, read when ready runs low
+    peak_ready: int = 0  # most portions queued at once (back-pressure keeps it bounded)
+    peak_inflight: int = 0  # most portions on delivery servers at once
+
+    @property
+    def more(self) -> bool:
+        """Portions still to come from the list."""
+        return self.source is not None and not self.source.exhausted
 
 
 def run_campaign(
@@ -162,21 +174,37 @@ class CampaignDriver:
         spec, rd = self.spec, self.rd
         rd.create(spec)
         self._stage(LOADING, started_at=_iso(time.time()), resumes=0, elapsed_s=0.0)
-        loaded = load_recipients(spec.recipients, spec.s3)
-        write_rejects(loaded.rejects, rd.path)
         from raymail.returns.suppression import apply_suppression  # the C servers' list
 
-        to_send, suppressed = apply_suppression(loaded.table, spec)
-        if suppressed.num_rows:  # ledgered before anything is sent: the report counts them
-            ledger = Ledger(rd.path, spec.checkpoint_interval_s)
-            ledger.add(suppressed, pa.table({}))
-            ledger.flush()
-        pq.write_table(loaded.table, rd.path / RECIPIENTS, compression="zstd")
-        self._stage(
-            PLANNED, recipients=loaded.table.num_rows, rejected_input=loaded.rejects.num_rows
+        ledger = Ledger(rd.path, spec.checkpoint_interval_s)
+        suppressed_rows: list[np.ndarray[Any, np.dtype[np.int64]]] = []
+
+        def suppress(batch: pa.Table) -> None:
+            _, suppressed = apply_suppression(batch, spec)
+            if suppressed.num_rows:  # ledgered before anything is sent: the report counts them
+                ledger.add(suppressed, pa.table({}))
+                suppressed_rows.append(suppressed.column("row").to_numpy())
+
+        intake = intake_recipients(
+            stage_recipients(spec.recipients, spec.s3, rd.path),
+            rd.path,
+            RECIPIENTS,
+            batch_rows=spec.batch_rows,
+            on_batch=suppress,
+            label=str(spec.recipients),
         )
-        table = to_send.append_column("prev_attempt", pa.array([0] * to_send.num_rows))
-        return self._deliver(table, Tally(), first_portion=0)
+        ledger.flush()
+        self._stage(
+            PLANNED,
+            recipients=intake.accepted,
+            rejected_input=intake.rejected,
+            intake={"batches": intake.batches, "dedup_bytes": intake.seen_bytes},
+        )
+        skip = np.sort(np.concatenate(suppressed_rows)) if suppressed_rows else None
+        source = PortionStream(
+            rd.path / RECIPIENTS, spec.portion_size, batch_rows=spec.batch_rows, skip=skip
+        )
+        return self._deliver(source, Tally())
 
     def _resume(self) -> dict[str, Any]:
         rd = self.rd
@@ -188,7 +216,6 @@ class CampaignDriver:
         if not (rd.path / RECIPIENTS).exists():  # killed before the list was saved
             rd.manifest_path.unlink()
             return self._start()
-        recipients = pq.read_table(rd.path / RECIPIENTS)
         # Fence off delivery servers of earlier drivers that may outlive them, and give
         # them time to notice, before the journals are read as final. The new epoch is
         # recorded before any server of it starts, so the next resume fences those too.
@@ -201,48 +228,50 @@ class CampaignDriver:
         ensure_ray()
         self._start_servers(self.spec.delivery_servers)
         time.sleep(max(0.0, FENCE_WAIT_S - (time.monotonic() - fenced_at)))
-        recovered, final = run_state(rd.path, recipients, self.spec.campaign)
+        recovered, final = run_state(rd.path, rd.path / RECIPIENTS, self.spec.campaign)
         ledger = Ledger(rd.path, self.spec.checkpoint_interval_s)
         ledger.add(recovered, pa.table({}))
         ledger.flush()
-        remaining, tally = self._remaining(recipients, final)
-        first_portion = int(final.get_column("portion").cast(pl.Int64).max() or 0) + 1  # type: ignore[arg-type]
-        return self._deliver(remaining, tally, first_portion=first_portion)
+        source, tally = self._remaining(final)
+        return self._deliver(source, tally)
 
-    def _remaining(self, recipients: pa.Table, final: pl.DataFrame) -> tuple[pa.Table, Tally]:
-        """Recipients still to send, and the tally of those already settled."""
+    def _remaining(self, final: pl.DataFrame) -> tuple[PortionStream, Tally]:
+        """The recipients still to send (as a stream), and the tally of those settled.
+
+        Only row numbers and attempt counts are held (16 bytes per recipient tried): the
+        stream skips settled rows as it reads the list.
+        """
         resend_doubt = self.spec.in_doubt == "resend"
         settled_statuses = [ACCEPTED, FAILED, SUPPRESSED] + ([] if resend_doubt else [IN_DOUBT])
-        settled = final.filter(pl.col("status").is_in(settled_statuses))
+        is_settled = pl.col("status").is_in(settled_statuses)
+        settled = final.filter(is_settled)
         tally = Tally(
             accepted=int((settled["status"] == ACCEPTED).sum()),
             failed=int((settled["status"] == FAILED).sum()),
             in_doubt=int((settled["status"] == IN_DOUBT).sum()),
         )
-        attempts = final.select(["row", pl.col("attempt").alias("prev_attempt")])
-        people = pl.from_arrow(recipients)
-        assert isinstance(people, pl.DataFrame)
-        todo = (
-            people.join(settled.select("row"), on="row", how="anti")
-            .join(attempts, on="row", how="left")
-            .with_columns(pl.col("prev_attempt").fill_null(0).cast(pl.Int64))
+        tried = final.filter(~is_settled).sort("row")
+        first_portion = int(final.get_column("portion").cast(pl.Int64).max() or 0) + 1  # type: ignore[arg-type]
+        source = PortionStream(
+            self.rd.path / RECIPIENTS,
+            self.spec.portion_size,
+            first_id=first_portion,
+            batch_rows=self.spec.batch_rows,
+            skip=np.sort(settled["row"].cast(pl.Int64).to_numpy()),
+            prev_rows=tried["row"].cast(pl.Int64).to_numpy(),
+            prev_attempts=tried["attempt"].cast(pl.Int64).to_numpy(),
         )
-        return todo.to_arrow(), tally
+        return source, tally
 
-    def _deliver(self, table: pa.Table, tally: Tally, *, first_portion: int) -> dict[str, Any]:
-        """Dispatch ``table`` (with a prev_attempt column) until every row is settled."""
+    def _deliver(self, source: PortionStream, tally: Tally) -> dict[str, Any]:
+        """Dispatch the portions of ``source`` until every row is settled."""
         spec, rd = self.spec, self.rd
         ensure_ray()
-        state = _State(tally=tally, next_portion=first_portion)
-        for task, rows in split_portions(table, spec.portion_size, first_id=first_portion):
-            attempt = int(pc.max(rows.column("prev_attempt")).as_py() or 0) + 1
-            task = PortionTask(task.portion, task.domain, attempt, task.size)
-            state.ready.push(Work(task, rows.drop(["prev_attempt"])))
-            state.next_portion = task.portion + 1
+        state = _State(tally=tally, source=source)
         self._start_servers(spec.delivery_servers - len(self.servers))  # a resume started some
         self._stage(
             DELIVERING,
-            portions=len(state.ready),
+            batch_rows=spec.batch_rows,
             delivery_servers=len(self.servers),
             concurrency=spec.concurrency,
         )
@@ -262,7 +291,13 @@ class CampaignDriver:
             elapsed = time.monotonic() - started
             previous = float(rd.manifest().get("elapsed_s") or 0.0)
             attempts = int(rd.manifest().get("attempts") or 0) + state.attempts
-            rd.update(elapsed_s=previous + elapsed, attempts=attempts)
+            stream = {
+                "batches": source.batches,
+                "portions": source.portions,
+                "peak_ready_portions": state.peak_ready,
+                "peak_inflight_portions": state.peak_inflight,
+            }
+            rd.update(elapsed_s=previous + elapsed, attempts=attempts, stream=stream)
         self._stage(COMPLETE, finished_at=_iso(time.time()))
         for path in journal_files(rd.path):  # the ledger now holds all they said
             path.unlink()
@@ -326,9 +361,11 @@ class CampaignDriver:
     def _dispatch(
         self, state: _State, ledger: Ledger, progress: ProgressReporter, started: float
     ) -> None:
-        while state.ready or state.delayed or state.inflight:
+        while state.ready or state.delayed or state.inflight or state.more:
+            self._refill(state)
             self._promote_delayed(state)
             self._submit(state)
+            state.peak_inflight = max(state.peak_inflight, len(state.inflight))
             if not state.inflight:
                 wait = state.delayed[0][0] - time.monotonic() if state.delayed else 0.1
                 time.sleep(min(max(wait, 0.01), 1.0))
@@ -360,7 +397,8 @@ class CampaignDriver:
         loops = {s.name: s.handle.pull.remote(broker) for s in self.servers}
         by_name = {s.name: s for s in self.servers}
         try:
-            while state.ready or state.delayed or leased:
+            while state.ready or state.delayed or leased or state.more:
+                self._refill(state)
                 self._promote_delayed(state)
                 poll: BrokerPoll = ray.get(broker.poll.remote())
                 for result in poll.results:
@@ -375,6 +413,7 @@ class CampaignDriver:
                         server.inflight -= 1
                         self._call_failed(state, server, work, RuntimeError(error), ledger)
                 self._offer(state, broker, poll, by_name, leased)
+                state.peak_inflight = max(state.peak_inflight, len(leased))
                 self._watch(state)  # progress: a server that asks but never finishes
                 self._reclaim(state, poll, leased, loops, broker, ledger)
                 self.router.tick()
@@ -460,6 +499,19 @@ class CampaignDriver:
                     self._call_failed(
                         state, server, work, RuntimeError("delivery server lost"), ledger
                     )
+
+    def _refill(self, state: _State) -> None:
+        """Back-pressure: read the next batch of the list only when the queue runs low.
+
+        The low-water mark is twice what the servers can hold, so they never wait for the
+        list; the queue then holds at most that plus one batch's portions.
+        """
+        source = state.source
+        low_water = max(16, 2 * len(self.servers) * self._capacity_per_server())
+        while source is not None and not source.exhausted and len(state.ready) < low_water:
+            for task, rows in source.next_portions():
+                state.ready.push(Work(task, rows))
+        state.peak_ready = max(state.peak_ready, len(state.ready))
 
     def _promote_delayed(self, state: _State) -> None:
         now_ = time.monotonic()

@@ -1,9 +1,10 @@
 """Load, validate and normalise a recipient list into one Arrow table, plus its rejects.
 
-The A server (driver) calls :func:`load_recipients` once per run on files of a million rows
-or more, so the common case never touches Python per row: the whole ``email`` column is
-checked by one RE2 match and a few string kernels, and only the rows that fail that fast
-check (bad addresses, non-ASCII domains, stray non-breaking spaces) go through
+:func:`load_recipients` loads a whole list at once (CLI checks, tests); the A server (driver)
+streams lists of millions through :mod:`raymail.intake`, which applies these same checks
+batch by batch. Either way the common case never touches Python per row: the whole
+``email`` column is checked by one RE2 match and a few string kernels, and only the rows
+that fail that fast check (bad addresses, non-ASCII domains, stray non-breaking spaces) go through
 :func:`check_address`, which finds the specific reason or the IDNA form. Duplicates are found
 by hashing the normalised addresses; only rows whose hash collides are compared exactly.
 

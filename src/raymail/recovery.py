@@ -12,6 +12,7 @@ from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from raymail.delivery.journal import journal_files, journal_states
 from raymail.ledger import final_outcomes, read_outcomes
@@ -62,13 +63,31 @@ def recovered_outcomes(
     return frame.select(OUTCOME_SCHEMA.names).to_arrow().cast(OUTCOME_SCHEMA)
 
 
-def run_state(run_dir: Path, recipients: pa.Table, campaign: str) -> tuple[pa.Table, pl.DataFrame]:
-    """(outcomes recovered from journals, final outcome per recipient including them)."""
-    ledger = read_outcomes(run_dir)
+def run_state(run_dir: Path, recipients: Path, campaign: str) -> tuple[pa.Table, pl.DataFrame]:
+    """(outcomes recovered from journals, final outcome per recipient including them).
+
+    Reads only the ledger columns that decide a recipient's fate, and from the recipient
+    list (``recipients``, a Parquet file) only the rows the journals name and the ledger
+    lacks: resuming a run of millions needs no copy of the list in memory.
+    """
+    ledger = read_outcomes(run_dir, columns=_FATE)
     journal = journal_states(journal_files(run_dir))
-    recovered = recovered_outcomes(journal, ledger, recipients, campaign)
+    missing = journal.join(ledger.select(["row", "attempt"]), on=["row", "attempt"], how="anti")
+    people = _rows_of(recipients, missing["row"].unique().to_list())
+    recovered = recovered_outcomes(journal, ledger, people, campaign)
     if recovered.num_rows:
-        extra = pl.from_arrow(recovered)
+        extra = pl.from_arrow(recovered.select(_FATE))
         assert isinstance(extra, pl.DataFrame)
         ledger = pl.concat([ledger, extra], how="vertical_relaxed")
     return recovered, final_outcomes(ledger)
+
+
+_FATE = ["row", "attempt", "portion", "status", "finished_at"]
+
+
+def _rows_of(recipients: Path, rows: list[int]) -> pa.Table:
+    """``row``, ``email`` and ``domain`` of the given rows of the validated list."""
+    columns = ["row", "email", "domain"]
+    if not rows:
+        return pa.table({c: pa.array([], OUTCOME_SCHEMA.field(c).type) for c in columns})
+    return pq.read_table(recipients, columns=columns, filters=[("row", "in", rows)])

@@ -12,7 +12,7 @@ from typing import Any
 import polars as pl
 import pyarrow.parquet as pq
 
-from raymail.ledger import final_outcomes, read_outcomes
+from raymail.ledger import final_outcomes, retry_merged, scan_outcomes
 from raymail.rundir import REJECTS, RunDir
 from raymail.schema import ACCEPTED, DEFERRED, FAILED, IN_DOUBT, SUPPRESSED
 
@@ -23,9 +23,7 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
     """The report as a JSON-ready dict (see README for the keys)."""
     rd = RunDir(run_dir)
     manifest = rd.manifest()
-    attempts = read_outcomes(rd.path)
-    final = final_outcomes(attempts)
-    doubted = attempts.filter(pl.col("status") == IN_DOUBT)["email"].unique().sort()
+    final, doubted = retry_merged(lambda: _fates(rd.path))
     counts = _status_counts(final)
     rejects_path = rd.path / REJECTS
     rejected = pq.read_metadata(rejects_path).num_rows if rejects_path.exists() else 0
@@ -55,6 +53,18 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
         "capacity": manifest.get("capacity"),
         "domains": _per_domain(final),
     }
+
+
+def _fates(run_dir: Path) -> tuple[pl.DataFrame, pl.Series]:
+    """(final row, status, domain per recipient; in-doubt addresses ever), lazily read.
+
+    Only the columns a count needs are read: a million-row ledger stays on disk.
+    """
+    attempts = scan_outcomes(run_dir)
+    fate = attempts.select(["row", "attempt", "finished_at", "status", "domain"])
+    final = final_outcomes(fate).select(["row", "status", "domain"]).collect()
+    doubted = attempts.filter(pl.col("status") == IN_DOUBT).select("email").unique().collect()
+    return final, doubted["email"].sort()
 
 
 def _status_counts(final: pl.DataFrame) -> dict[str, int]:

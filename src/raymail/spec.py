@@ -309,6 +309,12 @@ class CampaignSpec(_Strict):
         "change-me", min_length=1, description="Key that signs VERP and unsubscribe tokens."
     )
     portion_size: int = Field(100, ge=1, le=10000, description="Recipients per portion.")
+    batch_rows: int = Field(
+        65_536,
+        ge=1,
+        description="Recipients read, validated and planned at a time: bounds the driver's "
+        "memory whatever the size of the list.",
+    )
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
     dispatch: Literal["push", "pull"] = Field(

@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from raymail.spec import S3Settings
 
-__all__ = ["Location", "is_remote", "locate", "s3_filesystem"]
+__all__ = ["Location", "is_remote", "locate", "s3_filesystem", "stage_recipients"]
 
 _REMOTE_SCHEMES = ("s3",)
 
@@ -92,3 +93,37 @@ def s3_filesystem(settings: S3Settings | None = None) -> pafs.S3FileSystem:
     if endpoint:
         options["force_virtual_addressing"] = False
     return pafs.S3FileSystem(**options)
+
+
+def stage_recipients(url: str | Path, s3: S3Settings | None, run_dir: Path) -> Path:
+    """A local file to read the recipient list from: ``url`` itself, or for an ``s3://``
+    URL a copy under ``run_dir/input`` (streamed by pyarrow, so memory stays flat). The
+    intake reads local files a batch at a time, and a resume must read the same list again
+    even if the object changed or the store is unreachable."""
+    from raymail.errors import RecipientError
+
+    if not is_remote(url):
+        return Path(url)
+    try:
+        loc = locate(url, s3)
+        kind = loc.info().type
+    except (OSError, pa.ArrowException) as exc:  # unreachable store, access denied
+        raise RecipientError(f"{url}: cannot open: {_first_line(exc)}") from None
+    if kind == pafs.FileType.NotFound:
+        raise RecipientError(f"{url}: file not found")
+    dest = run_dir / "input" / loc.name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        pafs.copy_files(
+            loc.path,
+            str(dest),
+            source_filesystem=loc.fs,
+            destination_filesystem=pafs.LocalFileSystem(),
+        )
+    except (OSError, pa.ArrowException) as exc:
+        raise RecipientError(f"{url}: cannot copy: {_first_line(exc)}") from None
+    return dest
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -7,12 +7,13 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from raymail.campaign import CampaignDriver
 from raymail.errors import ReturnsError, SpecError
 from raymail.returns.config import parse_returns_config
-from raymail.rundir import RunDir
+from raymail.rundir import RECIPIENTS, RunDir
 from raymail.schema import ACCEPTED, SUPPRESSED
 from raymail.spec import parse_spec
 
@@ -68,5 +69,9 @@ def test_resume_treats_suppressed_rows_as_settled(tmp_path: Path) -> None:
         {"row": [1, 2], "status": [ACCEPTED, SUPPRESSED], "attempt": [1, 0], "portion": [0, None]},
         schema={"row": pl.Int64, "status": pl.String, "attempt": pl.Int32, "portion": pl.Int64},
     )
-    remaining, _tally = driver._remaining(recipients, final)
-    assert remaining.column("row").to_pylist() == [3]
+    (tmp_path / "run").mkdir(exist_ok=True)
+    pq.write_table(recipients, tmp_path / "run" / RECIPIENTS)
+    remaining, _tally = driver._remaining(final)  # the rest of the list, as a stream
+    planned = [rows for _, rows in remaining.next_portions()]
+    assert [r for rows in planned for r in rows.column("row").to_pylist()] == [3]
+    assert remaining.exhausted
