@@ -26,16 +26,10 @@ def ray_session() -> Iterator[None]:
     """One real local Ray for the whole session (starting Ray costs seconds)."""
     import ray
 
-    from raymail.runtime import DELIVERY_RESOURCE
+    from raymail.runtime import start_local_ray
 
     if not ray.is_initialized():
-        ray.init(
-            address="local",  # never join a cluster another process left running
-            num_cpus=2,
-            resources={DELIVERY_RESOURCE: 64},
-            include_dashboard=False,
-            log_to_driver=False,
-        )
+        start_local_ray(num_cpus=2, delivery_slots=64, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -30,21 +30,28 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if target:
         ray.init(address=target, log_to_driver=True)
         return
+    start_local_ray(num_cpus=num_cpus or max(2, os.cpu_count() or 2))
+
+
+def start_local_ray(
+    *, num_cpus: int, delivery_slots: int = LOCAL_DELIVERY_SLOTS, log_to_driver: bool = True
+) -> None:
+    """Start a fresh local Ray (never joining one another process left running), retrying
+    when its start times out: Ray gives its raylet a fixed 30 s to register, and on an
+    overloaded machine a fresh instance can miss that."""
     before = _children()
     for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
         try:
             ray.init(
-                address="local",  # a new instance, even if another cluster runs here
-                num_cpus=num_cpus or max(2, os.cpu_count() or 2),
-                resources={DELIVERY_RESOURCE: LOCAL_DELIVERY_SLOTS},
+                address="local",
+                num_cpus=num_cpus,
+                resources={DELIVERY_RESOURCE: delivery_slots},
                 include_dashboard=False,
-                log_to_driver=True,
+                log_to_driver=log_to_driver,
                 logging_level=logging.WARNING,
             )
             return
         except Exception as exc:
-            # Ray gives its raylet a fixed 30 s to register; on an overloaded machine a
-            # fresh instance can miss that. A resume must not fail for it: try again.
             if "timed out during startup" not in str(exc) or attempt == LOCAL_START_ATTEMPTS:
                 raise
             log.warning("local Ray did not start in time (attempt %d); trying again", attempt)
