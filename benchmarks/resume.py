@@ -94,10 +94,16 @@ def settle(counter: CaptureCounter, quiet_s: float = 0.5, limit_s: float = 10.0)
 
 def state_before(run_dir: Path) -> dict[str, Any]:
     """What the resume will find: per-recipient final status from the ledger and journals."""
-    recipients = pq.read_table(run_dir / "recipients.parquet")
-    _, final = run_state(run_dir, recipients, RunDir(run_dir).spec().campaign)
+    listed = run_dir / "recipients.parquet"
+    recipients = pq.read_table(listed, columns=["row", "email"])
+    _, final = run_state(run_dir, listed, RunDir(run_dir).spec().campaign)
     counts = dict(final.group_by("status").len().iter_rows())
-    accepted = set(final.filter(pl.col("status") == "accepted")["email"].to_list())
+    emails = pl.from_arrow(recipients)
+    assert isinstance(emails, pl.DataFrame)
+    accepted_rows = final.filter(pl.col("status") == "accepted").select(
+        pl.col("row").cast(pl.Int64)
+    )
+    accepted = set(accepted_rows.join(emails, on="row", how="inner")["email"].to_list())
     settled = sum(counts.get(s, 0) for s in ("accepted", "failed"))
     return {
         "recipients": recipients.num_rows,
