@@ -42,18 +42,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import (
-    FILLER_LINE,
-    HELO,
-    SENDER,
-    SUBJECT,
-    TEXT_HEAD,
-    TEXT_TAIL,
     CpuWatch,
     SmtpSink,
     _delivery_server_pids,
     ensure_postfix,
     postfix_version,
 )
+from throughput import make_spec as throughput_spec
 
 TARGET_RSS_BYTES = 1_000_000_000
 TARGET_RUN_DIR_BYTES = 200_000_000
@@ -88,23 +83,16 @@ def write_recipients(path: Path, count: int, domains: int) -> Path:
 
 
 def make_spec(recipients: Path, port: int, servers: int, concurrency: int) -> Any:
-    from raymail.spec import CampaignSpec, RetrySettings, SmtpSettings
-
-    filler = "".join(f"{FILLER_LINE} {n:03d}\n" for n in range(FILLER_LINES))
-    return CampaignSpec(
+    return throughput_spec(
+        recipients,
+        port,
+        servers * concurrency,
+        FILLER_LINES,
         campaign="scale-bench",
-        sender=SENDER,
-        subject=SUBJECT,
-        text=TEXT_HEAD + filler + TEXT_TAIL,
-        recipients=str(recipients),
-        mx_override={"*": f"127.0.0.1:{port}"},
-        delivery_servers=servers,
-        concurrency=concurrency,
-        unsubscribe_url="https://bench.example/unsubscribe/{token}",
-        verp_secret="bench-secret",
-        smtp=SmtpSettings(helo_name=HELO, starttls="never", pipelining=True),
-        retry=RetrySettings(max_attempts=5, initial_backoff_s=0.5, max_backoff_s=5.0),
-    )  # type: ignore[call-arg]
+        servers=servers,
+        max_attempts=5,
+        max_backoff_s=5.0,
+    )
 
 
 # -- the driver process --------------------------------------------------------------------

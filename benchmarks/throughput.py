@@ -249,23 +249,37 @@ def write_recipients(path: Path, count: int, *, first_row: int = 0) -> Path:
     return path
 
 
-def make_spec(recipients: Path, port: int, connections: int, filler_lines: int) -> Any:
+def make_spec(
+    recipients: Path,
+    port: int,
+    connections: int,
+    filler_lines: int,
+    *,
+    campaign: str = "throughput-bench",
+    servers: int = 2,
+    max_attempts: int = 3,
+    max_backoff_s: float = 2.0,
+) -> Any:
+    """The benchmark campaign: ``connections`` split over ``servers`` delivery servers
+    (benchmarks/scale.py uses it too, with its own name, servers and retries)."""
     from raymail.spec import CampaignSpec, RetrySettings, SmtpSettings
 
     filler = "".join(f"{FILLER_LINE} {n:03d}\n" for n in range(filler_lines))
     return CampaignSpec(
-        campaign="throughput-bench",
+        campaign=campaign,
         sender=SENDER,
         subject=SUBJECT,
         text=TEXT_HEAD + filler + TEXT_TAIL,
         recipients=str(recipients),
         mx_override={"*": f"127.0.0.1:{port}"},
-        delivery_servers=2,
-        concurrency=max(1, connections // 2),
+        delivery_servers=servers,
+        concurrency=max(1, connections // servers),
         unsubscribe_url="https://bench.example/unsubscribe/{token}",
         verp_secret="bench-secret",
         smtp=SmtpSettings(helo_name=HELO, starttls="never", pipelining=True),
-        retry=RetrySettings(max_attempts=3, initial_backoff_s=0.5, max_backoff_s=2.0),
+        retry=RetrySettings(
+            max_attempts=max_attempts, initial_backoff_s=0.5, max_backoff_s=max_backoff_s
+        ),
     )  # type: ignore[call-arg]
 
 
