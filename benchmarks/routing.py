@@ -14,8 +14,10 @@ then sent, in this one run, with:
 ``equal_shares``  the list cut into equal contiguous shares (the seed's plain partitioning)
 ``learned_cold``  the learned policy with an empty routing table (probing on)
 ``learned_warm``  the learned policy after two earlier runs (the cold one and one more) on
-                  the same table (probing on)
-``learned_warm_noprobe``  the same warm table, probing off: the probing overhead is
+                  the same table (probing on); ``--warm-repeats`` runs, each from its own
+                  copy of that table, averaged
+``learned_warm_noprobe``  the same, probing off, each repeat run next to a probing one
+                  (order alternating): the probing overhead is
                   ``learned_warm / learned_warm_noprobe - 1``
 
 Makespan is first recipient started to last recipient finished (from the ledger), so Ray
@@ -183,9 +185,16 @@ def seed_round(seed: int, args: argparse.Namespace, work: Path) -> dict[str, Any
     plan: list[tuple[str, dict[str, Any], Any]] = [
         ("learned_cold", routing("learned", "learned", True), None),
         ("learned_second", routing("learned", "learned", True), None),
-        ("snapshot", {}, None),
-        ("learned_warm_noprobe", routing("learned", "warm-copy", False), None),
-        ("learned_warm", routing("learned", "learned", True), None),
+    ]
+    # the warm runs: each repeat starts from its own copy of the table the two runs left,
+    # with and without probing, in alternating order so drift favours neither
+    for r in range(args.warm_repeats):
+        pair = [
+            (f"learned_warm.{r}", routing("learned", f"warm-probe-{r}", True), None),
+            (f"learned_warm_noprobe.{r}", routing("learned", f"warm-noprobe-{r}", False), None),
+        ]
+        plan.extend(pair if (seed + r) % 2 == 0 else pair[::-1])
+    plan += [
         ("oracle", routing("learned", "oracle", False), oracle),
         ("round_robin", routing("round_robin", "round_robin", False), None),
         ("equal_shares", routing("equal_shares", "equal_shares", False), None),
@@ -193,21 +202,20 @@ def seed_round(seed: int, args: argparse.Namespace, work: Path) -> dict[str, Any
     if args.static_oracle:
         plan.append(("oracle_static", routing("learned", "oracle_static", False), oracle_static))
     if args.only:  # a development aid: these runs only, no ratios
-        plan = [p for p in plan if p[0] in args.only.split(",")]
-    if seed % 2 and not args.only:  # alternate which warm run goes first, so drift favours neither
-        plan[3], plan[4] = plan[4], plan[3]
+        plan = [p for p in plan if p[0].split(".")[0] in args.only.split(",")]
     results: dict[str, Any] = {}
     with SinkProcess(topology.to_config()) as sink:
         for name, settings, router in plan:
-            if name == "snapshot":
-                shutil.copytree(tables / "learned", tables / "warm-copy")
-                continue
+            table = Path(settings["table"])
+            if name.startswith("learned_warm") and not table.exists():
+                shutil.copytree(tables / "learned", table)
             spec = campaign_spec(csv, topology.mx_override(sink.port), clients, args, settings)
             log(f"seed {seed}: {name} ...")
             run_dir = folder / name
             results[name] = run_once(spec, run_dir, router)
             results[name]["fast_share"] = fast_share(run_dir, topology)
             log(f"seed {seed}: {name} {results[name]}")
+    results = _merge_repeats(results)
     lost = [n for n, r in results.items() if r["accepted"] != r["total"]]
     if args.only:
         return {"seed": seed, "runs": results, "lost_mail": lost}
@@ -227,6 +235,26 @@ def seed_round(seed: int, args: argparse.Namespace, work: Path) -> dict[str, Any
         "ratios": {k: round(v, 3) for k, v in ratios.items()},
         "lost_mail": lost,
     }
+
+
+def _merge_repeats(results: dict[str, Any]) -> dict[str, Any]:
+    """``name.r`` runs become one entry: mean makespan and fast share, every run kept."""
+    merged: dict[str, Any] = {}
+    for name, result in results.items():
+        base, _, repeat = name.partition(".")
+        if not repeat:
+            merged[name] = result
+            continue
+        entry = merged.setdefault(base, {"repeats": []})
+        entry["repeats"].append(result)
+    for entry in merged.values():
+        runs = entry.get("repeats")
+        if runs:
+            entry["makespan_s"] = round(statistics.fmean(r["makespan_s"] for r in runs), 3)
+            entry["fast_share"] = round(statistics.fmean(r["fast_share"] for r in runs), 3)
+            entry["accepted"] = min(r["accepted"] for r in runs)
+            entry["total"] = runs[0]["total"]
+    return merged
 
 
 def summarise(
@@ -289,6 +317,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="mail providers the domains are hosted on (one MX host and one latency "
         "profile each); 0: every domain its own",
     )
+    parser.add_argument(
+        "--warm-repeats",
+        type=int,
+        default=2,
+        help="warm runs with and without probing, each from its own copy of the table",
+    )
     parser.add_argument("--work", type=Path, help="keep run directories here")
     parser.add_argument("--json-out", type=Path, help="also write the JSON here")
     parser.add_argument("--only", help="comma-separated runs (development aid: no ratios)")
@@ -301,6 +335,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.domains, args.recipients, args.providers = 1, 6, 240, 3
+        args.warm_repeats = 1
     return args
 
 

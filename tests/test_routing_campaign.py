@@ -18,6 +18,7 @@ from raymail.campaign import run_campaign
 from raymail.cli import _register, app
 from raymail.ledger import final_outcomes, read_outcomes
 from raymail.routing import explain, show
+from raymail.routing.policy import TRIAL_RECIPIENTS
 from raymail.sink import Rule, SinkConfig, SinkProcess, Topology
 
 pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.slow]
@@ -80,6 +81,17 @@ def test_policy_prefers_the_server_the_topology_makes_faster(tmp_path: Path) -> 
     shares = _share(tmp_path / "run")
     assert _share_of(shares, "alpha.test", A) >= 0.7, shares
     assert _share_of(shares, "beta.test", B) >= 0.7, shares
+
+    # the table was empty: each server's first try of a domain is a trial piece, not a
+    # whole portion, and the pieces' rows are sent once like any other
+    outcomes = read_outcomes(tmp_path / "run")
+    assert outcomes["row"].n_unique() == 600
+    per_portion = outcomes.group_by("source_address", "domain", "portion").agg(
+        pl.len().alias("size"), pl.col("started_at").min()
+    )
+    first = per_portion.sort("started_at").group_by("source_address", "domain").first()
+    assert first.height == 4 and (first["size"] <= TRIAL_RECIPIENTS).all(), first
+    assert per_portion["size"].max() == 10  # known pairs get whole portions
 
     table = show(domain="alpha.test")  # persisted in $RAYMAIL_HOME/routing
     marks = dict(zip(table["server"].to_list(), table["mark"].to_list(), strict=True))

@@ -267,7 +267,7 @@ class CampaignDriver:
         """Dispatch the portions of ``source`` until every row is settled."""
         spec, rd = self.spec, self.rd
         ensure_ray()
-        state = _State(tally=tally, source=source)
+        state = _State(tally=tally, source=source, ready=WorkQueue(new_id=source.new_id))
         self._start_servers(spec.delivery_servers - len(self.servers))  # a resume started some
         self._stage(
             DELIVERING,

@@ -9,8 +9,8 @@ robin, equal shares) live in ``raymail.routing`` and only implement :class:`Rout
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import pyarrow as pa
@@ -39,11 +39,17 @@ class ServerView:
 
 
 class WorkQueue:
-    """Ready portions, one FIFO per domain; domains are served in turn."""
+    """Ready portions, one FIFO per domain; domains are served in turn.
 
-    def __init__(self) -> None:
+    ``new_id`` hands out fresh portion ids; with it, :meth:`pop` can cut a smaller piece
+    off a portion (a router's trial), which then travels under its own id so the ledger,
+    journals and leases never see two pieces under one (portion, attempt).
+    """
+
+    def __init__(self, new_id: Callable[[], int] | None = None) -> None:
         self._by_domain: OrderedDict[str, deque[Work]] = OrderedDict()
         self._count = 0
+        self.new_id = new_id
 
     def __len__(self) -> int:
         return self._count
@@ -71,8 +77,10 @@ class WorkQueue:
         queue = self._by_domain.get(domain)
         return sum(w.task.size for w in queue) if queue else 0
 
-    def pop(self, domain: str | None = None) -> Work | None:
-        """The oldest portion of ``domain`` (or of the next domain in turn)."""
+    def pop(self, domain: str | None = None, *, at_most: int | None = None) -> Work | None:
+        """The oldest portion of ``domain`` (or of the next domain in turn); with
+        ``at_most``, no more than that many of its recipients (the rest stay first in
+        line, under the portion's id; the piece gets a new one)."""
         if not self._by_domain:
             return None
         if domain is None:
@@ -80,6 +88,13 @@ class WorkQueue:
         queue = self._by_domain.get(domain)
         if not queue:
             return None
+        head = queue[0]
+        if at_most is not None and self.new_id is not None and 0 < at_most < head.task.size:
+            rest = head.rows.slice(at_most)
+            queue[0] = Work(replace(head.task, size=rest.num_rows), rest, head.internal_failures)
+            task = replace(head.task, portion=self.new_id(), size=at_most)
+            self._by_domain.move_to_end(domain)
+            return Work(task, head.rows.slice(0, at_most), head.internal_failures)
         work = queue.popleft()
         self._count -= 1
         if queue:

@@ -130,10 +130,14 @@ class PortionStream:
             self._carry = pa.concat_tables([t for _, t in rests])
         return out
 
-    def _portion(self, domain: str, rows: pa.Table) -> tuple[PortionTask, pa.Table]:
-        attempt = int(pc.max(rows.column(PREV_ATTEMPT)).as_py() or 0) + 1
-        task = PortionTask(self.next_id, domain, attempt, rows.num_rows)
+    def new_id(self) -> int:
+        """A portion id nothing else in this run has (for pieces cut off a portion)."""
         self.next_id += 1
         self.portions += 1
+        return self.next_id - 1
+
+    def _portion(self, domain: str, rows: pa.Table) -> tuple[PortionTask, pa.Table]:
+        attempt = int(pc.max(rows.column(PREV_ATTEMPT)).as_py() or 0) + 1
+        task = PortionTask(self.new_id(), domain, attempt, rows.num_rows)
         self.rows += rows.num_rows
         return task, rows.drop([PREV_ATTEMPT])

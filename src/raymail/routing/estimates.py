@@ -22,13 +22,13 @@ from numpy.typing import NDArray
 RCPT, BUSY, TX, OK, BAD = range(5)
 _FIELDS = 5
 PRIOR_RECIPIENTS = 2.0  # weight of the prior, in recipients
-MIN_GROUP_RECIPIENTS = 10.0
+MIN_GROUP_RECIPIENTS = 3.5
 DEFAULT_TAU_S = 0.05  # seconds per recipient when nothing at all is known
 CONFIDENT_TRANSACTIONS = 3.0
-CONFIDENT_RECIPIENTS = 5.0
+CONFIDENT_RECIPIENTS = 3.5  # a trial piece (policy.TRIAL_RECIPIENTS), decayed a little
 # A server that delivered this many recipients to an MX host knows every domain on it
 # (hosted domains share the path and the receiver): the seed's "common network".
-CONFIDENT_MX_RECIPIENTS = 10.0
+CONFIDENT_MX_RECIPIENTS = 3.5
 POOL_MIN = 3  # known domains a group needs before unknown pairs draw from them
 EXCESS_BAD = 0.3  # deferral + failure rate above the domain's best: excluded
 MIN_FATES = 5.0

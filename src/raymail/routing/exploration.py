@@ -1,13 +1,13 @@
 """Which unknown (server, domain) pairs are worth a portion to find out about.
 
-One-step value of information: trying pair p for domain d costs one portion at p's speed
+One-step value of information: trying pair p for domain d costs one trial piece at p's speed
 instead of the best known server's, and pays off on the rest of d's work if p turns out
 faster. With p's possible speeds taken from its group (the per-domain values the server
 showed for domains on the same MX host, network, or anywhere; see
 ``Estimates.pools``),
 
     gain = (rest of d) x E[max(best - tau_p, 0)]
-    cost = (one portion) x E[max(tau_p - best, 0)]
+    cost = (one trial) x E[max(tau_p - best, 0)]
 
 and p is offered when gain > cost; the rest counts every domain on the same MX host, since
 what one of them shows is shared with the others. A domain whose known server is as fast
@@ -43,9 +43,11 @@ def offers(
     work: NDArray[np.float64],
     portions: NDArray[np.int64],
     reach: NDArray[np.float64],
+    trial: float,
 ) -> list[Offer]:
     """Offers for ``candidates`` (unknown, not blocked) in domains with a ``known`` pair;
-    ``reach`` is the work a trial informs (the domain's, or its MX host's when shared)."""
+    ``reach`` is the work a trial informs (the domain's, or its MX host's when shared),
+    ``trial`` the recipients a trial takes at most."""
     best = np.min(np.where(known, mean, np.inf), axis=0, initial=np.inf)
     found: list[Offer] = []
     for i, j in np.argwhere(candidates & np.isfinite(best)[None, :]):
@@ -53,7 +55,7 @@ def offers(
             found.append(Offer(int(i), int(j), PROBATION_VALUE))
             continue
         values = _possible(est, int(i), int(j))
-        size = work[j] / max(int(portions[j]), 1)
+        size = min(work[j] / max(int(portions[j]), 1), trial)
         gain = max(reach[j] - size, 0.0) * float(np.mean(np.maximum(best[j] - values, 0.0)))
         cost = size * float(np.mean(np.maximum(values - best[j], 0.0)))
         if gain > cost:

@@ -15,8 +15,9 @@ appears) the router
 A server whose plan is empty gets nothing: that is how a slow server is kept from holding
 the last portions of a domain a fast server would finish sooner, and how a fast server is
 not buried (the plan gives it only what it can finish by the common end). An unknown pair
-has one portion out at a time, counted per server and MX host (the spec's mx_override and
-probes say which domains share one), so a bad guess costs one portion. A pair whose recent
+has one piece of ``TRIAL_RECIPIENTS`` out at a time, counted per server and MX host (the
+spec's mx_override and probes say which domains share one), so a bad guess costs a few
+recipients' time. A pair whose recent
 transactions turn to 4xx/5xx is demoted for a cooldown (``demotion.py``).
 """
 
@@ -35,7 +36,16 @@ from numpy.typing import NDArray
 from raymail.dispatch import ServerView, Work, WorkQueue
 from raymail.routing.base import BaseRouter, Given, ServerHandles, expected_keys
 from raymail.routing.demotion import Demotions
-from raymail.routing.estimates import BAD, BUSY, OK, RCPT, TX, Estimates, PairStats, estimate
+from raymail.routing.estimates import (
+    BAD,
+    BUSY,
+    OK,
+    RCPT,
+    TX,
+    Estimates,
+    PairStats,
+    estimate,
+)
 from raymail.routing.exploration import offers
 from raymail.routing.model import UNKNOWN_MX, PortionEvidence, network_of
 from raymail.routing.plan import Plan, round_portions, solve
@@ -44,6 +54,10 @@ from raymail.routing.snapshots import estimates_frame, plan_frame
 from raymail.spec import CampaignSpec
 
 REPLAN_S = 0.25
+# A pair without enough evidence gets pieces of this many recipients, not whole portions:
+# enough to be confident about it (estimates.CONFIDENT_RECIPIENTS), and a slow guess
+# costs a few recipients' time instead of a portion's.
+TRIAL_RECIPIENTS = 4
 ACTIVE_S = 5.0  # a server neither asking nor holding work this long is left out of plans
 EXPECTED_GRACE_S = 15.0  # servers the spec promises count as present this long
 END_SLACK_S = 0.2
@@ -74,6 +88,7 @@ class LearnedRouter(BaseRouter):
         self.offers: dict[str, list[str]] = {}  # route key -> domains to try, best first
         self.plan: Plan | None = None
         self.plan_domains: list[str] = []
+        self._planned: set[str] = set()  # the domains the plan was made for
         self._plan_at = -math.inf
         self._dirty = True
         self._mean: dict[Pair, float] = {}
@@ -104,9 +119,11 @@ class LearnedRouter(BaseRouter):
         if server.name not in self.last_seen:
             self._dirty = True
         self.last_seen[server.name] = now
+        waiting = set(queue.domains())
+        if not waiting <= self._planned:  # e.g. retries back from their backoff
+            self._dirty = True
         if self.plan is None or self._dirty or now - self._plan_at >= REPLAN_S:
             self._replan(queue, now)
-        waiting = set(queue.domains())
         # unknown pairs: one portion out per server and MX host (what one teaches, the
         # host's other domains share), so a slow server is not tried twice at once
         held = Counter((g.key, self._host(g.domain)) for g in self.outstanding.values())
@@ -115,7 +132,8 @@ class LearnedRouter(BaseRouter):
             domain, trial = self._next(key, waiting, held)
             if domain is None:
                 break
-            work = queue.pop(domain)
+            unsure = trial or (key, domain) in self._unsure
+            work = queue.pop(domain, at_most=TRIAL_RECIPIENTS if unsure else None)
             if work is None:
                 waiting.discard(domain)
                 continue
@@ -213,6 +231,7 @@ class LearnedRouter(BaseRouter):
         active = self._active_keys(now)
         keys, domains = sorted(active), list(work_by)
         self.plan_domains = domains
+        self._planned = set(domains)
         if not keys or not domains:
             self.quota, self.offers = {}, {}
             self.plan = Plan(np.zeros((len(keys), len(domains))), 0.0)
@@ -249,7 +268,8 @@ class LearnedRouter(BaseRouter):
         groups = self.stats.mx_group[ds]
         shared = np.array([work[groups == g].sum() if g >= 0 else 0.0 for g in groups])
         reach = np.maximum(work, shared)  # what a trial on one domain of an MX teaches
-        for offer in offers(est, mean, known, candidates, probation, work, portions, reach):
+        trial = float(TRIAL_RECIPIENTS)
+        for offer in offers(est, mean, known, candidates, probation, work, portions, reach, trial):
             self.offers.setdefault(keys[offer.server], []).append(domains[offer.domain])
         share = self.settings.exploration * (self._given_total + float(work.sum()))
         self._budget = share - self._explored
