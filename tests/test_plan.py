@@ -55,6 +55,7 @@ def test_capacity_scales_servers_to_target() -> None:
     )
     assert plan.servers == 4 and plan.feasible
     assert plan.estimated_s <= 100
+    assert "about 100 s for 100000 messages (target 100 s)" in plan.message, plan.message
 
 
 def test_capacity_says_when_target_cannot_be_met() -> None:
@@ -68,6 +69,8 @@ def test_capacity_says_when_target_cannot_be_met() -> None:
     )
     assert not plan.feasible and plan.servers == 4
     assert "cannot be met" in plan.message and "would need 67 servers" in plan.message
+    assert plan.message.startswith("target of 60 s cannot be met"), plan.message
+    assert "need about 16.7 min" in plan.message, plan.message  # 1M / (10 x 25 x 4) s
 
 
 def test_capacity_never_shrinks_running_servers() -> None:

@@ -89,14 +89,23 @@ def size_capacity(
     if feasible:
         message = (
             f"{servers} delivery server(s) x {concurrency} connections: "
-            f"about {estimated / 60:.1f} min for {remaining} messages "
-            f"(target {target_s / 60:.1f} min)"
+            f"about {_duration(estimated)} for {remaining} messages "
+            f"(target {_duration(target_s)})"
         )
     else:
         message = (
-            f"target of {target_s / 60:.1f} min cannot be met: at the measured "
+            f"target of {_duration(target_s)} cannot be met: at the measured "
             f"{rate_per_connection:.1f} msg/s per connection, {max_servers} server(s) x "
-            f"{concurrency} connections need about {estimated / 60:.1f} min "
+            f"{concurrency} connections need about {_duration(estimated)} "
             f"(would need {needed} servers)"
         )
     return CapacityPlan(servers, concurrency, estimated, feasible, message)
+
+
+def _duration(seconds: float) -> str:
+    """Seconds under two minutes, minutes under two hours, else hours."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -4,7 +4,7 @@
 The table's deferral rates move slowly (a pair with a thousand good deliveries behind it
 stays "good" for a long time), so the run keeps its own recent average per pair, weighting
 each new transaction by ``EWMA_ALPHA``. Past the cooldown a pair is on probation: it may
-get one portion, and one more bad transaction demotes it again with twice the cooldown.
+get one trial piece, and one more bad transaction demotes it again with twice the cooldown.
 """
 
 from __future__ import annotations
@@ -73,5 +73,5 @@ class Demotions:
             del self._until[pair]
             self.probation.add(pair)
             self._ewma[pair] = max(self._ewma.get(pair, 0.0), DEMOTE_AT)
-            self._event("probation", *pair, "cooldown over: one portion to see")
+            self._event("probation", *pair, "cooldown over: one trial piece to see")
         return bool(over)

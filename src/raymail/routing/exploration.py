@@ -1,4 +1,4 @@
-"""Which unknown (server, domain) pairs are worth a portion to find out about.
+"""Which unknown (server, domain) pairs are worth a trial piece to find out about.
 
 One-step value of information: trying pair p for domain d costs one trial piece at p's speed
 instead of the best known server's, and pays off on the rest of d's work if p turns out
@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 
 from raymail.routing.estimates import PRIOR_RECIPIENTS, Estimates
 
-PROBATION_VALUE = float("inf")  # a pair back from demotion is always worth one portion
+PROBATION_VALUE = float("inf")  # a pair back from demotion is always worth one trial piece
 
 
 @dataclass(frozen=True, slots=True)
