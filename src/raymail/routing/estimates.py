@@ -25,6 +25,7 @@ PRIOR_RECIPIENTS = 2.0  # weight of the prior, in recipients
 MIN_GROUP_RECIPIENTS = 3.5
 DEFAULT_TAU_S = 0.05  # seconds per recipient when nothing at all is known
 CONFIDENT_TRANSACTIONS = 3.0
+BATCHED_RECIPIENTS_PER_TX = 2.0  # transactions this full count as batched sends
 CONFIDENT_RECIPIENTS = 3.5  # a trial piece (policy.TRIAL_RECIPIENTS), decayed a little
 # A server that delivered this many recipients to an MX host knows every domain on it
 # (hosted domains share the path and the receiver): the seed's "common network".
@@ -169,13 +170,21 @@ def estimate(stats: PairStats, ks: NDArray[np.int64], ds: NDArray[np.int64]) -> 
     bad_rate = sub[BAD] / (fates + 1.0)
     own = rcpt >= MIN_GROUP_RECIPIENTS
     source = np.where(own, 0, source)
-    confident = (tx >= CONFIDENT_TRANSACTIONS) & (rcpt >= CONFIDENT_RECIPIENTS)
+    confident = _enough(tx, rcpt)
     confident |= (source == 1) & (mx_recipients >= CONFIDENT_MX_RECIPIENTS)
     judged = fates >= MIN_FATES
     best_bad = np.min(np.where(judged, bad_rate, np.inf), axis=0, initial=np.inf)
     excluded = judged & (bad_rate - best_bad[None, :] >= EXCESS_BAD)
     pools = _pools(stats, total, ks, ds, confident)
     return Estimates(tau, tx, rcpt, bad_rate, fates, source, confident, excluded, busy, pools)
+
+
+def _enough(tx: Floats, rcpt: Floats) -> NDArray[np.bool_]:
+    """Evidence enough to plan with: a trial piece's recipients, in a few transactions, or
+    in fewer when they carry several recipients each (shared content goes to many RCPT
+    per transaction, so a piece may be one transaction)."""
+    batched = rcpt >= BATCHED_RECIPIENTS_PER_TX * tx
+    return np.asarray((rcpt >= CONFIDENT_RECIPIENTS) & ((tx >= CONFIDENT_TRANSACTIONS) | batched))
 
 
 def _pools(
@@ -193,9 +202,7 @@ def _pools(
         return {}
     n_keys, n_domains = len(stats.keys), len(stats.domains)
     rcpt = total[RCPT, :n_keys, :n_domains]
-    known = (total[TX, :n_keys, :n_domains] >= CONFIDENT_TRANSACTIONS) & (
-        rcpt >= CONFIDENT_RECIPIENTS
-    )
+    known = _enough(total[TX, :n_keys, :n_domains], rcpt)
     values = total[BUSY, :n_keys, :n_domains] / np.maximum(rcpt, 1e-12)
     groups: dict[tuple[int, str, int], list[float]] = {}
     for k, d in np.argwhere(known):

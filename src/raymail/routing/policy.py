@@ -353,6 +353,8 @@ class LearnedRouter(BaseRouter):
             self.stats.set_groups(d, mx, network_of(mx))
         if self.demotions.judge((key, evidence.domain), evidence.bad_flags):
             self._dirty = True
+        if (key, evidence.domain) in self._unsure:  # a trial came back: plan with it now
+            self._dirty = True
 
     def on_probes(self, probes: pl.DataFrame) -> None:
         for server, domain, mx, rtt in probes.select(
