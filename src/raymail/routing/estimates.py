@@ -22,14 +22,18 @@ from numpy.typing import NDArray
 RCPT, BUSY, TX, OK, BAD = range(5)
 _FIELDS = 5
 PRIOR_RECIPIENTS = 2.0  # weight of the prior, in recipients
-MIN_GROUP_RECIPIENTS = 3.5
+# A pair without enough evidence gets trial pieces of this many recipients (policy.py);
+# one piece, decayed a little by the table's half-life, is enough to plan with.
+TRIAL_RECIPIENTS = 4
+ONE_PIECE = TRIAL_RECIPIENTS - 0.5
+MIN_GROUP_RECIPIENTS = ONE_PIECE
 DEFAULT_TAU_S = 0.05  # seconds per recipient when nothing at all is known
 CONFIDENT_TRANSACTIONS = 3.0
 BATCHED_RECIPIENTS_PER_TX = 2.0  # transactions this full count as batched sends
-CONFIDENT_RECIPIENTS = 3.5  # a trial piece (policy.TRIAL_RECIPIENTS), decayed a little
+CONFIDENT_RECIPIENTS = ONE_PIECE
 # A server that delivered this many recipients to an MX host knows every domain on it
 # (hosted domains share the path and the receiver): the seed's "common network".
-CONFIDENT_MX_RECIPIENTS = 3.5
+CONFIDENT_MX_RECIPIENTS = ONE_PIECE
 POOL_MIN = 3  # known domains a group needs before unknown pairs draw from them
 EXCESS_BAD = 0.3  # deferral + failure rate above the domain's best: excluded
 MIN_FATES = 5.0

@@ -41,6 +41,7 @@ from raymail.routing.estimates import (
     BUSY,
     OK,
     RCPT,
+    TRIAL_RECIPIENTS,
     TX,
     Estimates,
     PairStats,
@@ -54,10 +55,6 @@ from raymail.routing.snapshots import estimates_frame, plan_frame
 from raymail.spec import CampaignSpec
 
 REPLAN_S = 0.25
-# A pair without enough evidence gets pieces of this many recipients, not whole portions:
-# enough to be confident about it (estimates.CONFIDENT_RECIPIENTS), and a slow guess
-# costs a few recipients' time instead of a portion's.
-TRIAL_RECIPIENTS = 4
 ACTIVE_S = 5.0  # a server neither asking nor holding work this long is left out of plans
 EXPECTED_GRACE_S = 15.0  # servers the spec promises count as present this long
 END_SLACK_S = 0.2
@@ -124,8 +121,9 @@ class LearnedRouter(BaseRouter):
             self._dirty = True
         if self.plan is None or self._dirty or now - self._plan_at >= REPLAN_S:
             self._replan(queue, now)
-        # unknown pairs: one portion out per server and MX host (what one teaches, the
-        # host's other domains share), so a slow server is not tried twice at once
+        # unknown pairs: one trial piece out per server and MX host (what one teaches, the
+        # host's other domains share), so a slow server is not tried twice at once; a piece
+        # costs a few recipients' time where a whole portion would cost a portion's
         held = Counter((g.key, self._host(g.domain)) for g in self.outstanding.values())
         taken: list[Work] = []
         while len(taken) < limit:
