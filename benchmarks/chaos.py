@@ -82,9 +82,9 @@ from raymail.delivery.journal import (
     journal_files,
     journal_states,
 )
-from raymail.ledger import read_outcomes
-from raymail.report import build_report
-from raymail.rundir import RunDir
+from raymail.run.ledger import read_outcomes
+from raymail.run.report import build_report
+from raymail.run.rundir import RunDir
 from raymail.sink import SinkConfig, SinkProcess, read_capture
 
 KINDS = ("driver", "actor", "ray")  # the default mix

@@ -33,7 +33,7 @@ from typing import Any
 import jinja2
 import jinja2.sandbox
 
-from raymail.message import MessageTemplate
+from raymail.compose.message import MessageTemplate
 from raymail.spec import parse_spec
 
 _PARAGRAPH = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\n"

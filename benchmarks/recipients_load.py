@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from raymail.recipients import load_recipients
+from raymail.intake.recipients import load_recipients
 
 _DIRTY = ["no-at-sign.example", "a..b@x.example", "x@bücher.example", "dup@x.example", ""]
 

@@ -65,9 +65,9 @@ from chaos import (
     write_spec,
 )
 
-from raymail.ledger import read_outcomes
-from raymail.recovery import run_state
-from raymail.rundir import RunDir
+from raymail.run.ledger import read_outcomes
+from raymail.run.recovery import run_state
+from raymail.run.rundir import RunDir
 from raymail.sink import SinkConfig, SinkProcess, read_capture
 
 TARGET_FIRST_SEND_S = 15.0

@@ -108,9 +108,9 @@ def run_once(
     spec: Any, run_dir: Path, router: Callable[[Any, Path, Any], Any] | None
 ) -> dict[str, Any]:
     """One campaign; ``router(spec, run_dir, servers)`` replaces the spec's router."""
-    from raymail.campaign import CampaignDriver
-    from raymail.ledger import read_outcomes
-    from raymail.rundir import RunDir
+    from raymail.driver.campaign import CampaignDriver
+    from raymail.run.ledger import read_outcomes
+    from raymail.run.rundir import RunDir
 
     driver = CampaignDriver(spec, RunDir(run_dir), live_progress=False)
     if router is not None:
@@ -133,7 +133,7 @@ def run_once(
 
 def fast_share(run_dir: Path, topology: Any) -> float:
     """Share of recipients the run sent through each domain's fastest server."""
-    from raymail.ledger import final_outcomes, read_outcomes
+    from raymail.run.ledger import final_outcomes, read_outcomes
 
     final = final_outcomes(read_outcomes(run_dir))
     fastest = {d: topology.fastest(d) for d in topology.domains}

@@ -175,7 +175,7 @@ def drive(args: argparse.Namespace) -> int:
 
     import ray
 
-    from raymail.campaign import run_campaign
+    from raymail.driver.campaign import run_campaign
     from raymail.runtime import DELIVERY_RESOURCE, LOCAL_DELIVERY_SLOTS
 
     context = ray.init(
@@ -219,7 +219,7 @@ def _ledger_counts(run_dir: Path, size: int) -> dict[str, int]:
     """Accepted rows (distinct), rows accepted more than once, and missed input rows."""
     import polars as pl
 
-    from raymail.ledger import scan_outcomes
+    from raymail.run.ledger import scan_outcomes
 
     accepted = (
         scan_outcomes(run_dir)

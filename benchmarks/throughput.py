@@ -297,7 +297,7 @@ def build_workload(
     folder: Path, count: int, port: int, connections: int, message_bytes: int
 ) -> Workload:
     """Write the recipient list, size the template to ``message_bytes`` and pre-render."""
-    from raymail.message import MessageTemplate
+    from raymail.compose.message import MessageTemplate
 
     recipients = write_recipients(folder / "recipients.parquet", count)
     email, values = next(_merge_rows(recipients))
@@ -416,7 +416,7 @@ def run_loop(port: int, workload: Workload, connections: int) -> Result:
 
 def run_raymail(spec: Any, run_dir: Path) -> Result:
     """One raymail campaign; the rate uses the run's own sending time (``elapsed_s``)."""
-    from raymail.campaign import run_campaign
+    from raymail.driver.campaign import run_campaign
 
     started = time.perf_counter()
     report = run_campaign(spec, run_dir, live_progress=False)

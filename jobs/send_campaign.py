@@ -19,7 +19,7 @@ try:
 except ImportError:  # running from a source checkout uploaded as the job's working dir
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from raymail.campaign import resume_campaign, run_campaign
+from raymail.driver.campaign import resume_campaign, run_campaign
 from raymail.errors import RaymailError
 from raymail.spec import load_spec
 

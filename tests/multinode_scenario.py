@@ -123,8 +123,8 @@ def _start_cluster(attempts: int = 3) -> tuple[Any, list[Any]]:
 def main(sink_port: int, capture: Path, work: Path) -> dict[str, Any]:
     import ray
 
-    from raymail.campaign import CampaignDriver
-    from raymail.rundir import RunDir
+    from raymail.driver.campaign import CampaignDriver
+    from raymail.run.rundir import RunDir
     from raymail.spec import parse_spec
 
     csv = work / "list.csv"

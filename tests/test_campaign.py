@@ -10,11 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import make_spec, write_csv
-from raymail.campaign import run_campaign
 from raymail.cli import _register, app
+from raymail.driver.campaign import run_campaign
 from raymail.errors import RunDirError, RunLockedError
-from raymail.ledger import final_outcomes, read_observations, read_outcomes
-from raymail.rundir import RunDir
+from raymail.run.ledger import final_outcomes, read_observations, read_outcomes
+from raymail.run.rundir import RunDir
 from raymail.sink import SinkConfig, read_capture, run_sink
 
 pytestmark = pytest.mark.usefixtures("ray_session")

@@ -10,8 +10,8 @@ import pytest
 from certs import self_signed
 from conftest import make_spec, write_csv
 from dns_server import Dnsmasq, free_port
-from raymail.campaign import run_campaign
-from raymail.ledger import final_outcomes, read_observations, read_outcomes
+from raymail.driver.campaign import run_campaign
+from raymail.run.ledger import final_outcomes, read_observations, read_outcomes
 from raymail.sink import SinkConfig, read_capture, run_sink
 from system_packages import require_binary
 

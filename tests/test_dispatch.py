@@ -6,8 +6,8 @@ import itertools
 
 import pyarrow as pa
 
-from raymail.dispatch import Work, WorkQueue
-from raymail.plan import PortionTask
+from raymail.driver.dispatch import Work, WorkQueue
+from raymail.driver.plan import PortionTask
 
 
 def _work(portion: int, domain: str, rows: list[int], attempt: int = 1) -> Work:

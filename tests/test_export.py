@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from conftest import make_spec
 from raymail.cli import _register, app
-from raymail.export import RunExport
-from raymail.rundir import RunDir
+from raymail.run.export import RunExport
+from raymail.run.rundir import RunDir
 
 _register()
 runner = CliRunner()

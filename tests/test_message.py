@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from raymail.compose.message import MessageTemplate
+from raymail.compose.verp import TOKEN_LENGTH, TokenKind, decode_token, decode_verp, recipient_tag
 from raymail.errors import TemplateError
-from raymail.message import MessageTemplate
 from raymail.spec import CampaignSpec, parse_spec
-from raymail.verp import TOKEN_LENGTH, TokenKind, decode_token, decode_verp, recipient_tag
 
 SECRET = "s3cret"
 URL = "https://sender.example/unsubscribe/{token}"

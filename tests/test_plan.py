@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from raymail.plan import size_capacity, split_portions
+from raymail.driver.plan import size_capacity, split_portions
 
 
 def _table(domains: list[str]) -> pa.Table:

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from raymail.progress import ProgressReporter, Tally
+from raymail.driver.progress import ProgressReporter, Tally
 
 
 def test_plain_line_has_every_field_and_no_escape_codes(capsys: pytest.CaptureFixture[str]) -> None:

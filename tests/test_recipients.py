@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raymail.address import check_address
 from raymail.errors import RecipientError
-from raymail.recipients import load_recipients, write_rejects
+from raymail.intake.address import check_address
+from raymail.intake.recipients import load_recipients, write_rejects
 from raymail.schema import REJECTS_SCHEMA
 
 

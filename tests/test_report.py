@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raymail import report
+from raymail.run import report
 from raymail.schema import ACCEPTED, DEFERRED, FAILED, IN_DOUBT, OUTCOME_SCHEMA
 
 

@@ -17,7 +17,7 @@ import polars as pl
 import pytest
 
 from conftest import make_spec, write_csv
-from raymail.campaign import resume_campaign, run_campaign
+from raymail.driver.campaign import resume_campaign, run_campaign
 from raymail.sink import SinkConfig, read_capture, run_sink
 
 pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.slow]

@@ -20,7 +20,8 @@ import polars as pl
 import pytest
 
 from conftest import make_spec, write_csv
-from raymail.campaign import run_campaign
+from raymail.compose.verp import TokenKind, TokenSigner
+from raymail.driver.campaign import run_campaign
 from raymail.returns.config import ReturnsConfig
 from raymail.returns.ledger_import import import_ledger
 from raymail.returns.process import ReturnsProcessor
@@ -28,7 +29,6 @@ from raymail.returns.runner import RunningReturnsServer, run_returns_server
 from raymail.returns.store import ReturnsStore
 from raymail.sink import SinkConfig, iter_capture, read_capture, run_sink
 from raymail.spec import ReturnsSettings
-from raymail.verp import TokenKind, TokenSigner
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session"), pytest.mark.timeout(400)]
 

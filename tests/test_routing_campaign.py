@@ -14,11 +14,11 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import make_spec, write_csv
-from raymail.campaign import run_campaign
 from raymail.cli import _register, app
-from raymail.ledger import final_outcomes, read_outcomes
+from raymail.driver.campaign import run_campaign
 from raymail.routing import explain, show
 from raymail.routing.policy import TRIAL_RECIPIENTS
+from raymail.run.ledger import final_outcomes, read_outcomes
 from raymail.sink import Rule, SinkConfig, SinkProcess, Topology
 
 pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.slow]

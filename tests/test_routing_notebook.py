@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_spec, write_csv
-from raymail.campaign import run_campaign
+from raymail.driver.campaign import run_campaign
 from raymail.sink import Rule, SinkConfig, SinkProcess, Topology
 
 pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.slow]

@@ -14,10 +14,10 @@ import pytest
 from conftest import make_spec
 from dns_server import free_port
 from raymail.errors import RecipientError, StorageError
-from raymail.export import RunExport
-from raymail.recipients import load_recipients
+from raymail.intake.recipients import load_recipients
+from raymail.intake.staging import locate
+from raymail.run.export import RunExport
 from raymail.spec import S3Settings
-from raymail.storage import locate
 
 BUCKET = "lists"
 _KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
@@ -119,7 +119,7 @@ def test_export_to_a_missing_bucket_fails_before_sending(s3_env: str, tmp_path: 
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 def test_campaign_reads_s3_and_exports_its_parquet(s3_env: str, tmp_path: Path) -> None:
-    from raymail.campaign import run_campaign
+    from raymail.driver.campaign import run_campaign
     from raymail.sink import SinkConfig, read_capture, run_sink
 
     n = 250

@@ -16,12 +16,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import make_spec, write_csv
-from raymail.campaign import run_campaign
-from raymail.intake import intake_recipients
-from raymail.ledger import COMPACT_PARTS, Ledger, final_outcomes, ledger_parts, read_outcomes
-from raymail.portion_stream import PortionStream
-from raymail.recipients import load_recipients
-from raymail.rundir import RunDir
+from raymail.driver.campaign import run_campaign
+from raymail.driver.portions import PortionStream
+from raymail.intake.recipients import load_recipients
+from raymail.intake.stream import intake_recipients
+from raymail.run.ledger import COMPACT_PARTS, Ledger, final_outcomes, ledger_parts, read_outcomes
+from raymail.run.rundir import RunDir
 from raymail.schema import OUTCOME_SCHEMA
 from raymail.sink import SinkConfig, read_capture, run_sink
 

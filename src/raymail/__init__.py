@@ -17,11 +17,11 @@ _EXPORTS = {
     "CampaignSpec": "raymail.spec",
     "load_spec": "raymail.spec",
     "parse_spec": "raymail.spec",
-    "run_campaign": "raymail.campaign",
-    "build_report": "raymail.report",
-    "read_outcomes": "raymail.ledger",
-    "read_observations": "raymail.ledger",
-    "load_recipients": "raymail.recipients",
+    "run_campaign": "raymail.driver.campaign",
+    "build_report": "raymail.run.report",
+    "read_outcomes": "raymail.run.ledger",
+    "read_observations": "raymail.run.ledger",
+    "load_recipients": "raymail.intake.recipients",
     "RaymailError": "raymail.errors",
     "SpecError": "raymail.errors",
     "RecipientError": "raymail.errors",
@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from raymail.campaign import run_campaign
+    from raymail.driver.campaign import run_campaign
     from raymail.errors import (
         DeliveryError,
         RaymailError,
@@ -60,9 +60,9 @@ if TYPE_CHECKING:
         SpecError,
         TemplateError,
     )
-    from raymail.ledger import read_observations, read_outcomes
-    from raymail.recipients import load_recipients
-    from raymail.report import build_report
+    from raymail.intake.recipients import load_recipients
+    from raymail.run.ledger import read_observations, read_outcomes
+    from raymail.run.report import build_report
     from raymail.spec import CampaignSpec, load_spec, parse_spec
 
 

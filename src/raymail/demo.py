@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raymail.campaign import run_campaign
+from raymail.driver.campaign import run_campaign
 from raymail.sink import SinkConfig, SinkProcess, read_capture
 from raymail.spec import CampaignSpec
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from conftest import write_csv
-from raymail.recipients import load_recipients
-from raymail.rundir import RECIPIENTS, RunDir
+from raymail.compose.verp import TokenKind, TokenSigner
+from raymail.intake.recipients import load_recipients
+from raymail.run.rundir import RECIPIENTS, RunDir
 from raymail.spec import parse_spec
-from raymail.verp import TokenKind, TokenSigner
 
 SECRET = "server-secret"
 PEOPLE = ["ann@a.test", "bob@b.test", "cy@c.test"]

@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 
 from raymail.cli import _register, app
 from raymail.delivery.records import OutcomeBuilder
-from raymail.ledger import Ledger
 from raymail.returns.classify import Classification
 from raymail.returns.config import ReturnsConfig
 from raymail.returns.events import events_for
@@ -23,6 +22,7 @@ from raymail.returns.process import ReturnsProcessor
 from raymail.returns.reclassify import reclassify
 from raymail.returns.report import returns_report
 from raymail.returns.store import ReturnsStore
+from raymail.run.ledger import Ledger
 from raymail.schema import ACCEPTED, FAILED
 from raymail.spec import ReturnsSettings
 

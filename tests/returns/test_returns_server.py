@@ -17,12 +17,12 @@ import pytest
 import yaml
 from returnruns import SECRET, make_run, verp
 
+from raymail.compose.verp import TokenKind, TokenSigner
 from raymail.returns.archive import Archive
 from raymail.returns.config import ReturnsConfig
 from raymail.returns.runner import RunningReturnsServer, run_returns_server
 from raymail.returns.store import ReturnsStore
 from raymail.spec import ReturnsSettings
-from raymail.verp import TokenKind, TokenSigner
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raymail.campaign import CampaignDriver
+from raymail.driver.campaign import CampaignDriver
 from raymail.errors import ReturnsError, SpecError
 from raymail.returns.config import parse_returns_config
-from raymail.rundir import RECIPIENTS, RunDir
+from raymail.run.rundir import RECIPIENTS, RunDir
 from raymail.schema import ACCEPTED, SUPPRESSED
 from raymail.spec import parse_spec
 

@@ -124,7 +124,7 @@ def import_(
     from raymail.returns.ledger_import import import_ledger
     from raymail.returns.process import ReturnsProcessor
     from raymail.returns.store import ReturnsStore
-    from raymail.rundir import MANIFEST
+    from raymail.run.rundir import MANIFEST
 
     run_dirs = [p for p in paths if (p / MANIFEST).exists()]
     mail = [p for p in paths if p not in run_dirs]

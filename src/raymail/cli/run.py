@@ -50,7 +50,7 @@ def send(
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Send a campaign described by a spec file."""
-    from raymail.campaign import run_campaign
+    from raymail.driver.campaign import run_campaign
     from raymail.spec import load_spec
 
     result = run_campaign(load_spec(spec), run_dir)
@@ -76,7 +76,7 @@ def resume(
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Continue a killed or stopped run: nobody accepted is sent again, nobody is skipped."""
-    from raymail.campaign import resume_campaign
+    from raymail.driver.campaign import resume_campaign
 
     result = resume_campaign(run_dir, in_doubt=in_doubt.value if in_doubt else None)
     if result.get("note"):
@@ -90,7 +90,7 @@ def report(
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Summarise a run (finished, running or killed) from its run directory."""
-    from raymail.report import build_report
+    from raymail.run.report import build_report
 
     result = build_report(run_dir)
     print_json(result) if json_output else print_report(result)
@@ -101,7 +101,7 @@ def status(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
 ) -> None:
     """Where a run is: its stage and how far it got."""
-    from raymail.report import build_report
+    from raymail.run.report import build_report
 
     result = build_report(run_dir)
     settled = sum(result[k] for k in ("accepted", "deferred", "failed", "in_doubt"))
@@ -124,8 +124,8 @@ def export(
     ] = None,
 ) -> None:
     """Copy a run's Parquet and JSON to its export destination (again, e.g. after a failure)."""
-    from raymail.export import RunExport
-    from raymail.rundir import RunDir
+    from raymail.run.export import RunExport
+    from raymail.run.rundir import RunDir
 
     spec = RunDir(run_dir).spec()
     dest = to or spec.export

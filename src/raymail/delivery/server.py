@@ -19,11 +19,13 @@ from typing import Any
 import pyarrow as pa
 import ray
 
+from raymail.compose.message import MessageTemplate
 from raymail.delivery.journal import ACCEPTED as JOURNAL_ACCEPTED
 from raymail.delivery.journal import DEFERRED as JOURNAL_DEFERRED
 from raymail.delivery.journal import DROPPED_AFTER_DATA, Fenced, FenceGuard, Journal
 from raymail.delivery.journal import FAILED as JOURNAL_FAILED
 from raymail.delivery.journal import IN_FLIGHT as JOURNAL_IN_FLIGHT
+from raymail.delivery.metrics import DeliveryMetrics
 from raymail.delivery.mx import MXResolver, MXTarget
 from raymail.delivery.pool import ConnectionPool
 from raymail.delivery.records import ObservationBuilder, OutcomeBuilder, from_ipc, now, to_ipc
@@ -35,10 +37,8 @@ from raymail.delivery.smtp_client import (
     SmtpRefused,
     Transaction,
 )
+from raymail.driver.plan import PortionTask
 from raymail.errors import MXResolutionError, SmtpProtocolError, TemplateError
-from raymail.message import MessageTemplate
-from raymail.metrics import DeliveryMetrics
-from raymail.plan import PortionTask
 from raymail.schema import ACCEPTED, DEFERRED, FAILED, IN_DOUBT
 from raymail.spec import CampaignSpec
 

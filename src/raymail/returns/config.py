@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from raymail.errors import ReturnsError, SpecError
 from raymail.returns.registry import CampaignRegistry, KnownCampaign
-from raymail.rundir import SPEC, RunDir
+from raymail.run.rundir import SPEC, RunDir
 from raymail.spec import ReturnsSettings, _format_error, load_spec
 
 

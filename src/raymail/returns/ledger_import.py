@@ -16,11 +16,11 @@ from pathlib import Path
 import polars as pl
 
 from raymail.errors import RunDirError
-from raymail.ledger import read_outcomes
 from raymail.returns import reasons
 from raymail.returns.events import current_events
 from raymail.returns.process import FlushResult, ReturnsProcessor
-from raymail.rundir import MANIFEST
+from raymail.run.ledger import read_outcomes
+from raymail.run.rundir import MANIFEST
 from raymail.schema import FAILED
 
 _NOT_THE_ADDRESS = ("template:", "internal error:")

@@ -24,6 +24,7 @@ from typing import Final
 
 import polars as pl
 
+from raymail.compose.verp import TokenKind
 from raymail.returns.archive import ArchivedMessage
 from raymail.returns.classify import Classification, classify_message
 from raymail.returns.events import events_for
@@ -37,7 +38,6 @@ from raymail.returns.reasons import (
 from raymail.returns.registry import CampaignRegistry, Decoded
 from raymail.returns.rules import decide, history_for, relevant_categories
 from raymail.returns.store import ReturnsStore
-from raymail.verp import TokenKind
 
 log = logging.getLogger(__name__)
 

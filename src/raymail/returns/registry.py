@@ -1,7 +1,7 @@
 """Known campaigns: which return addresses are ours, and whom a token stands for.
 
 A VERP token carries a keyed hash of the campaign and of the recipient, not the addresses
-(see :mod:`raymail.verp`). The registry knows each campaign's id, secret and domains (from
+(see :mod:`raymail.compose.verp`). The registry knows each campaign's id, secret and domains (from
 campaign specs, run directories, or folders of run directories that it rescans when a token
 it cannot place arrives, at most every few seconds), and turns a recipient tag back into
 the address through the run's ``recipients.parquet``: tags are computed once per run and
@@ -23,11 +23,11 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow.parquet as pq
 
+from raymail.compose.message import BOUNCE_LOCAL
+from raymail.compose.verp import TokenKind, campaign_tag, decode_token, recipient_tag
 from raymail.errors import RaymailError
-from raymail.message import BOUNCE_LOCAL
-from raymail.rundir import RECIPIENTS, SPEC, RunDir
+from raymail.run.rundir import RECIPIENTS, SPEC, RunDir
 from raymail.spec import CampaignSpec
-from raymail.verp import TokenKind, campaign_tag, decode_token, recipient_tag
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import polars as pl
 
 from raymail.errors import RoutingError
-from raymail.ledger import read_observations, read_outcomes
 from raymail.routing.runlog import POLICY, ROUTING_DIR
 from raymail.routing.views import show
+from raymail.run.ledger import read_observations, read_outcomes
 
 _ROUTE = pl.coalesce(pl.col("source_address"), pl.col("server")).alias("server")
 

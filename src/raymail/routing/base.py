@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import polars as pl
 import pyarrow as pa
 
-from raymail.dispatch import ServerView, Work, WorkQueue
+from raymail.driver.dispatch import ServerView, Work, WorkQueue
 from raymail.routing.model import Evidence, PortionEvidence, portion_evidence, route_key
 from raymail.routing.runlog import SERVERS, RunRecords
 from raymail.routing.scheduler import ProbeScheduler
@@ -60,7 +60,7 @@ def expected_keys(spec: CampaignSpec) -> list[str]:
 
 
 class BaseRouter:
-    """Router plumbing; subclasses implement :meth:`take` (see ``raymail.dispatch``)."""
+    """Router plumbing; subclasses implement :meth:`take` (see ``raymail.driver.dispatch``)."""
 
     policy: ClassVar[str] = "base"
 

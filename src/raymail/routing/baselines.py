@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raymail.dispatch import ServerView, Work, WorkQueue
+from raymail.driver.dispatch import ServerView, Work, WorkQueue
 from raymail.routing.base import BaseRouter, ServerHandles, expected_keys
 from raymail.routing.plan import round_portions, solve
 from raymail.spec import CampaignSpec

@@ -33,7 +33,7 @@ import numpy as np
 import polars as pl
 from numpy.typing import NDArray
 
-from raymail.dispatch import ServerView, Work, WorkQueue
+from raymail.driver.dispatch import ServerView, Work, WorkQueue
 from raymail.routing.base import BaseRouter, Given, ServerHandles, expected_keys
 from raymail.routing.demotion import Demotions
 from raymail.routing.estimates import (

@@ -60,7 +60,7 @@ def _domains(spec: CampaignSpec, domains: Sequence[str] | None) -> list[str]:
         if not cleaned:
             raise RoutingError("domains: every value given was empty")
         return list(dict.fromkeys(cleaned))
-    from raymail.recipients import load_recipients
+    from raymail.intake.recipients import load_recipients
 
     loaded = load_recipients(spec.recipients)
     counts = pl.from_arrow(loaded.table.select(["domain"]))

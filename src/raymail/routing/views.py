@@ -15,10 +15,10 @@ from typing import Any
 import polars as pl
 
 from raymail.errors import RoutingError
-from raymail.ledger import read_observations, read_outcomes
 from raymail.routing.runlog import read_records
 from raymail.routing.table import RoutingTable
-from raymail.rundir import MANIFEST
+from raymail.run.ledger import read_observations, read_outcomes
+from raymail.run.rundir import MANIFEST
 
 SHOW_COLUMNS = (
     "server", "domain", "mx_host", "network", "mark", "ms_per_recipient",

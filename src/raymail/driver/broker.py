@@ -17,7 +17,7 @@ from typing import Any
 
 import ray
 
-from raymail.plan import PortionTask
+from raymail.driver.plan import PortionTask
 
 Offer = tuple[PortionTask, Any]  # (task, ObjectRef of the rows as Arrow IPC bytes)
 

@@ -3,7 +3,7 @@
 The ``email`` package builds correct messages but costs hundreds of microseconds each; here
 every per-message step is a string operation or one C call (``binascii.b2a_qp``). The
 ``email`` package is still used where speed does not matter: once per campaign, for the
-static address headers (see :mod:`raymail.message`).
+static address headers (see :mod:`raymail.compose.message`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The A server (driver) must not hold a list of millions in memory, so the list is read in
 batches (``pyarrow.dataset`` for Parquet, pyarrow's streaming CSV reader for CSV), each batch
-validated with the same vectorised checks as :func:`raymail.recipients.load_recipients`, and
+validated with the same vectorised checks as :func:`raymail.intake.recipients.load_recipients`, and
 written straight to ``recipients.parquet`` and ``rejects.parquet`` (temp names, renamed when
 complete, so a half-read list never looks like a whole one).
 
@@ -34,7 +34,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from raymail.errors import RecipientError
-from raymail.recipients import (
+from raymail.intake.recipients import (
     _MAX_REJECT_VALUE,
     REJECTS_FILE,
     _as_string,
@@ -45,8 +45,8 @@ from raymail.recipients import (
     _Malformed,
     _validate,
 )
+from raymail.intake.staging import locate
 from raymail.schema import DOMAIN, EMAIL, REJECTS_SCHEMA, ROW
-from raymail.storage import locate
 
 __all__ = ["BATCH_ROWS", "IntakeResult", "SeenKeys", "intake_recipients"]
 

@@ -3,7 +3,7 @@
 The driver holds Arrow tables and object references, never per-recipient Python objects,
 and never the whole list: it is validated batch by batch into the run directory
 (``intake``) and read back a batch at a time only when the queue of portions runs low
-(``portion_stream``), so memory stays flat as the list grows. Delivery servers do the
+(``driver.portions``), so memory stays flat as the list grows. Delivery servers do the
 per-recipient work and hand back Arrow batches. Stages are recorded
 in the run directory (the seed's checkpoints P100..P699) so a killed run resumes where it
 stopped, with nobody sent twice (the journals say who was accepted) and nobody skipped.
@@ -26,7 +26,6 @@ import pyarrow.compute as pc
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
-from raymail.broker import BrokerPoll, WorkBrokerActor
 from raymail.delivery.journal import (
     FENCE_WAIT_S,
     JOURNAL_DIR,
@@ -36,22 +35,23 @@ from raymail.delivery.journal import (
 )
 from raymail.delivery.records import OutcomeBuilder, now, to_ipc
 from raymail.delivery.server import DeliveryServerActor, PortionResult, ServerStats
-from raymail.dispatch import LeastLoadedRouter, ServerView, Work, WorkQueue
+from raymail.driver.broker import BrokerPoll, WorkBrokerActor
+from raymail.driver.dispatch import LeastLoadedRouter, ServerView, Work, WorkQueue
+from raymail.driver.plan import PortionTask, size_capacity
+from raymail.driver.portions import PortionStream
+from raymail.driver.progress import ProgressReporter, Tally
 from raymail.errors import DeliveryError
-from raymail.export import start_export
-from raymail.intake import intake_recipients
-from raymail.ledger import Ledger
-from raymail.plan import PortionTask, size_capacity
-from raymail.portion_stream import PortionStream
-from raymail.progress import ProgressReporter, Tally
-from raymail.recovery import recovered_outcomes, run_state
-from raymail.report import build_report
+from raymail.intake.staging import stage_recipients
+from raymail.intake.stream import intake_recipients
 from raymail.routing import make_router
-from raymail.rundir import RECIPIENTS, REPORT, RunDir, write_json_atomic
+from raymail.run.export import start_export
+from raymail.run.ledger import Ledger
+from raymail.run.recovery import recovered_outcomes, run_state
+from raymail.run.report import build_report
+from raymail.run.rundir import RECIPIENTS, REPORT, RunDir, write_json_atomic
 from raymail.runtime import DELIVERY_RESOURCE, delivery_slots, ensure_ray
 from raymail.schema import ACCEPTED, DEFERRED, FAILED, IN_DOUBT, SUPPRESSED
 from raymail.spec import CampaignSpec
-from raymail.storage import stage_recipients
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Load, validate and normalise a recipient list into one Arrow table, plus its rejects.
 
 :func:`load_recipients` loads a whole list at once (CLI checks, tests); the A server (driver)
-streams lists of millions through :mod:`raymail.intake`, which applies these same checks
+streams lists of millions through :mod:`raymail.intake.stream`, which applies these same checks
 batch by batch. Either way the common case never touches Python per row: the whole
 ``email`` column is checked by one RE2 match and a few string kernels, and only the rows
 that fail that fast check (bad addresses, non-ASCII domains, stray non-breaking spaces) go through
@@ -30,11 +30,11 @@ import pyarrow.csv as pa_csv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from raymail.address import ATEXT, MAX_ADDRESS, MAX_LOCAL, check_address
 from raymail.errors import RecipientError
+from raymail.intake.address import ATEXT, MAX_ADDRESS, MAX_LOCAL, check_address
+from raymail.intake.staging import Location, locate
 from raymail.schema import DOMAIN, EMAIL, REJECTS_SCHEMA, ROW
 from raymail.spec import S3Settings
-from raymail.storage import Location, locate
 
 __all__ = ["RecipientLoad", "load_recipients", "write_rejects"]
 

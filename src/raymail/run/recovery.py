@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raymail.delivery.journal import journal_files, journal_states
-from raymail.ledger import final_outcomes, read_outcomes
+from raymail.run.ledger import final_outcomes, read_outcomes
 from raymail.schema import ACCEPTED, DEFERRED, FAILED, IN_DOUBT, OUTCOME_SCHEMA
 
 # Journal state -> outcome status. "I" alone (in flight, no fate) means the process died

@@ -27,11 +27,11 @@ from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, meta
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
-from raymail.address import MAX_LOCAL, check_address
+from raymail.compose.mime import DateHeader, clean_header_text, encode_body, encode_subject, to_crlf
+from raymail.compose.verp import TokenKind, TokenSigner
 from raymail.errors import TemplateError
-from raymail.mime import DateHeader, clean_header_text, encode_body, encode_subject, to_crlf
+from raymail.intake.address import MAX_LOCAL, check_address
 from raymail.spec import CampaignSpec, sender_address
-from raymail.verp import TokenKind, TokenSigner
 
 __all__ = ["CAMPAIGN_HEADER", "MessageTemplate"]
 

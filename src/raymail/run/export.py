@@ -26,9 +26,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from raymail.errors import StorageError
-from raymail.rundir import MANIFEST, OBSERVATIONS, OUTCOMES, RECIPIENTS, REJECTS, REPORT
+from raymail.intake.staging import Location, locate
+from raymail.run.rundir import MANIFEST, OBSERVATIONS, OUTCOMES, RECIPIENTS, REJECTS, REPORT
 from raymail.spec import CampaignSpec, S3Settings
-from raymail.storage import Location, locate
 
 __all__ = ["RunExport", "start_export"]
 

@@ -17,7 +17,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raymail.rundir import OBSERVATIONS, OUTCOMES
+from raymail.run.rundir import OBSERVATIONS, OUTCOMES
 from raymail.schema import OBSERVATION_SCHEMA, OUTCOME_SCHEMA
 
 COMPACT_PARTS = 16  # small parts merged into one, so a long run keeps few files

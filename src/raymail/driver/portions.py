@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from raymail.intake import BATCH_ROWS
-from raymail.plan import PortionTask
+from raymail.driver.plan import PortionTask
+from raymail.intake.stream import BATCH_ROWS
 from raymail.schema import DOMAIN, ROW
 
 __all__ = ["PREV_ATTEMPT", "PortionStream"]

@@ -13,8 +13,8 @@ from typing import Any
 import polars as pl
 import pyarrow.parquet as pq
 
-from raymail.ledger import final_outcomes, retry_merged, scan_outcomes
-from raymail.rundir import REJECTS, RunDir
+from raymail.run.ledger import final_outcomes, retry_merged, scan_outcomes
+from raymail.run.rundir import REJECTS, RunDir
 from raymail.schema import ACCEPTED, DEFERRED, FAILED, IN_DOUBT, SUPPRESSED
 
 _LISTED = 1000  # in-doubt recipients named in the report; all are in the ledger

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import pyarrow as pa
 
-from raymail.plan import PortionTask
+from raymail.driver.plan import PortionTask
 
 
 @dataclass(slots=True)
