@@ -16,6 +16,8 @@ builtin that fits, so callers may catch either::
     ├── RoutingError(ValueError)         routing input is unusable (names the field or path)
     ├── StorageError(OSError)            object storage (s3://) or an export folder failed
     ├── SinkConfigError(ValueError)      the embedded sink's config is invalid (names the key)
+    ├── TrackingError(ValueError)        tracking data, a query, archive or follow-up is unusable
+    │   └── EventRowError                an event row is invalid (names the row and the key)
     └── SinkError(RuntimeError)          the embedded sink cannot start, stop or report
 
 Errors about a single bad row, recipient or message never stop a run: they are recorded
@@ -80,3 +82,11 @@ class SinkError(RaymailError, RuntimeError):
 
 class RoutingError(RaymailError, ValueError):
     """A routing command got unusable input (names the field, run directory or table)."""
+
+
+class TrackingError(RaymailError, ValueError):
+    """Tracking data is unusable: a bad event, query, archive or follow-up request."""
+
+
+class EventRowError(TrackingError):
+    """An event row is invalid (names the row and the key); nothing of its batch is kept."""
