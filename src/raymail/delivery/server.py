@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -77,7 +77,9 @@ class ServerStats:
     active_portions: int = 0
     open_connections: int = 0
     connections_opened: int = 0
-    last_progress: float = field(default_factory=time.time)
+    # Seconds since the server last made progress, on its own monotonic clock (set when
+    # the stats are read): the driver judges stalls from it, never from wall clocks.
+    since_progress_s: float = 0.0
     node_id: str = ""  # the Ray node it runs on (placement, and what a node loss took)
 
 
@@ -129,6 +131,7 @@ class DeliveryServer:
         self._resolver: MXResolver | None = None
         self._pool: ConnectionPool | None = None
         self.stats = ServerStats(name, node_id=_node_id())
+        self._progress_at = time.monotonic()  # the last SMTP transaction or portion done
         self.metrics = DeliveryMetrics(spec.campaign, name, spec.metrics_domains)
         self.journal = Journal(Path(journal_dir), name) if journal_dir else None
         self.fence = FenceGuard(Path(journal_dir), epoch) if journal_dir else None
@@ -348,7 +351,7 @@ class DeliveryServer:
                 continue
             pending.popleft()
             self._record(job, tx, task, target, out)
-            self.stats.last_progress = time.time()
+            self._progress_at = time.monotonic()
             worst = max((r.klass for r in (tx.mail, *tx.rcpts)), default=2)
             if tx.data is not None:
                 worst = max(worst, tx.data.klass)
@@ -469,7 +472,7 @@ class DeliveryServer:
                 stats.deferred += 1
             else:
                 stats.failed += 1
-        stats.last_progress = time.time()
+        self._progress_at = time.monotonic()
         if self._pool is not None:
             stats.open_connections = self._pool.open_connections
             stats.connections_opened = self._pool.opened_total
@@ -497,7 +500,7 @@ class DeliveryServer:
                 break
         if active:
             await asyncio.wait(active)
-        return self.stats
+        return self._current_stats()
 
     async def _pull_one(self, broker: Any, task: PortionTask, rows_ref: Any) -> None:
         try:
@@ -508,10 +511,14 @@ class DeliveryServer:
             return
         await broker.complete.remote(result)
 
+    def _current_stats(self) -> ServerStats:
+        self.stats.since_progress_s = time.monotonic() - self._progress_at
+        return self.stats
+
     @ray.method(concurrency_group="control")
     async def heartbeat(self) -> ServerStats:
         """Counters for the driver's watchdog; never queued behind sends."""
-        return self.stats
+        return self._current_stats()
 
     @ray.method(concurrency_group="control")
     async def probe(
@@ -545,7 +552,7 @@ class DeliveryServer:
         """Close pooled connections politely."""
         if self._pool is not None:
             await self._pool.close()
-        return self.stats
+        return self._current_stats()
 
 
 def _node_id() -> str:

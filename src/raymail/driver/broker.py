@@ -4,7 +4,8 @@ In pull mode each delivery server runs a loop that asks this small async actor f
 portions as it has free connections; the driver reads the requests, lets the router choose
 portions, and leaves them here. Finished portions come back the same way. The broker also
 remembers when each server last asked, so the driver can reclaim the work of a server that
-stopped asking.
+stopped asking. The broker says how long ago, in seconds on its own monotonic clock, so
+no wall clocks are compared across machines.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class BrokerPoll:
     """What the driver learns from one poll."""
 
     wanted: dict[str, int]  # free slots each server announced and was not yet given
-    last_seen: dict[str, float]  # time.time() of each server's last request
+    silent_s: dict[str, float]  # seconds since each server's last request (broker's clock)
     results: list[Any] = field(default_factory=list)  # PortionResult objects
     failures: list[tuple[str, PortionTask, str]] = field(default_factory=list)
 
@@ -51,7 +52,7 @@ class WorkBroker:
 
     async def take(self, server: str, free: int, wait_s: float = 1.0) -> tuple[list[Offer], bool]:
         """A server asks for up to ``free`` portions; waits briefly when none are ready."""
-        self._last_seen[server] = time.time()
+        self._last_seen[server] = time.monotonic()
         self._wanted[server] = free
         outbox = self._outbox.setdefault(server, [])
         if not outbox and not self._closed and free > 0:
@@ -62,7 +63,7 @@ class WorkBroker:
         items = outbox[:free]
         del outbox[:free]
         self._wanted[server] = max(free - len(items), 0)
-        self._last_seen[server] = time.time()
+        self._last_seen[server] = time.monotonic()
         return items, self._closed
 
     async def offer(self, server: str, items: list[Offer]) -> None:
@@ -78,7 +79,9 @@ class WorkBroker:
 
     async def poll(self) -> BrokerPoll:
         """Requests and finished work since the last poll (results are handed over once)."""
-        poll = BrokerPoll(dict(self._wanted), dict(self._last_seen))
+        now = time.monotonic()
+        silent = {server: now - seen for server, seen in self._last_seen.items()}
+        poll = BrokerPoll(dict(self._wanted), silent)
         poll.results, self._results = self._results, []
         poll.failures, self._failures = self._failures, []
         return poll

@@ -109,7 +109,13 @@ class WorkQueue:
 
 
 class Router(Protocol):
-    """Chooses which queued portions a delivery server takes next."""
+    """Everything the driver asks of a routing policy (``raymail.routing`` implements it).
+
+    The driver calls :meth:`take` whenever a server has room, :meth:`observe` for every
+    finished portion, :meth:`tick` once per loop round, :meth:`failed` when a portion's
+    call died without a result, :meth:`server_gone` when it gives a server up, and
+    :meth:`close` once at the end of the run.
+    """
 
     def take(self, server: ServerView, queue: WorkQueue, limit: int) -> list[Work]:
         """Remove and return up to ``limit`` portions for ``server`` (may return none)."""
@@ -118,6 +124,22 @@ class Router(Protocol):
     def observe(self, server: str, outcomes: pa.Table, observations: pa.Table) -> None:
         """Learn from a finished portion (outcomes per recipient, observations per SMTP
         transaction)."""
+        ...
+
+    def tick(self) -> None:
+        """Housekeeping between rounds (probes, saving what was learned); never blocks."""
+        ...
+
+    def failed(self, server: str, portion: int, attempt: int) -> None:
+        """That attempt of the portion died on ``server`` without a result."""
+        ...
+
+    def server_gone(self, server: str) -> None:
+        """The driver gave ``server`` up: it gets no more work, holds nothing."""
+        ...
+
+    def close(self) -> None:
+        """The run ends: save what is left."""
         ...
 
 
@@ -135,3 +157,15 @@ class LeastLoadedRouter:
 
     def observe(self, server: str, outcomes: pa.Table, observations: pa.Table) -> None:
         del server, outcomes, observations
+
+    def tick(self) -> None:
+        """Nothing to keep."""
+
+    def failed(self, server: str, portion: int, attempt: int) -> None:
+        del server, portion, attempt
+
+    def server_gone(self, server: str) -> None:
+        del server
+
+    def close(self) -> None:
+        """Nothing to save."""

@@ -1,0 +1,296 @@
+"""The fleet of delivery servers: start, heartbeat, watch, judge, replace, stop.
+
+The driver's view of each server (:class:`Server`) lives here, and so does every rule
+about a server's health: a failing streak across domains retires it, a stall replaces it,
+and while Ray restarts it (its node or process died) it gets no work for a moment and is
+not charged for calls that fail meanwhile.
+
+Liveness is judged on the driver's own monotonic clock: each server reports how many
+seconds ago (on *its* monotonic clock) it last made progress, and the driver subtracts
+that from the moment the reply arrived. No wall clocks are compared across machines, so
+clock skew between nodes can neither stall nor wrongly reclaim a server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import ray
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
+
+from raymail.delivery.journal import JOURNAL_DIR, journal_files, journal_states
+from raymail.delivery.server import DeliveryServerActor, ServerStats
+from raymail.driver.dispatch import Router, ServerView
+from raymail.driver.settle import count
+from raymail.errors import DeliveryError
+from raymail.runtime import DELIVERY_RESOURCE, delivery_slots
+from raymail.schema import ACCEPTED, FAILED
+from raymail.spec import CampaignSpec
+
+log = logging.getLogger(__name__)
+
+FAILURE_LIMIT = 3  # failed calls after which a server gets no more work
+_REPLACEMENTS = 3  # delivery servers started to replace dead or stalled ones
+_HEARTBEAT_S = 2.0
+_RESTART_PAUSE_S = 2.0  # no work for a server Ray is restarting (its node or process died)
+
+
+@dataclass(slots=True)
+class Server:
+    """One delivery server as the driver sees it (times on the driver's monotonic clock)."""
+
+    index: int
+    name: str
+    handle: Any
+    source_address: str | None
+    inflight: int = 0
+    failures: int = 0
+    bad_streak: int = 0  # portions in a row in which nothing was accepted
+    bad_domains: set[str] = field(default_factory=set)  # the domains of that streak
+    last_progress: float = field(default_factory=time.monotonic)
+    heartbeat: ray.ObjectRef[Any] | None = None
+    heartbeat_sent: float = 0.0
+    alive: bool = False  # answered a heartbeat: its actor has started
+    unavailable_since: float | None = None  # Ray is restarting it (since this time)
+    paused_until: float = 0.0  # no new work before this time (it is restarting)
+
+    @property
+    def healthy(self) -> bool:
+        return self.failures < FAILURE_LIMIT
+
+
+def progress_seen(now: float, stats: ServerStats) -> float:
+    """When (on the driver's clock ``now``, the moment the reply arrived) the server last
+    made progress: ``now`` less the seconds the server itself counted since then."""
+    return now - max(stats.since_progress_s, 0.0)
+
+
+def server_capacity(spec: CampaignSpec) -> int:
+    """Portions a server may hold at once. Push mode keeps a few queued on the actor
+    beyond its connections, so none waits for the driver's next round; in pull mode the
+    server asks for exactly its free connections."""
+    if spec.dispatch == "pull":
+        return spec.concurrency
+    return spec.concurrency + max(2, spec.concurrency // 2)
+
+
+class Fleet:
+    """The delivery servers of one driver and the rules about their health."""
+
+    def __init__(
+        self,
+        spec: CampaignSpec,
+        run_dir: Path,
+        router: Router,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.spec = spec
+        self.run_dir = run_dir
+        self.router = router
+        self.clock = clock
+        self.servers: list[Server] = []
+        self.capacity = server_capacity(spec)
+        self.epoch = 0  # resumes so far: part of server names, so journals never mix
+        self._replacements = 0
+        self._journals: dict[str, tuple[tuple[int, ...], pl.DataFrame]] = {}
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def start(self, count: int) -> None:
+        """Start ``count`` more delivery servers (placed on the delivery resource)."""
+        spec = self.spec
+        use_resource = delivery_slots() > 0
+        if not use_resource:
+            log.warning(
+                "no node offers the '%s' resource; delivery servers go wherever Ray puts "
+                "them (see cluster.yaml)",
+                DELIVERY_RESOURCE,
+            )
+        nameservers = [_host_port(ns) for ns in spec.nameservers] or None
+        journal_dir = str((self.run_dir / JOURNAL_DIR).resolve())
+        for _ in range(count):
+            i = len(self.servers)
+            # Names differ per resume, so a server's journal is never confused with the
+            # journal of the same-numbered server of an earlier driver.
+            name = f"ds{i}" if self.epoch == 0 else f"r{self.epoch}-ds{i}"
+            addresses = spec.source_addresses
+            source = addresses[i % len(addresses)] if addresses else None
+            options: dict[str, Any] = {
+                "max_concurrency": spec.concurrency + 1,  # + pull mode's loop
+                "max_restarts": 3,
+                "num_cpus": 0,
+            }
+            if use_resource:
+                options["resources"] = {DELIVERY_RESOURCE: 1}
+            handle = DeliveryServerActor.options(**options).remote(
+                name, spec, source, nameservers, journal_dir, self.epoch
+            )
+            self.servers.append(Server(i, name, handle, source))
+
+    def stop(self) -> None:
+        """Close connections politely where possible, then end every server."""
+        handles = [s.handle for s in self.servers]
+        if not handles:
+            return
+        try:
+            ray.wait([h.shutdown.remote() for h in handles], num_returns=len(handles), timeout=5)
+        except Exception:  # a dead actor cannot shut down politely; it is killed below
+            log.debug("delivery server shutdown failed", exc_info=True)
+        for handle in handles:
+            ray.kill(handle)
+        self.servers.clear()
+
+    def handles(self) -> dict[str, Any]:
+        """Actor name -> handle of the healthy servers (the router probes through them)."""
+        return {s.name: s.handle for s in self.servers if s.healthy}
+
+    def healthy(self) -> list[Server]:
+        """The servers that may get work; starts a replacement when none is left."""
+        healthy = [s for s in self.servers if s.healthy]
+        if not healthy and self._replacements < _REPLACEMENTS:
+            self._replacements += 1
+            log.warning("no healthy delivery server left; starting a replacement")
+            self.start(1)
+            healthy = [self.servers[-1]]
+        if not healthy:
+            raise DeliveryError("no healthy delivery server left, and no replacement worked")
+        return healthy
+
+    def view(self, server: Server) -> ServerView:
+        """What a router may know about ``server``."""
+        return ServerView(
+            server.index, server.name, server.source_address, server.inflight, self.capacity
+        )
+
+    def paused(self, server: Server) -> bool:
+        return server.paused_until > self.clock()
+
+    def hand_out(self, server: Server, portions: int) -> None:
+        """``server`` takes ``portions`` more; an idle server's stall clock starts now."""
+        if server.inflight == 0:
+            server.last_progress = self.clock()
+        server.inflight += portions
+
+    # -- judging -----------------------------------------------------------------------------
+
+    def returned(self, server: Server, outcomes: pa.Table, domain: str) -> None:
+        """A portion came back from ``server``: it progresses; judge what it achieved."""
+        server.last_progress = self.clock()
+        server.unavailable_since = None
+        self._judge(server, outcomes, domain)
+
+    def _judge(self, server: Server, outcomes: pa.Table, domain: str) -> None:
+        """Demote a server that keeps failing where the other servers succeed.
+
+        Trouble with one domain only is the router's to handle (it demotes the pair), so
+        the whole server is given up only when its streak spans two domains, or is long.
+        """
+        statuses = outcomes.column("status")
+        if count(statuses, ACCEPTED) or count(statuses, FAILED) == outcomes.num_rows:
+            server.bad_streak = 0
+            server.bad_domains.clear()
+            return
+        server.bad_streak += 1
+        server.bad_domains.add(domain)
+        others_fine = any(s.healthy and s.bad_streak == 0 for s in self.servers if s is not server)
+        widespread = len(server.bad_domains) >= 2 or server.bad_streak >= 3 * FAILURE_LIMIT
+        if server.bad_streak >= FAILURE_LIMIT and widespread and others_fine and server.healthy:
+            log.warning(
+                "delivery server %s keeps failing (%d portions with nothing accepted) while "
+                "others deliver; it gets no more work",
+                server.name,
+                server.bad_streak,
+            )
+            server.failures = FAILURE_LIMIT
+            self.router.server_gone(server.name)
+
+    def call_failed(self, server: Server, exc: BaseException) -> bool:
+        """Charge ``server`` for a failed call unless Ray is restarting it; True if charged.
+        A server that is no longer healthy is reported gone to the router."""
+        charged = not self._restarting(server, exc)
+        if charged:
+            server.failures += 1
+        if not server.healthy:
+            self.router.server_gone(server.name)
+        return charged
+
+    def _restarting(self, server: Server, exc: BaseException) -> bool:
+        """True while Ray restarts the server (its node was lost, or its process died).
+
+        Every call it had in flight fails at once, and so does each call sent before it is
+        back: counted as failures they would retire a server that comes back healthy (all
+        of them, when one node hosted them) and fail portions that never reached it. It
+        gets no work for a moment instead; after ``stall_timeout_s`` unavailable, its
+        failures count again.
+        """
+        if not isinstance(exc, ActorUnavailableError):
+            return False
+        now = self.clock()
+        if server.unavailable_since is None:
+            server.unavailable_since = now
+        server.paused_until = now + _RESTART_PAUSE_S
+        return now - server.unavailable_since < self.spec.stall_timeout_s
+
+    # -- watching ----------------------------------------------------------------------------
+
+    def watch(self) -> None:
+        """Heartbeats through the control group; replace servers that stall with work."""
+        now = self.clock()
+        timeout = self.spec.stall_timeout_s
+        for server in self.servers:
+            if not server.healthy:
+                continue
+            if server.heartbeat is not None:
+                ready, _ = ray.wait([server.heartbeat], timeout=0)
+                if ready:
+                    # a dead actor shows in its calls; Ray restarts it
+                    with contextlib.suppress(RayActorError, RayTaskError):
+                        self._heard(server, ray.get(ready[0]), now)
+                    server.heartbeat = None
+                elif server.alive and now - server.heartbeat_sent > timeout:
+                    self.replace(server, "its heartbeat went unanswered")
+                    continue
+            if server.heartbeat is None and now - server.heartbeat_sent >= _HEARTBEAT_S:
+                server.heartbeat = server.handle.heartbeat.remote()
+                server.heartbeat_sent = now
+            if server.alive and server.inflight and now - server.last_progress > timeout:
+                self.replace(server, f"no progress for {timeout:.0f} s")
+
+    def _heard(self, server: Server, stats: ServerStats, now: float) -> None:
+        seen = progress_seen(now, stats)
+        if not server.alive:  # the stall clock starts once it runs
+            server.alive = True
+            seen = now
+        server.unavailable_since, server.paused_until = None, 0.0  # back
+        server.last_progress = max(server.last_progress, seen)
+
+    def replace(self, server: Server, why: str) -> None:
+        """Stop a stalled server; its portions come back as failed calls."""
+        log.warning("delivery server %s stalled (%s); reassigning its portions", server.name, why)
+        server.failures = FAILURE_LIMIT
+        self.router.server_gone(server.name)
+        ray.kill(server.handle, no_restart=True)
+
+    def journal(self, server: str) -> pl.DataFrame:
+        """A server's journal states, re-read only when its files changed."""
+        files = journal_files(self.run_dir, server)
+        key = tuple(f.stat().st_size for f in files)
+        cached = self._journals.get(server)
+        if cached is None or cached[0] != key:
+            cached = (key, journal_states(files))
+            self._journals[server] = cached
+        return cached[1]
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)

@@ -1,0 +1,228 @@
+"""The dispatch loop: one loop, two ways of handing work out (push or pull).
+
+Each round reads more of the list when the queue runs low (back-pressure), moves retries
+whose backoff has passed back into the queue, lets the strategy exchange work and results
+with the delivery servers, watches the fleet, and keeps the ledger, router and progress
+going. The strategies (``push.py``, ``pull.py``) only say how portions reach servers and
+how results come back; everything a result means is settled here, the same for both.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import polars as pl
+import pyarrow as pa
+
+from raymail.delivery.server import PortionResult
+from raymail.driver.dispatch import LeastLoadedRouter, Router, Work, WorkQueue
+from raymail.driver.fleet import Fleet, Server
+from raymail.driver.portions import PortionStream
+from raymail.driver.progress import ProgressReporter, Tally
+from raymail.driver.pull import PullStrategy
+from raymail.driver.push import PushStrategy
+from raymail.driver.settle import (
+    Retry,
+    failed_outcomes,
+    next_attempt,
+    settle_failed_call,
+    settle_outcomes,
+)
+from raymail.run.ledger import Ledger
+from raymail.run.recovery import recovered_outcomes
+from raymail.spec import CampaignSpec
+
+log = logging.getLogger(__name__)
+
+_FALLBACK_ROUTER = LeastLoadedRouter()
+
+
+@dataclass
+class DispatchState:
+    """What the loop holds between rounds (besides the portions on servers)."""
+
+    ready: WorkQueue = field(default_factory=WorkQueue)
+    delayed: list[tuple[float, int, Work]] = field(default_factory=list)  # (due, portion, work)
+    tally: Tally = field(default_factory=Tally)
+    attempts: int = 0  # portion attempts handed out by this driver
+    source: PortionStream | None = None  # the rest of the list, read when ready runs low
+    peak_ready: int = 0  # most portions queued at once (back-pressure keeps it bounded)
+    peak_inflight: int = 0  # most portions on delivery servers at once
+
+    @property
+    def more(self) -> bool:
+        """Portions still to come from the list."""
+        return self.source is not None and not self.source.exhausted
+
+
+class Strategy(Protocol):
+    """How portions reach delivery servers and how their results come back."""
+
+    def held(self) -> int:
+        """Portions handed out and not yet settled."""
+        ...
+
+    def exchange(self) -> None:
+        """Hand out work and settle what came back (waits a little when there is none)."""
+        ...
+
+    def check(self) -> None:
+        """After the fleet's watch: take back work the strategy itself finds lost."""
+        ...
+
+    def close(self) -> None:
+        """End the strategy's own machinery (pull mode's broker and loops)."""
+        ...
+
+
+class DispatchLoop:
+    """Dispatches every portion of a run until each row is settled."""
+
+    def __init__(
+        self,
+        spec: CampaignSpec,
+        fleet: Fleet,
+        router: Router,
+        ledger: Ledger,
+        progress: ProgressReporter,
+        state: DispatchState,
+        *,
+        each_round: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.spec = spec
+        self.fleet = fleet
+        self.router = router
+        self.ledger = ledger
+        self.progress = progress
+        self.state = state
+        self.each_round = each_round  # e.g. sizing to a target time once warm
+        self._resend_doubt = spec.in_doubt == "resend"
+        self._starved = False  # the router once handed out nothing with nothing in flight
+
+    def run(self) -> None:
+
+        strategy: Strategy = (
+            PullStrategy(self) if self.spec.dispatch == "pull" else PushStrategy(self)
+        )
+        state = self.state
+        try:
+            while state.ready or state.delayed or strategy.held() or state.more:
+                self.refill()
+                self.promote_delayed()
+                strategy.exchange()
+                state.peak_inflight = max(state.peak_inflight, strategy.held())
+                self.fleet.watch()
+                strategy.check()
+                self.router.tick()
+                if self.ledger.due():
+                    self.ledger.flush()
+                self.progress.update(state.tally)
+                self.each_round()
+        finally:
+            strategy.close()
+
+    # -- the queue -----------------------------------------------------------------------
+
+    def refill(self) -> None:
+        """Back-pressure: read the next batch of the list only when the queue runs low.
+
+        The low-water mark is twice what the servers can hold, so they never wait for the
+        list; the queue then holds at most that plus one batch's portions.
+        """
+        state = self.state
+        source = state.source
+        low_water = max(16, 2 * len(self.fleet.servers) * self.fleet.capacity)
+        while source is not None and not source.exhausted and len(state.ready) < low_water:
+            for task, rows in source.next_portions():
+                state.ready.push(Work(task, rows))
+        state.peak_ready = max(state.peak_ready, len(state.ready))
+
+    def promote_delayed(self) -> None:
+        """Retries whose backoff has passed go back into the queue."""
+        now = time.monotonic()
+        delayed = self.state.delayed
+        while delayed and delayed[0][0] <= now:
+            _, _, work = heapq.heappop(delayed)
+            self.state.ready.push(work)
+
+    def next_due_s(self) -> float | None:
+        """Seconds until the next retry is due (None when none waits)."""
+        delayed = self.state.delayed
+        return delayed[0][0] - time.monotonic() if delayed else None
+
+    def take(self, server: Server, limit: int, *, idle: bool) -> list[Work]:
+        """The router's choice of portions for ``server``; when it hands out nothing while
+        no call is in flight anywhere, the queue's next ones instead: whatever a routing
+        policy believes (say, that a dead server still holds a domain), the run must go
+        on to its end. The works returned are counted as handed to ``server``."""
+        queue = self.state.ready
+        view = self.fleet.view(server)
+        works = self.router.take(view, queue, limit)
+        if not works and idle and queue:
+            if not self._starved:
+                self._starved = True
+                log.warning(
+                    "the router handed out no work while %d portions wait and none is in "
+                    "flight; dispatching them least-loaded",
+                    len(queue),
+                )
+            works = _FALLBACK_ROUTER.take(view, queue, limit)
+        if works:
+            self.fleet.hand_out(server, len(works))
+            self.state.attempts += len(works)
+        return works
+
+    # -- settling ------------------------------------------------------------------------
+
+    def settle_result(self, server: Server, work: Work, result: PortionResult) -> None:
+        """A portion came back: ledger it, retry what was deferred, judge and learn."""
+        server.inflight -= 1
+        outcomes = result.outcomes
+        observations = result.observations
+        self.ledger.add(outcomes, observations)
+        retry = settle_outcomes(
+            self.state.tally, work.task, outcomes, self.spec.retry, resend_doubt=self._resend_doubt
+        )
+        self._requeue(work, retry)
+        self.fleet.returned(server, outcomes, work.task.domain)
+        self.router.observe(server.name, outcomes, observations)
+
+    def settle_failure(self, server: Server, work: Work, exc: BaseException) -> None:
+        """A call died with its actor (or raised): settle from the journal, requeue the rest.
+
+        What the dead server had accepted is never sent again; what it had in flight is in
+        doubt; what it never touched goes to another attempt right away.
+        """
+        server.inflight -= 1
+        if self.fleet.call_failed(server, exc):
+            work.internal_failures += 1
+        task = work.task
+        self.router.failed(server.name, task.portion, task.attempt)
+        log.warning("portion %d failed on %s: %s", task.portion, server.name, exc)
+        journal = self.fleet.journal(server.name).filter(
+            (pl.col("portion") == task.portion) & (pl.col("attempt") == task.attempt)
+        )
+        known = pl.DataFrame(schema={"row": pl.Int64, "attempt": pl.Int32})
+        recovered = recovered_outcomes(journal, known, work.rows, self.spec.campaign)
+        if recovered.num_rows:
+            self.ledger.add(recovered, pa.table({}))
+        settled = settle_failed_call(
+            self.state.tally, work, recovered, self.spec.retry, resend_doubt=self._resend_doubt
+        )
+        if settled.given_up.num_rows:
+            failed = failed_outcomes(self.spec.campaign, work, settled.given_up, server.name, exc)
+            self.ledger.add(failed, pa.table({}))
+        self._requeue(work, settled.retry)
+
+    def _requeue(self, work: Work, retry: Retry) -> None:
+        """Send some rows of a portion again, as the next attempt, after the retry's delay."""
+        if not retry:
+            return
+        item = next_attempt(work, retry.rows)
+        due = time.monotonic() + retry.delay_s
+        heapq.heappush(self.state.delayed, (due, item.task.portion, item))
