@@ -17,7 +17,8 @@ builtin that fits, so callers may catch either::
     ├── StorageError(OSError)            object storage (s3://) or an export folder failed
     ├── SinkConfigError(ValueError)      the embedded sink's config is invalid (names the key)
     ├── TrackingError(ValueError)        tracking data, a query, archive or follow-up is unusable
-    │   └── EventRowError                an event row is invalid (names the row and the key)
+    │   ├── EventRowError                an event row is invalid (names the row and the key)
+    │   └── QueryError                   SQL over the events failed (DuckDB's message, one line)
     └── SinkError(RuntimeError)          the embedded sink cannot start, stop or report
 
 Errors about a single bad row, recipient or message never stop a run: they are recorded
@@ -90,3 +91,7 @@ class TrackingError(RaymailError, ValueError):
 
 class EventRowError(TrackingError):
     """An event row is invalid (names the row and the key); nothing of its batch is kept."""
+
+
+class QueryError(TrackingError):
+    """A query over the events failed (the SQL is wrong); DuckDB's message in one line."""

@@ -241,6 +241,126 @@ class RoutingSettings(_Strict):
     )
 
 
+StorageClass = Literal[
+    "STANDARD",
+    "STANDARD_IA",
+    "ONEZONE_IA",
+    "INTELLIGENT_TIERING",
+    "GLACIER_IR",
+    "GLACIER",
+    "DEEP_ARCHIVE",
+]
+# Warm to cold; GLACIER and DEEP_ARCHIVE must be restored before they can be read.
+STORAGE_CLASSES: tuple[str, ...] = get_args(StorageClass)
+
+
+class TierRule(_Strict):
+    """Archived objects nobody read for a while move to a colder (cheaper) storage class."""
+
+    unread_days: float = Field(
+        ..., gt=0, description="Days since an object was last read (or archived)."
+    )
+    to: StorageClass = Field(..., description="The storage class such objects move to.")
+
+
+class ArchiveSettings(_Strict):
+    """When the campaign's tracking data and ledger go to object storage, and how cold."""
+
+    to: str = Field(
+        ..., pattern=r"^s3://[^/]+", description="s3://bucket/prefix the archive is written to."
+    )
+    s3: S3Settings | None = Field(
+        None, description="Endpoint and credentials; default: the spec's s3, then environment."
+    )
+    older_than_days: float | None = Field(
+        None, gt=0, description="Archive each day of events once it is this many days old."
+    )
+    larger_than_mb: float | None = Field(
+        None, gt=0, description="Archive all of the campaign's events once they exceed this."
+    )
+    when_finished: bool = Field(
+        False,
+        description="Archive the events and the run's ledger once the run is complete.",
+    )
+    storage_class: StorageClass = Field(
+        "STANDARD", description="Storage class objects are written in."
+    )
+    tiers: list[TierRule] = Field(
+        default_factory=list,
+        description="Colder classes for objects unread for N days, e.g. "
+        "[{unread_days: 30, to: STANDARD_IA}, {unread_days: 90, to: GLACIER_IR}].",
+    )
+    warm_to: StorageClass | None = Field(
+        "STANDARD",
+        description="Class an object read again (by a query) moves back to at the next tier "
+        "pass; null: it stays where it is.",
+    )
+
+    @model_validator(mode="after")
+    def _tiers_get_colder(self) -> ArchiveSettings:
+        ordered = sorted(self.tiers, key=lambda t: t.unread_days)
+        ranks = [STORAGE_CLASSES.index(t.to) for t in ordered]
+        if ranks != sorted(ranks) or len(set(ranks)) != len(ranks):
+            raise ValueError("tiers: a longer unread_days must move to a colder storage class")
+        return self
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_DURATION_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds in a duration such as '3d', '12h', '90m', '30s' or '2w'."""
+    match = _DURATION_RE.match(text)
+    if not match:
+        raise ValueError(f"not a duration like 3d, 12h, 90m or 30s: {text!r}")
+    return float(match.group(1)) * _DURATION_UNIT_S[match.group(2)]
+
+
+class FollowupRule(_Strict):
+    """A further campaign sent to the recipients the tracking events select."""
+
+    name: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="The rule's id (its selections are recorded under it); default: derived "
+        "from when, link and send.",
+    )
+    when: Literal["not_opened", "opened", "clicked", "not_clicked", "delivered"] = Field(
+        ..., description="Who qualifies, among the recipients the campaign was delivered to."
+    )
+    after: str = Field(
+        "0s",
+        description="How long after a recipient's delivery the rule applies to them "
+        "(3d, 12h, 90m, 30s).",
+    )
+    link: str | None = Field(
+        None, description="For clicked / not_clicked: the link's name (or its URL)."
+    )
+    send: str = Field(
+        ..., description="Campaign spec of the follow-up (relative to this spec's folder)."
+    )
+    include_bots: bool = Field(
+        False, description="Count opens and clicks flagged as proxies or scanners."
+    )
+
+    @field_validator("after")
+    @classmethod
+    def _is_duration(cls, value: str) -> str:
+        duration_seconds(value)
+        return value
+
+    @model_validator(mode="after")
+    def _link_fits_when(self) -> FollowupRule:
+        if self.link and self.when not in ("clicked", "not_clicked"):
+            raise ValueError(f"link is only for when: clicked / not_clicked, not {self.when}")
+        return self
+
+    @property
+    def after_s(self) -> float:
+        return duration_seconds(self.after)
+
+
 class CampaignSpec(_Strict):
     """One campaign: who sends what to whom, and with how much capacity."""
 
@@ -343,6 +463,16 @@ class CampaignSpec(_Strict):
         description="Returns processing: the suppression list this campaign skips, and the "
         "returns server's settings. Absent: no suppression list is consulted.",
     )
+    archive: ArchiveSettings | None = Field(
+        None,
+        description="Archive of the tracking events and the ledger in object storage, with "
+        "storage-class tiers; absent: nothing is archived.",
+    )
+    followups: list[FollowupRule] = Field(
+        default_factory=list,
+        description="Further campaigns to recipients the tracking events select "
+        "('raymail followups run').",
+    )
 
     @field_validator("sender")
     @classmethod
@@ -425,9 +555,17 @@ def load_spec(path: str | Path) -> CampaignSpec:
         raise SpecError(f"{spec_path}: not valid YAML: {exc}") from None
     spec = parse_spec(data, str(spec_path))
     # Relative local paths are taken from the spec's folder; URLs are left alone.
-    updates = {
+    updates: dict[str, Any] = {
         key: str((spec_path.parent / value).resolve())
         for key in ("recipients", "export")
         if (value := getattr(spec, key)) and "://" not in value and not Path(value).is_absolute()
     }
+    if spec.followups:
+        updates["followups"] = [_resolve_send(rule, spec_path.parent) for rule in spec.followups]
     return spec.model_copy(update=updates) if updates else spec
+
+
+def _resolve_send(rule: FollowupRule, folder: Path) -> FollowupRule:
+    if Path(rule.send).is_absolute():
+        return rule
+    return rule.model_copy(update={"send": str((folder / rule.send).resolve())})

@@ -47,13 +47,16 @@ EVENT_KINDS: Final = frozenset(
         "delete",
         "subscribe",
         "confirm",
+        "delivered",  # from the ledger: the denominator of every rate
     }
 )
 EVENT_SOURCES: Final = frozenset({"web", "returns", "ingest", "ledger"})
 
 # The same pattern as CampaignSpec.campaign: a campaign id is safe as a directory name.
-_CAMPAIGN_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-PART_GLOB: Final = "campaign=*/date=*/part-*.parquet"
+CAMPAIGN_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_CAMPAIGN_RE: Final = re.compile(CAMPAIGN_PATTERN)
+# Writers' parts (part-*) and the parts derived from returns and ledgers (sync-*).
+PART_GLOB: Final = "campaign=*/date=*/*.parquet"
 
 TRACKING_SCHEMA: Final = pa.schema(
     [
@@ -248,5 +251,5 @@ def event_parts(root: Path, campaign: str | None = None) -> list[Path]:
     """The dataset's part files (of one campaign, or all), in name order."""
     if not root.is_dir():
         return []
-    pattern = f"campaign={campaign}/date=*/part-*.parquet" if campaign else PART_GLOB
+    pattern = f"campaign={campaign}/date=*/*.parquet" if campaign else PART_GLOB
     return sorted(root.glob(pattern))
