@@ -7,8 +7,9 @@ import typer
 
 def register(app: typer.Typer) -> None:
     """Attach all commands; each module owns one noun."""
-    from raymail.cli import events, returns, routing, run, sink, suppression
+    from raymail.cli import archive, events, returns, routing, run, sink, suppression
 
+    archive.register(app)
     events.register(app)
     returns.register(app)
     routing.register(app)

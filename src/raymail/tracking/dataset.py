@@ -19,7 +19,7 @@ from raymail.spec import S3Settings
 from raymail.tracking.bots import flag_scanner_bursts
 from raymail.tracking.catalog import ArchivedObject, Catalog
 from raymail.tracking.events import TRACKING_SCHEMA, event_parts
-from raymail.tracking.objectstore import FROZEN_CLASSES, ObjectStore, split_url
+from raymail.tracking.objectstore import FROZEN_CLASSES, ObjectStore, split_url, store_for
 
 
 def local_files(root: Path, campaigns: Iterable[str] | None = None) -> list[Path]:
@@ -30,9 +30,7 @@ def local_files(root: Path, campaigns: Iterable[str] | None = None) -> list[Path
     return [p for p in files if str(p.relative_to(root)) not in archived]
 
 
-def archived_events(
-    root: Path, campaigns: Iterable[str] | None = None, s3: S3Settings | None = None
-) -> list[ArchivedObject]:
+def archived_events(root: Path, campaigns: Iterable[str] | None = None) -> list[ArchivedObject]:
     """The catalog's events objects (of some campaigns, or all)."""
     wanted = set(campaigns) if campaigns is not None else None
     return [
@@ -51,14 +49,10 @@ def _read_archived(objects: list[ArchivedObject], s3: S3Settings | None) -> list
                 f"{obj.url}: archived in {obj.storage_class}, which cannot be read in place; "
                 f"run 'raymail archive tier {obj.campaign} --to STANDARD' first"
             )
-        settings = (s3 or S3Settings()).model_copy(
-            update={
-                "endpoint_url": (s3.endpoint_url if s3 else None) or obj.endpoint_url,
-                "region": (s3.region if s3 else None) or obj.region,
-            }
-        )
-        key = (settings.endpoint_url, settings.region)
-        store = stores.setdefault(key, ObjectStore(settings))
+        key = (obj.endpoint_url, obj.region)
+        if key not in stores:
+            stores[key] = store_for(obj.endpoint_url, obj.region, s3)
+        store = stores[key]
         bucket, path = split_url(obj.url)
         try:
             tables.append(

@@ -159,3 +159,16 @@ class ObjectStore:
             update={"endpoint_url": self.endpoint_url, "region": self.region}
         )
         return s3_filesystem(settings)
+
+
+def store_for(
+    endpoint_url: str | None, region: str | None, s3: S3Settings | None = None
+) -> ObjectStore:
+    """A store for an archived object: ``s3``'s endpoint and region, else those recorded."""
+    settings = (s3 or S3Settings()).model_copy(
+        update={
+            "endpoint_url": (s3.endpoint_url if s3 else None) or endpoint_url,
+            "region": (s3.region if s3 else None) or region,
+        }
+    )
+    return ObjectStore(settings)

@@ -34,7 +34,7 @@ from raymail.returns.events import EVENT_SCHEMA as RETURNS_SCHEMA
 from raymail.returns.events import current_events
 from raymail.returns.parts import read_parts, write_table_atomic
 from raymail.run.ledger import final_outcomes, read_outcomes
-from raymail.run.rundir import MANIFEST
+from raymail.run.rundir import MANIFEST, OUTCOMES
 from raymail.schema import ACCEPTED, FAILED
 from raymail.tracking.catalog import Catalog
 from raymail.tracking.events import CAMPAIGN_PATTERN, TRACKING_SCHEMA
@@ -53,6 +53,8 @@ _RETURNS_KIND: Final[Mapping[str, tuple[str, str | None]]] = {
     reasons.CHALLENGE_RESPONSE: ("reply", "challenge_response"),
 }
 _LEDGER_KIND: Final = {ACCEPTED: "delivered", FAILED: "bounce"}
+# Left in RUN_DIR/outcomes when the ledger went to the archive (see tracking.archive).
+ARCHIVED_MARKER: Final = "ARCHIVED.json"
 
 
 def source_key(path: Path) -> str:
@@ -166,5 +168,10 @@ def sync_returns(root: Path, returns_dir: Path) -> int:
 
 
 def sync_ledger(root: Path, run_dir: Path) -> int:
-    """Derive the dataset's delivery rows from a run directory's ledger."""
+    """Derive the dataset's delivery rows from a run directory's ledger.
+
+    A ledger already archived is not read again: its rows are in the archived events.
+    """
+    if (run_dir / OUTCOMES / ARCHIVED_MARKER).exists():
+        return 0
     return write_derived(root, f"sync-ledger-{source_key(run_dir)}.parquet", ledger_frame(run_dir))
