@@ -124,7 +124,7 @@ def test_criteria_days_and_size(s3: object, dataset: Path, tmp_path: Path) -> No
 def test_a_failed_upload_keeps_everything_local(s3: object, dataset: Path) -> None:
     parts = event_parts(dataset, C)
     bad = ArchiveSettings(to="s3://no-such-bucket/x")
-    with pytest.raises(StorageError, match="no-such-bucket.*upload failed: NoSuchBucket"):
+    with pytest.raises(StorageError, match=r"no-such-bucket.*upload failed: NoSuchBucket"):
         archive_campaign(C, bad, root=dataset, force=True)
     assert event_parts(dataset, C) == parts and Catalog(dataset).objects() == {}
 

@@ -53,8 +53,8 @@ class ArchivedObject:
         return None
 
 
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+def now_iso(at: datetime | None = None) -> str:
+    return (at or datetime.now(UTC)).isoformat(timespec="microseconds")
 
 
 class Catalog:
@@ -122,7 +122,14 @@ class Catalog:
 
         self.update(touch)
 
-    def set_class(self, path: str, storage_class: str, *, restoring: bool = False) -> None:
+    def set_class(
+        self,
+        path: str,
+        storage_class: str,
+        *,
+        restoring: bool = False,
+        at: datetime | None = None,
+    ) -> None:
         """Record an object's new storage class (or a pending restore)."""
 
         def change(entries: dict[str, ArchivedObject]) -> dict[str, ArchivedObject]:

@@ -34,7 +34,12 @@ def _store(obj: ArchivedObject, s3: S3Settings | None) -> ObjectStore:
 
 
 def move_object(
-    catalog: Catalog, obj: ArchivedObject, target: str, why: str, s3: S3Settings | None
+    catalog: Catalog,
+    obj: ArchivedObject,
+    target: str,
+    why: str,
+    s3: S3Settings | None,
+    at: datetime | None = None,
 ) -> Move:
     """Move one object to ``target`` (or start its restore); record what happened."""
     if target not in STORAGE_CLASSES:
@@ -51,7 +56,7 @@ def move_object(
     now = store.state(obj.url).storage_class
     if now != target:
         raise TrackingError(f"{obj.url}: asked for {target}, the store reports {now}")
-    catalog.set_class(obj.path, target)
+    catalog.set_class(obj.path, target, at=at)
     return Move(obj.path, obj.storage_class, target, "moved", why)
 
 
@@ -73,7 +78,9 @@ def rule_target(
 ) -> tuple[str, str] | None:
     """(class, why) the tier rules want for ``obj`` now, or None to leave it."""
     rank = STORAGE_CLASSES.index
-    read_since_move = obj.last_read is not None and obj.last_read > obj.class_changed_at
+    read_since_move = obj.last_read is not None and datetime.fromisoformat(
+        obj.last_read
+    ) > datetime.fromisoformat(obj.class_changed_at)
     if settings.warm_to and read_since_move and rank(obj.storage_class) > rank(settings.warm_to):
         return settings.warm_to, f"read again at {obj.last_read}"
     unread = _age_days(obj.last_read or obj.archived_at, now)
@@ -101,7 +108,7 @@ def apply_tier_rules(
     for obj in catalog.objects(campaign).values():
         wanted = rule_target(obj, settings, at)
         if wanted is not None:
-            moves.append(move_object(catalog, obj, wanted[0], wanted[1], settings.s3 or s3))
+            moves.append(move_object(catalog, obj, wanted[0], wanted[1], settings.s3 or s3, at))
     return moves
 
 
