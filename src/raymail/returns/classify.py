@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Final
 from raymail.returns import reasons
 from raymail.returns.arf import detect_feedback
 from raymail.returns.autoreply import detect_autoreply, detect_challenge
+from raymail.returns.commands import MAIL, smtp_command
 from raymail.returns.dsn import RecipientReport, find_addresses, inline_fields, reports_from_fields
 from raymail.returns.freetext import TextBounce, TextFailure, is_bounce, scan_text_bounce
 from raymail.returns.parse import ParsedMessage, header_text, parse_message
@@ -150,6 +151,11 @@ class _Context:
     notes: list[str]
     path: str | None
 
+    @property
+    def senders(self) -> set[str]:
+        """Addresses of ours a reply may quote: the bounce's To, the original's sender."""
+        return (self.exclude | self.soft_exclude) - {""}
+
 
 def _verp(
     parsed: ParsedMessage, decoder: VerpDecoder | None, notes: list[str]
@@ -212,6 +218,23 @@ def _original_to(parsed: ParsedMessage, exclude: set[str]) -> list[str]:
     return []
 
 
+def _command(diagnostic: str, fallback_text: str, single: bool, senders: set[str]) -> str | None:
+    """The SMTP command the failure answered, from the recipient's own text first.
+
+    A reply that names our own sender address ("<news@shop.example>... Access denied")
+    refused the envelope sender, as an answer to MAIL FROM does.
+    """
+    command = smtp_command(diagnostic)
+    if command is None and single:
+        command = smtp_command(fallback_text[:3000])
+    if command is None and senders and "@" in diagnostic:
+        # Only as a reply quotes an address it refuses: "<addr>... why" or "<addr>: why".
+        low = diagnostic.lower()
+        if any(f"<{sender}>..." in low or f"<{sender}>:" in low for sender in senders):
+            command = MAIL
+    return command
+
+
 def _verdict(
     recipient: str,
     status: str | None,
@@ -220,11 +243,14 @@ def _verdict(
     action: str | None,
     fallback_text: str,
     single: bool = False,
+    senders: set[str] | None = None,
 ) -> RecipientVerdict:
     """Reason for one recipient from its own text, else the report's general text.
 
     ``single``: the report names one recipient, so codes anywhere in it are this one's.
+    ``senders``: our addresses (the returned message's sender), for replies that name it.
     """
+    command = _command(diagnostic, fallback_text, single, (senders or set()) - {recipient})
     if status is None:
         status = reasons.find_status(diagnostic, prose=True)
         if status is None and single:
@@ -233,14 +259,20 @@ def _verdict(
         smtp_code = reasons.find_smtp_code(diagnostic)
         if smtp_code is None and single and status is not None:
             smtp_code = reasons.find_smtp_code(fallback_text[:3000])
-    reason, _ = reasons.decide(status=status, smtp_code=smtp_code, text=diagnostic, action=action)
+    reason, _ = reasons.decide(
+        status=status, smtp_code=smtp_code, text=diagnostic, action=action, command=command
+    )
     if reason == "undefined" or (reason in {"syntaxerror", "systemerror"} and not diagnostic):
         if status is None:
             status = reasons.find_status(fallback_text[:3000], prose=True)
         if smtp_code is None:
             smtp_code = reasons.find_smtp_code(fallback_text[:3000])
         reason, _ = reasons.decide(
-            status=status, smtp_code=smtp_code, text=f"{diagnostic}\n{fallback_text}", action=action
+            status=status,
+            smtp_code=smtp_code,
+            text=f"{diagnostic}\n{fallback_text}",
+            action=action,
+            command=command,
         )
     return RecipientVerdict(recipient, reason, status, smtp_code, diagnostic, action)
 
@@ -304,6 +336,8 @@ def _from_dsn(
                 diagnostic,
                 action,
                 summary,
+                single=len(reports) == 1,
+                senders=ctx.senders,
             )
         )
     failed = [v for v in verdicts if v.action not in {"delivered", "relayed", "expanded"}]
@@ -345,6 +379,7 @@ def _from_text(ctx: _Context, bounce: TextBounce) -> Classification:
             action,
             bounce.summary,
             single=len(bounce.failures) == 1,
+            senders=ctx.senders,
         )
         for f in bounce.failures
     ]

@@ -144,7 +144,7 @@ _ANGLE_LINE_RE: Final = re.compile(
     re.I,
 )
 _LEADING_ADDR_RE: Final = re.compile(
-    rf"^[ \t]*[<\"']?({_ADDR})[>\"']?[ \t]+(\S.*(?:\b[45]\d\d\b|unknown|invalid|not found|"
+    rf"^[ \t]*[<\"']?({_ADDR})[>\"']?[,;]?[ \t]+(\S.*(?:\b[45]\d\d\b|unknown|invalid|not found|"
     r"does not exist|doesn't exist|no such|rejected|refused|denied|full|quota|disabled|failed).*)$",
     re.I,
 )

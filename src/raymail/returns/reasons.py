@@ -16,6 +16,11 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from raymail.returns.commands import CONN, DATA, HELO, MAIL, smtp_command
+from raymail.returns.phrases import CONNECTION, TEMPORARY, clean_diagnostic, text_reason
+
+__all__ = ["clean_diagnostic", "text_reason"]  # re-exported: callers read them from here
+
 # Categories: exactly these strings.
 HARD_BOUNCE_ADDRESS: Final = "hard_bounce_address"
 HARD_BOUNCE_DOMAIN: Final = "hard_bounce_domain"
@@ -116,7 +121,7 @@ _SPECIFIC_STATUS: Final[dict[str, str]] = {
     "1.7": "rejected",
     "1.8": "rejected",
     "1.10": "userunknown",  # RFC 7505 says null MX; Exchange uses it for "not found"
-    "2.1": "suspend",
+    "2.1": "filtered",  # Sisimai: 5.2.1 alone is filtered; "disabled" text makes it suspend
     "2.2": "mailboxfull",
     "2.3": "exceedlimit",
     "3.1": "systemfull",
@@ -254,528 +259,16 @@ def smtp_code_reason(code: int | None) -> str | None:
     }.get(code)
 
 
-# ---------------------------------------------------------------------------------------------
-# Reply text. Ordered: the first reason whose pattern matches wins, so the narrow, telling
-# phrases come before the broad ones ("blocked using spamhaus" is an IP block, not spam).
-
-
-def _rx(*parts: str) -> re.Pattern[str]:
-    """One alternation; matched against lower-cased text (case-folding regexes are slow)."""
-    return re.compile("|".join(f"(?:{p})" for p in parts))
-
-
-_STRONG_TEXT: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
-    # Narrow phrases that would otherwise be taken for a broader class below.
-    ("userunknown", _rx(r"5\.4\.1 .{0,60}recipient address rejected: access denied")),
-    ("filtered", _rx(r"recipient address rejected: access denied")),
-    ("norelaying", _rx(r"allowed rcpthosts", r"not in my list of (?:allowed )?rcpthosts")),
-    (
-        "virusdetected",
-        _rx(
-            r"\bvirus(?:es)?\b",
-            r"\bmalware\b",
-            r"\binfected\b",
-            r"\btrojan\b",
-            r"\bworm\b.{0,20}\bdetected",
-            r"\bmalicious (?:content|attachment|payload)",
-        ),
-    ),
-    (
-        "requireptr",
-        _rx(
-            r"reverse (?:dns|lookup|hostname|name|mapping)",
-            r"\bptr\b.{0,20}record",
-            r"\bno ptr\b",
-            r"\bptr (?:lookup|check|record)",
-            r"\brdns\b",
-            r"cannot find your (?:reverse )?hostname",
-            r"client host .{0,40}(?:has no|without|missing) .{0,10}(?:ptr|reverse)",
-            r"does not have a (?:valid )?(?:reverse|ptr)",
-            r"ip (?:address )?(?:has )?no (?:ptr|reverse|hostname)",
-            r"unresolvable (?:client )?(?:host|ip)",
-            r"(?:not|cannot|unable to) resolve your (?:ip|address|host)",
-        ),
-    ),
-    (
-        "badreputation",
-        _rx(
-            r"\breputation\b",
-            r"sender ?score",
-        ),
-    ),
-    (
-        "authfailure",
-        _rx(
-            r"\bspf\b",
-            r"\bdkim\b",
-            r"\bdmarc\b",
-            r"sender policy framework",
-            r"not (?:authorized|permitted|allowed) to send (?:email|mail|messages?)? ?on behalf",
-            r"unauthenticated (?:email|mail|sender)",
-            r"\bauthentication (?:check|checks) (?:failed|fail)",
-            r"\bdomain ?keys\b",
-        ),
-    ),
-    (
-        "blocked",
-        _rx(
-            r"spamhaus",
-            r"spamcop",
-            r"barracuda(?:central)?",
-            r"sorbs\b",
-            r"\bsurbl\b",
-            r"\buceprotect",
-            r"\bdnsbl\b",
-            r"\brbl\b",
-            r"\bblack ?list(?:ed)?\b",
-            r"\bblock ?list(?:ed)?\b",
-            r"\bdeny ?list(?:ed)?\b",
-            r"blocked using\b",
-            r"(?<!not )listed (?:at|in|on|by) \S",
-            r"client host .{0,60}(?:rejected|blocked|refused|denied)",
-            r"(?:your|sending|client|sender)(?:'s)? (?:ip|host|server|mta|network|mail server)\b"
-            r".{0,60}(?:blocked|banned|rejected|refused|denied|not allowed|blacklisted|listed)",
-            r"(?:ip|host|connection)(?: address)? .{0,40}(?:has been |is |was )?"
-            r"(?:blocked|banned|blacklisted)",
-            r"access denied.{0,20}(?:banned|ip|sending)",
-            r"refused to talk to me",
-            r"(?:dynamic|dial[ -]?up|residential|generic) (?:ip|address|host|pool|range|client)",
-            r"(?:ip|host) .{0,20}(?:dynamic|dial[ -]?up|residential)",
-            r"helo command rejected",
-            r"(?:helo|ehlo) .{0,40}(?:rejected|invalid|not allowed|denied|refused)",
-            r"connections? (?:not accepted|refused|rejected) from",
-            r"too many (?:bad|invalid|unknown) recipients",
-            r"\b5\.7\.(?:60[6-9]|6[1-4]\d)\b",
-            r"banned sending ip",
-            r"not (?:allowed|permitted|authorized) to (?:connect|send mail from)",
-        ),
-    ),
-    (
-        "rejected",
-        _rx(
-            r"sender address rejected",
-            r"sender (?:verify|verification|address verification) (?:failed|failure)",
-            r"domain of sender address .{0,80}(?:does not exist|not resolve|not found)",
-            r"sender (?:domain )?(?:is )?(?:not|un)(?:known|resolvable|valid)",
-            r"(?:invalid|bad|unknown|unverified|unroutable) sender",
-            r"sender (?:domain )?(?:must|does not) (?:resolve|exist)",
-            r"mail from .{0,60}(?:rejected|refused|denied)",
-            r"(?:envelope|return)[ -]path .{0,40}(?:rejected|invalid|not)",
-            r"sender .{0,30}(?:rejected|refused|denied|blacklisted|blocked by)",
-            r"your (?:email )?address .{0,40}(?:has been|is) (?:blocked|blacklisted|banned)",
-            r"sender is on user's blacklist",
-            r"\bsender denied\b",
-            r"address .{0,40} is not allowed to send",
-        ),
-    ),
-    (
-        "failedstarttls",
-        _rx(
-            r"starttls",
-            r"\btls (?:is )?(?:required|needed|mandatory|negotiation|handshake)",
-            r"(?:must|should) (?:use|issue) .{0,10}tls",
-            r"encryption (?:is )?(?:required|needed)",
-            r"requiretls",
-        ),
-    ),
-    (
-        "norelaying",
-        _rx(
-            r"relay(?:ing)? (?:access )?(?:denied|not (?:allowed|permitted)|prohibited|refused)",
-            r"(?:unable|not allowed|not permitted|cannot) (?:to )?relay",
-            r"(?:we|i) do not relay",
-            r"no relay(?:ing)?\b",
-            r"relay(?:ing)? (?:is )?(?:not|denied)",
-            r"not (?:a )?(?:gateway|local domain)",
-            r"\brelaying\b",
-        ),
-    ),
-    (
-        "notcompliantrfc",
-        _rx(
-            r"rfc ?(?:5322|2822|822|5321|2821|1123)",
-            r"not (?:rfc|standards?)[- ]?compliant",
-            r"(?:multiple|duplicate|more than one) (?:from|to|subject|date|message-id|sender)"
-            r"(?: header)?",
-            r"header (?:is )?(?:missing|required)",
-            r"missing (?:required )?(?:header|date|from|message-id)",
-            r"bare (?:lf|line ?feed|cr)",
-        ),
-    ),
-    (
-        "spamdetected",
-        _rx(
-            r"\bspam\b",
-            r"\bspam(?:my|ish|assassin|score)?\b",
-            r"\bjunk ?mail\b",
-            r"\bunsolicited\b",
-            r"\buce\b",
-            r"bulk (?:e-?mail|mail|message)",
-            r"message (?:looks|seems|considered) (?:like |as )?(?:spam|suspicious)",
-            r"identified as (?:spam|junk|suspicious)",
-            r"classified as (?:spam|junk|bulk)",
-            r"suspicious (?:message|content|email|url|link)",
-            r"content (?:filter|scan(?:ner)?) .{0,20}(?:rejected|refused|blocked)",
-            r"message (?:rejected|refused|blocked) (?:by|due to) (?:content|filter)",
-            r"high (?:probability|score)",
-            r"phish",
-        ),
-    ),
-    (
-        "policyviolation",
-        _rx(
-            r"polic(?:y|ies) (?:violation|reason|restriction)",
-            r"violat(?:es|ed|ion of|ing) .{0,40}polic",
-            r"(?:local|site|security|content|acceptable use|usage) policy",
-            r"content restriction",
-            r"prohibited (?:by|due to|attachment|content|file)",
-            r"(?:attachment|file (?:type|extension)|extension) .{0,50}"
-            r"(?:not allowed|forbidden|prohibited|blocked|banned|rejected)",
-            r"(?:forbidden|prohibited|banned|blocked|dangerous) (?:attachment|file|extension)",
-        ),
-    ),
-    (
-        "mesgtoobig",
-        _rx(
-            r"(?:message|mail|email|e-mail)(?: file)?(?: size)? (?:is |was )?"
-            r"(?:too (?:big|large|long)|size (?:exceeds|limit))",
-            r"(?:message|mail|email|e-mail)(?: file)? (?:size )?exceeds .{0,40}"
-            r"(?:size|limit|maximum)",
-            r"exceed(?:s|ed)? (?:the )?(?:fixed |maximum |max )?(?:allowed )?"
-            r"(?:incoming |inbound )?(?:message|mail) size",
-            r"maximum .{0,25}(?:message|mail) size",
-            r"(?:message|mail) size .{0,25}(?:exceed|limit|too)",
-            r"size (?:of (?:the |this |your )?(?:message|mail) )exceeds",
-            r"message length exceeds",
-            r"too (?:big|large) (?:message|for (?:this|the) (?:system|server))",
-            r"message (?:is )?larger than",
-        ),
-    ),
-    (
-        "mailboxfull",
-        _rx(
-            r"(?:mail ?box|mailfolder|inbox|account|maildir|mail ?drop|disk|storage|folder)"
-            r"(?: is| has)? (?:full|over ?quota|quota exceeded|exceeded)",
-            r"\bover ?quota\b",
-            r"(?:reached|exceeded|over|exceeds) (?:the |its |their |his |her )?"
-            r"(?:disk |mailbox |storage |diskspace |disk space )?quota",
-            r"(?<!sending )(?<!daily )(?<!hourly )(?<!rate )(?<!message )\bquota\b",
-            r"quota (?:exceeded|exceed|full|violation|limit)",
-            r"exceed(?:s|ed|ing)? .{0,30}quota",
-            r"(?:mailbox|mail box|storage) (?:size )?(?:limit|allocation) (?:exceeded|reached)",
-            r"exceeded storage allocation",
-            r"(?:user|recipient|mailbox)(?:'s)? .{0,20}(?:is )?(?:full|over (?:the )?quota)",
-            r"insufficient (?:space|storage) .{0,20}(?:mailbox|user|account)",
-            r"not enough (?:storage|space) .{0,20}(?:mailbox|user|account)",
-            r"too much mail data",
-            r"would exceed .{0,20}(?:mailbox|quota|storage)",
-            r"mailbox .{0,20}(?:exceeded|exceeds) .{0,20}(?:size|limit)",
-            r"postfach (?:ist )?voll",
-            r"bo[iî]te (?:aux lettres|de r[ée]ception|mail).{0,40}pleine",
-            r"buz[oó]n.{0,40}(?:lleno|excede)",
-            r"casella.{0,40}piena",
-            r"caixa (?:postal|de correio).{0,40}(?:lotada|cheia)",
-            r"(?:postfach|mailbox).{0,30}(?:voll|[üu]berschritten)",
-            r"容量.{0,10}(?:超過|オーバー|超え)|(?:メールボックス|メールボックス).{0,10}(?:いっぱい|満杯)",
-            r"speicherplatz.{0,30}(?:voll|[üu]berschritten)",
-            r"mailbox (?:is )?vol\b",
-        ),
-    ),
-    (
-        "suspend",
-        _rx(
-            r"(?:account|mailbox|user|address|recipient)(?: has been| is| was)? "
-            r"(?:disabled|suspended|deactivated|inactive|locked|frozen|blocked by (?:the )?admin)",
-            r"(?:disabled|suspended|deactivated|inactive|expired|closed|locked) "
-            r"(?:e-?mail |mail ?box |user )?(?:account|mailbox|user)",
-            r"account (?:has )?expired",
-            r"is not (?:an )?active",
-            r"no longer (?:active|in use|available)",
-            r"(?:account|mailbox|user|address) .{0,20}temporarily "
-            r"(?:disabled|deactivated|suspended)",
-        ),
-    ),
-    (
-        "hasmoved",
-        _rx(
-            r"(?:user|recipient|address|mailbox) (?:has )?moved",
-            r"has moved (?:to|on)",
-            r"(?:changed|new) (?:e-?mail )?address (?:is|to)",
-            r"mailbox owner has changed",
-        ),
-    ),
-    (
-        "hostunknown",
-        _rx(
-            r"host (?:or domain name )?(?:unknown|not found)",
-            r"unknown (?:host|domain|mail domain)",
-            r"(?:domain|host)(?: name)? (?:does not|doesn't|did not) exist",
-            r"(?:domain|host)(?: name)? (?:not found|lookup failed|is unknown|unknown)",
-            r"no such (?:domain|host)",
-            r"name service error",
-            r"unrout(?:e)?able (?:mail )?domain",
-            r"\bunrout(?:e)?able address",
-            r"no (?:valid )?mx (?:record|host|or a)",
-            r"mx .{0,30}(?:non-?existent|does not exist|not found)",
-            r"(?:invalid|bad|unknown) (?:recipient )?domain",
-            r"domain .{0,30}(?:is not|isn't|not) (?:valid|registered|configured|hosted)",
-            r"nxdomain",
-            r"dns (?:error|failure|lookup failed).{0,40}(?:domain|host)",
-            r"no route to (?:the )?(?:domain|destination)",
-            r"(?:could not|couldn't|unable to|cannot) (?:be )?(?:resolve|find|found).{0,30}"
-            r"(?:domain|mail exchanger|mx)",
-            r"recipient domain .{0,20}(?:not|no)",
-            r"(?:could not|couldn't|can't|cannot) find any host",
-            r"no (?:such|valid) (?:host|domain|mx)",
-        ),
-    ),
-    (
-        "userunknown",
-        _rx(
-            r"(?:user|recipient|addressee|mailbox|account|address|local[ -]part)"
-            r"(?: name)? (?:unknown|not found|not exist|does not exist|doesn't exist|"
-            r"not known|not listed|invalid|is unknown|not valid|unavailable|"
-            r"rejected: (?:user|unknown|undeliverable|no such)|nonexistent|non-existent)",
-            r"unknown (?:or illegal )?(?:user|recipient|addressee|mailbox|account|"
-            r"e-?mail address|address|local[ -]?part|alias)",
-            r"no such (?:user|recipient|mailbox|account|address|person|local user|e-?mail)",
-            r"(?:invalid|bad|unknown|illegal|inexistent|nonexistent|non-existent) "
-            r"(?:recipient|mailbox|user|address(?:ee)?|account|e-?mail address|destination)",
-            r"no mailbox (?:here )?(?:by that name|for)",
-            r"(?:does not|doesn't) have (?:a|an) .{0,40}account",
-            r"(?:mailbox|address|account|recipient|user) (?:does not|doesn't|did not) exist",
-            r"not (?:a )?(?:valid|known|existing) (?:user|recipient|mailbox|address|account)",
-            r"(?:user|recipient|address) .{0,50}(?:not listed|not found) in",
-            r"in (?:local|virtual|relay) (?:recipient|mailbox|alias) table",
-            r"recipient ?not ?found",
-            r"\bexrecipnotfound\b",
-            r"address (?:not found|unknown|lookup failed|rejected)",
-            r"couldn't be found",
-            r"(?:account|address|mailbox) (?:that )?you tried to reach does not exist",
-            r"(?:email|e-mail) address .{0,40}(?:doesn't|does not|couldn't|could not|wasn't)"
-            r" (?:exist|be found)",
-            r"(?:mailbox|user) unavailable",
-            r"undeliverable address",
-            r"(?:is not|isn't) a (?:known|valid) (?:user|recipient|mailbox)",
-            r"addressee unknown",
-            r"unbekannt(?:er)? (?:empf[aä]nger|benutzer|user)",
-            r"(?:empf[aä]nger|benutzer|adresse).{0,30}(?:unbekannt|existiert nicht)",
-            r"(?:utilisateur|destinataire|adresse) (?:inconnu|introuvable|inexistant|non)",
-            r"(?:usuario|destinatario) (?:desconocido|inexistente|no existe)",
-            r"(?:utente|destinatario) (?:sconosciuto|inesistente)",
-            r"(?:usu[aá]rio|destinat[aá]rio) (?:desconhecido|inexistente)",
-            r"onbekende (?:gebruiker|ontvanger)",
-            r"not (?:our|a local) (?:customer|user)",
-            r"mailbox (?:name )?not allowed",
-            r"no longer accepts mail",
-            r"invalid (?:final )?(?:delivery )?user ?id",
-            r"adresse.{0,60}nicht gefunden|nicht gefunden.{0,30}(?:empf[aä]nger|adresse)",
-            r"\bintrouvable\b|n'existe pas|inexistante?\b|no existe\b|non esiste",
-            r"n[ãa]o existe|bestaat niet",
-            r"宛先不明|存在しない|存在しません|見つかりません|ユーザー?が(?:い|見つかり)ません",
-        ),
-    ),
-    (
-        "filtered",
-        _rx(
-            r"(?:rejected|refused|blocked|denied|filtered) by (?:the )?"
-            r"(?:recipient|user|addressee)",
-            r"recipient(?:'s)? .{0,30}(?:setting|filter|preference|refuses|rejects)",
-            r"user (?:refuses|reject|rejects|refused)",
-            r"(?:message|mail) (?:was )?filtered",
-            r"due to (?:the )?(?:recipient|user)'?s? (?:setting|filter|preference)",
-            r"not (?:accepting|receiving) (?:mail|messages|e-?mail) from",
-        ),
-    ),
-    (
-        "systemfull",
-        _rx(
-            r"insufficient (?:system )?(?:storage|disk|space)",
-            r"(?:disk|file ?system|spool|queue|system) (?:is )?full",
-            r"no space left",
-            r"out of (?:disk|storage|space)",
-        ),
-    ),
-    (
-        "speeding",
-        _rx(
-            r"receiving mail at a rate",
-            r"(?:sending|sent) (?:too (?:fast|quickly|many))",
-            r"too many (?:messages|mails|emails)",
-            r"unusual rate",
-        ),
-    ),
-    (
-        "ratelimited",
-        _rx(
-            r"too many (?:connections|concurrent|simultaneous|sessions|smtp sessions)",
-            r"connection (?:rate )?limit",
-            r"rate ?limit(?:ed|ing)?",
-            r"(?:rate|frequency) (?:exceeded|too high)",
-            r"throttl",
-            r"(?:too many|excessive) (?:recipients|rcpt)",
-            r"try (?:again )?later.{0,20}(?:rate|limit)",
-            r"maximum (?:number of )?connections",
-            r"(?:unexpected|excessive|unusual|high) volume",
-        ),
-    ),
-    (
-        "expired",
-        _rx(
-            r"(?:delivery|retry) time(?:out)? (?:has )?(?:expired|exceeded|reached)",
-            r"retry timeout exceeded",
-            r"(?:message|mail) (?:has )?(?:expired|timed out)",
-            r"(?:queue|queued|in queue) (?:for )?too long",
-            r"(?:could not|couldn't|was not|wasn't|has not been|cannot) (?:be )?delivered "
-            r"(?:with)?in \d",
-            r"undeliver(?:able|ed) (?:for|after) (?:more than )?\d",
-            r"(?:after|for) (?:more than )?\d+ (?:hours|days|seconds|minutes)",
-            r"time(?:d)? ?out .{0,30}(?:deliver|queue)",
-            r"maximum (?:time|delivery time|retry)",
-            r"\bexpired\b",
-        ),
-    ),
-    (
-        "networkerror",
-        _rx(
-            r"connection (?:timed out|timeout|refused|reset|closed|lost|dropped)",
-            r"delivery temporarily suspended",
-            r"(?:lost|dropped|broken) connection",
-            r"no route to host",
-            r"network (?:is )?unreachable",
-            r"host (?:is )?unreachable",
-            r"(?:name server|dns) (?:timeout|failure|error)",
-            r"temporary (?:lookup|dns|name service) failure",
-            r"malformed or unexpected name server reply",
-            r"(?:conversation|connect(?:ion)?) .{0,30}timed out",
-            r"routing loop",
-            r"too many hops",
-            r"hop count exceeded",
-            r"mail loop",
-            r"\blooping\b",
-            r"loops back to myself",
-            r"could not connect",
-            r"unable to connect",
-            r"no answer from",
-        ),
-    ),
-    (
-        "mailererror",
-        _rx(
-            r"mailer error",
-            r"x-unix",
-            r"command (?:died|failed|output)",
-            r"exit (?:status|code) \d",
-            r"procmail",
-            r"pipe to \|",
-            r"\bdelivery to (?:a )?(?:program|pipe|file)",
-            r"mailbox command failed",
-            r"unknown mailer",
-        ),
-    ),
-    (
-        "securityerror",
-        _rx(
-            r"authentication (?:required|failed|failure|is required)",
-            r"(?:not|un)authori[sz]ed",
-            r"must (?:authenticate|be authenticated)",
-            r"auth(?:entication)? (?:needed|credentials)",
-            r"\bsecurity\b",
-            r"certificate",
-        ),
-    ),
-    (
-        "syntaxerror",
-        _rx(
-            r"syntax error",
-            r"command (?:unrecognized|not recognized|not implemented)",
-            r"bad sequence of commands",
-            r"(?:line|command) too long",
-            r"invalid (?:command|parameter|argument)",
-            r"protocol (?:error|violation)",
-        ),
-    ),
-    (
-        "contenterror",
-        _rx(
-            r"(?:invalid|malformed|bad|broken|illegal) (?:mime|header|content|message|encoding|"
-            r"character|structure|8bit|format)",
-            r"(?:header|content|mime) (?:error|invalid|malformed|syntax)",
-            r"8-?bit (?:data|characters?|content) .{0,20}not",
-            r"smtputf8",
-            r"message (?:content|body) (?:rejected|not accepted)",
-        ),
-    ),
-    (
-        "systemerror",
-        _rx(
-            r"gr[ae]y-?list",
-            r"system (?:error|failure|problem)",
-            r"internal (?:server )?error",
-            r"local error",
-            r"server (?:error|failure|busy)",
-            r"(?:configuration|config) (?:error|problem)",
-            r"temporar(?:y|ily) (?:failure|unavailable|error|problem|deferred|rejected|local)",
-            r"resources? (?:temporarily )?unavailable",
-            r"(?:service|system) (?:is )?(?:currently )?unavailable",
-            r"\bi/o error\b",
-            r"mail transport unavailable",
-        ),
-    ),
-    (
-        "notaccept",
-        _rx(
-            r"(?:does not|doesn't|will not|won't|do not) accept (?:any )?(?:e-?mail|mail|messages)",
-            r"not accepting (?:any )?(?:e-?mail|mail|messages)",
-            r"null mx",
-            r"no mail (?:is )?accepted",
-            r"accepts no mail",
-        ),
-    ),
+# Address-level answers that a temporary failure cannot prove: returned after retries they
+# mean only that the queue lifetime ran out.
+_UNPROVEN_WHEN_TEMPORARY: Final = frozenset({None, "userunknown", "filtered", "expired"})
+# Answers to MAIL FROM that are about the sender's address (Sisimai: rejected) rather than
+# a cause of their own (an RBL, authentication, size, TLS, rate).
+_SENDER_SIDE: Final = frozenset(
+    {None, "userunknown", "filtered", "suspend", "hostunknown", "rejected"}
 )
-
-# Broad words that only tilt the decision when nothing better is known.
-_WEAK_TEXT: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
-    ("blocked", _rx(r"\bblocked\b", r"\bbanned\b", r"\bblacklist")),
-    ("securityerror", _rx(r"access denied", r"\bnot authorized\b", r"permission denied")),
-    ("userunknown", _rx(r"\bdoes not exist\b", r"\bnot exist\b", r"\binvalid\b.{0,20}@")),
-    ("rejected", _rx(r"\brejected\b", r"\brefused\b", r"\bdenied\b")),
-)
-
-
-# Boilerplate around a reply that names hosts and commands, not causes.
-_NOISE_RE: Final = re.compile(
-    r"(?:remote )?host \S+(?: \[[^\]]*\]|\[[^\]]*\])? said:"
-    r"|\((?:in reply to|after) [^)]{0,60}\)"
-    r"|(?:while talking to|connected to) \S+"
-    r"|\b(?:remote|reporting|generating)[- ]mta\b[^\n]*",
-    re.IGNORECASE,
-)
-
-
-def clean_diagnostic(text: str) -> str:
-    """Drop host names and command echoes so they cannot pass for causes."""
-    return _NOISE_RE.sub(" ", text)
-
-
-def text_reason(text: str, *, strong_only: bool = False) -> tuple[str | None, bool]:
-    """Reason named by reply or bounce text, and whether the evidence is strong."""
-    if not text:
-        return None, False
-    text = clean_diagnostic(text[:8000]).lower()
-    for reason, pattern in _STRONG_TEXT:
-        if pattern.search(text):
-            return reason, True
-    if strong_only:
-        return None, False
-    for reason, pattern in _WEAK_TEXT:
-        if pattern.search(text):
-            return reason, False
-    return None, False
-
-
-# Temporary causes that, once the message is returned as failed, mean "expired".
-_GAVE_UP_ON: Final = frozenset({None, "networkerror", "systemerror", "expired"})
+# Answers to the greeting or HELO that only say "no" to our host (Sisimai: blocked).
+_HOST_SIDE: Final = frozenset({None, "userunknown", "filtered", "rejected", "syntaxerror"})
 
 
 def decide(
@@ -784,17 +277,50 @@ def decide(
     smtp_code: int | None,
     text: str,
     action: str | None = None,
+    command: str | None = None,
 ) -> tuple[str, str]:
-    """Choose one reason from all evidence; returns ``(reason, why)``."""
+    """Choose one reason from all evidence; returns ``(reason, why)``.
+
+    Which signal wins, in order, and why:
+
+    1. delivered / relayed, or a 2.x.x status: not a failure at all;
+    2. a temporary failure (4.x.x, or a 4xx reply) that was returned anyway: the cause the
+       text names if it names one (mailbox full, rate limit, a DNS failure), otherwise
+       ``expired`` (Sisimai: the delivery time ran out); "user unknown" from a temporary
+       reply proves nothing about the address, so it is ``expired`` too;
+    3. the SMTP phase: "user unknown" answered to DATA is ``filtered``; an address-level
+       refusal of MAIL FROM is ``rejected``; a bare refusal of the greeting or HELO is
+       ``blocked`` (Sisimai's definitions of those three reasons are about the phase);
+    4. strong text, then a specific enhanced code (5.2.3 beats the size words it comes
+       with: exceedlimit), then weak text and generic codes, then the bare reply code.
+    """
     action = (action or "").lower()
     if action in {"delivered", "relayed", "expanded"} or (status or "").startswith("2."):
         return "delivered", f"action {action or 'n/a'} / status {status}"
+    if command is None:
+        command = smtp_command(text)
     code_reason, code_specific = status_reason(status)
     said, strong = text_reason(text)
-    gave_up = action == "failed" and (status or "").startswith("4.") and said in _GAVE_UP_ON
-    if gave_up and (not code_specific or code_reason == "expired"):
-        # A temporary failure that was returned anyway: the queue lifetime ran out.
+    temporary = (status or "").startswith("4.") or (
+        status is None and smtp_code is not None and 400 <= smtp_code < 500
+    )
+    retried = action == "delayed" or (action == "failed" and temporary)
+    if said == CONNECTION:
+        said = "expired" if retried else "networkerror"
+    elif said == TEMPORARY:
+        said, strong = ("expired", True) if retried else ("systemerror", False)
+    if action == "failed" and temporary and said in _UNPROVEN_WHEN_TEMPORARY:
+        if code_specific and code_reason not in _UNPROVEN_WHEN_TEMPORARY:
+            return str(code_reason), f"temporary status {status}, returned"
         return "expired", f"temporary status {status} but action failed"
+    if command == DATA and said == "userunknown":
+        return "filtered", "user unknown answered to DATA"
+    if command == MAIL and (said in _SENDER_SIDE or not strong):
+        return "rejected", "refused at MAIL FROM"
+    if command in {CONN, HELO} and (said in _HOST_SIDE or not strong):
+        return "blocked", f"refused at {command}"
+    if code_reason == "exceedlimit" and said in {None, "mesgtoobig"}:
+        return "exceedlimit", f"status {status}"
     if strong and said is not None:
         return said, "text"
     if code_specific and code_reason is not None:
@@ -811,3 +337,28 @@ def decide(
     if guess is not None:
         return guess, f"smtp code {smtp_code}"
     return "undefined", "no evidence"
+
+
+def classify_reply(
+    code: int | None, status: str | None, text: str, *, command: str | None = None
+) -> tuple[str, str]:
+    """(category, reason) for one SMTP reply, as given at RCPT or DATA time.
+
+    For the delivery side: a reply is not a returned message, so a 4xx is a deferral
+    (category transient) and only a 5xx can condemn an address or a domain.
+    """
+    status = normalise_status(status) or find_status(text, prose=True)
+    if code is None:
+        code = find_smtp_code(text)
+    temporary = (status or "").startswith("4.") or (code is not None and 400 <= code < 500)
+    reason, _ = decide(
+        status=status,
+        smtp_code=code,
+        text=text,
+        action="delayed" if temporary else "failed",
+        command=command,
+    )
+    category = category_of(reason)
+    if temporary and category in {HARD_BOUNCE_ADDRESS, HARD_BOUNCE_DOMAIN}:
+        category = TRANSIENT
+    return category, reason

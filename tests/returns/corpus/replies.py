@@ -17,7 +17,7 @@ not from its samples):
 * ``hostunknown``: the recipient domain does not exist;
 * ``norelaying``, ``spamdetected``, ``virusdetected``, ``policyviolation``,
   ``securityerror``, ``authfailure``, ``requireptr``, ``badreputation``, ``ratelimited``,
-  ``speeding``, ``toomanyconn``, ``failedstarttls``, ``notcompliantrfc``, ``contenterror``,
+  ``speeding``, ``failedstarttls``, ``notcompliantrfc``, ``contenterror``,
   ``systemerror``, ``systemfull``, ``mailererror``, ``notaccept``, ``syntaxerror``.
 
 Phrasings are written from the public wording of common servers and providers and in
@@ -487,8 +487,8 @@ _BANK: Final[tuple[tuple[str, str, int, str, str], ...]] = (
         "The user you are trying to contact is receiving mail at a rate that prevents additional messages from being delivered.",
     ),
     ("speeding", "RCPT", 452, "", "Too many messages for this recipient, please try again later"),
-    ("toomanyconn", "CONN", 421, "", "Too many SMTP sessions for this host"),
-    ("toomanyconn", "RCPT", 452, "4.5.3", "Too many recipients"),
+    ("ratelimited", "CONN", 421, "", "Too many SMTP sessions for this host"),
+    ("ratelimited", "RCPT", 452, "4.5.3", "Too many recipients"),
     # --- system
     ("systemerror", "RCPT", 451, "4.3.0", "Internal server error, please try again later"),
     ("systemerror", "DATA", 451, "", "Local error in processing"),
