@@ -9,17 +9,13 @@ skipped, so a caller can tell "nothing found" from "did not look".
 
 from __future__ import annotations
 
-import base64
-import email
 import html
-import quopri
 import re
 from dataclasses import dataclass, field
-from email import policy as email_policy
 from email.header import decode_header
-from email.message import Message
-from email.parser import HeaderParser
-from typing import Final
+from typing import Final, Protocol
+
+from raymail.returns.mime import Part, parse, parse_headers
 
 MAX_PARSE_BYTES: Final = 2 * 1024 * 1024  # a bounce's evidence is near the top
 MAX_PART_CHARS: Final = 256 * 1024  # text examined per part
@@ -74,11 +70,17 @@ _BLOCK_TAG_RE: Final = re.compile(r"<\s*(?:br|/p|/div|/tr|/li|/h\d|p|div|tr|li)\
 _SCRIPT_RE: Final = re.compile(r"<(script|style|head)\b.*?</\1\s*>", re.I | re.S)
 
 
+class HasHeaders(Protocol):
+    """A header block (a parsed part, or the email package's Message)."""
+
+    def get(self, name: str, default: None = None) -> object: ...
+
+
 @dataclass(slots=True)
 class ParsedMessage:
     """What the classifier needs from one returned message."""
 
-    message: Message | None
+    message: Part | None
     subject: str = ""
     sender: str = ""
     content_type: str = "text/plain"
@@ -86,7 +88,7 @@ class ParsedMessage:
     narrative: list[str] = field(default_factory=list)  # text written by the reporter
     status_texts: list[str] = field(default_factory=list)  # message/delivery-status bodies
     feedback_texts: list[str] = field(default_factory=list)  # message/feedback-report bodies
-    original_headers: list[Message] = field(default_factory=list)  # returned message headers
+    original_headers: list[Part] = field(default_factory=list)  # returned message headers
     original_text: str = ""  # quoted copy of the returned message found in the narrative
     notes: list[str] = field(default_factory=list)
     gave_up: str | None = None
@@ -111,9 +113,7 @@ class ParsedMessage:
         if self._headers is None:
             self._headers = {}
             if self.message is not None:
-                # compat32 keeps the (name, value) pairs in order here.
-                pairs = getattr(self.message, "_headers", None) or []
-                for name, value in pairs:
+                for name, value in self.message.items():
                     self._headers.setdefault(str(name).lower(), []).append(value)
         return self._headers
 
@@ -155,8 +155,10 @@ def _unfold(value: str) -> str:
     return re.sub(r"\r?\n[ \t]*", " ", value).strip()
 
 
-def header_text(msg: Message, name: str) -> str:
+def header_text(msg: HasHeaders | None, name: str) -> str:
     """Decoded value of ``name`` in ``msg``; '' when absent or unreadable."""
+    if msg is None:
+        return ""
     try:
         value = msg.get(name)
     except Exception:
@@ -186,68 +188,10 @@ def html_to_text(markup: str) -> str:
     return html.unescape(markup).replace("\xa0", " ")
 
 
-def part_text(part: Message) -> str:
+def part_text(part: Part) -> str:
     """Decoded text of a leaf part, capped at MAX_PART_CHARS."""
-    try:
-        payload = part.get_payload(decode=True)
-    except Exception:
-        payload = None
-    if payload is None:
-        try:
-            raw = part.get_payload()
-        except Exception:
-            return ""
-        if isinstance(raw, str):
-            return raw[:MAX_PART_CHARS]
-        return ""
-    if not isinstance(payload, bytes):
-        return ""
-    payload = payload[: MAX_PART_CHARS * 4]
-    try:
-        charset = part.get_content_charset()
-    except Exception:
-        charset = None
-    return decode_bytes(payload, charset)[:MAX_PART_CHARS]
-
-
-def _fields_text(blocks: list[Message]) -> str:
-    """Rebuild 'Name: value' text from the header blocks email gives a delivery-status part."""
-    out: list[str] = []
-    for block in blocks:
-        if not isinstance(block, Message):
-            continue
-        try:
-            items = block.items()
-        except Exception:
-            continue
-        for name, value in items:
-            out.append(f"{name}: {decode_header_value(value)}")
-        try:
-            rest = block.get_payload()
-        except Exception:
-            rest = None
-        if isinstance(rest, str) and rest.strip():
-            out.append(rest)  # lines the header parser could not take (e.g. base64)
-        out.append("")
-    return "\n".join(out)
-
-
-def _transfer_decoded(part: Message, text: str) -> str:
-    """Undo a base64 / quoted-printable encoding the parser did not (delivery-status parts)."""
-    try:
-        cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
-    except Exception:
-        return text
-    if cte not in {"base64", "quoted-printable"}:
-        return text
-    try:
-        if cte == "base64":
-            data = base64.b64decode(re.sub(r"[^A-Za-z0-9+/=]", "", text) + "===")
-        else:
-            data = quopri.decodestring(text.encode("latin-1", "replace"))
-    except Exception:
-        return text
-    return decode_bytes(data, None)
+    payload = part.decoded()[: MAX_PART_CHARS * 4]
+    return decode_bytes(payload, part.get_content_charset())[:MAX_PART_CHARS]
 
 
 def split_original(text: str) -> tuple[str, str]:
@@ -265,15 +209,12 @@ def split_original(text: str) -> tuple[str, str]:
     return text, ""
 
 
-def _parse_headers(text: str) -> Message | None:
+def _parse_headers(text: str) -> Part | None:
     """Headers of a quoted or attached original, or None if it has none."""
     text = text.lstrip("\r\n")
     if not re.match(r"[\w-]{2,76}:", text):
         return None
-    try:
-        return HeaderParser(policy=email_policy.compat32).parsestr(text[:65536], headersonly=True)
-    except Exception:
-        return None
+    return parse_headers(text)
 
 
 class _Walker:
@@ -284,7 +225,7 @@ class _Walker:
         self.parsed = parsed
         self.chars = 0
 
-    def walk(self, part: Message, depth: int, inside_original: bool) -> None:
+    def walk(self, part: Part, depth: int, inside_original: bool) -> None:
         """Visit ``part`` and its children; ``inside_original``: text is not evidence."""
         parsed = self.parsed
         if parsed.parts >= MAX_PARTS:
@@ -296,31 +237,16 @@ class _Walker:
                 parsed.notes.append("depth limit")
             return
         parsed.parts += 1
-        try:
-            ctype = part.get_content_type()
-        except Exception:
-            ctype = "text/plain"
-        try:
-            payload = part.get_payload()
-        except Exception:
-            payload = None
-        nested = isinstance(payload, list) and ctype not in _STATUS_TYPES | _ORIGINAL_TYPES
-        if ctype.startswith("multipart/") or nested:
-            if isinstance(payload, list):
-                for sub in payload:
-                    if isinstance(sub, Message):
-                        self.walk(sub, depth + 1, inside_original)
-            elif isinstance(payload, str) and not inside_original:
+        ctype = part.get_content_type()
+        if ctype.startswith("multipart/"):
+            for sub in part.children:
+                self.walk(sub, depth + 1, inside_original)
+            if part.is_multipart_text and not inside_original:
                 # A multipart whose boundary never appears: read it as text.
-                self._add_text(payload[:MAX_PART_CHARS], ctype)
+                self._add_text(part_text(part), ctype)
             return
         if ctype in _STATUS_TYPES:
-            if inside_original:
-                return
-            if isinstance(payload, list):
-                text = _fields_text([p for p in payload if isinstance(p, Message)])
-                parsed.status_texts.append(_transfer_decoded(part, text))
-            else:
+            if not inside_original:
                 parsed.status_texts.append(part_text(part))
             return
         if ctype in _FEEDBACK_TYPES:
@@ -328,23 +254,21 @@ class _Walker:
                 parsed.feedback_texts.append(part_text(part))
             return
         if ctype in _ORIGINAL_TYPES:
-            self._original(part, payload, depth)
+            self._original(part, depth)
             return
         if ctype.startswith("text/") and not inside_original:
             self._add_text(part_text(part), ctype)
 
-    def _original(self, part: Message, payload: object, depth: int) -> None:
+    def _original(self, part: Part, depth: int) -> None:
         """Keep an attached original's headers; walk it for nested reports."""
         parsed = self.parsed
-        if isinstance(payload, list):
-            for sub in payload:
-                if isinstance(sub, Message):
-                    parsed.original_headers.append(sub)
-                    # Walk it for nested reports (a bounce of a bounce), as original.
-                    self.walk(sub, depth + 1, True)
+        if part.children:
+            for sub in part.children:
+                parsed.original_headers.append(sub)
+                # Walk it for nested reports (a bounce of a bounce), as original.
+                self.walk(sub, depth + 1, True)
             return
-        text = part_text(part)
-        headers = _parse_headers(text)
+        headers = _parse_headers(part_text(part))
         if headers is not None:
             parsed.original_headers.append(headers)
 
@@ -375,8 +299,8 @@ def parse_message(raw: bytes) -> ParsedMessage:
     if raw.startswith(b"From ") and b"\n" in raw:
         raw = raw.split(b"\n", 1)[1]  # an mbox "From " separator line
     try:
-        msg = email.message_from_bytes(raw, policy=email_policy.compat32)
-    except Exception as exc:  # the parser is tolerant, but recursion or memory can still fail
+        msg = parse(raw)
+    except Exception as exc:  # the splitter is tolerant, but memory can still fail
         return ParsedMessage(message=None, gave_up=f"unparseable: {type(exc).__name__}")
     parsed = ParsedMessage(message=msg, notes=notes)
     try:
@@ -385,10 +309,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
         parsed.subject = header_text(msg, "Subject")
         parsed.sender = header_text(msg, "From")
         parsed.content_type = msg.get_content_type()
-        try:
-            parsed.report_type = str(msg.get_param("report-type", "") or "").lower()
-        except Exception:
-            parsed.report_type = ""
+        parsed.report_type = msg.get_param("report-type").lower()
         _Walker(parsed).walk(msg, 0, False)
     except RecursionError:
         parsed.gave_up = "nesting too deep"

@@ -617,5 +617,3 @@ def text_reason(text: str, *, strong_only: bool = False) -> tuple[str | None, bo
         if pattern.search(text):
             return reason, False
     return None, False
-
-

@@ -304,12 +304,14 @@ def decide(
     temporary = (status or "").startswith("4.") or (
         status is None and smtp_code is not None and 400 <= smtp_code < 500
     )
-    retried = action == "delayed" or (action == "failed" and temporary)
+    gave_up = action == "failed" and temporary
+    retried = action == "delayed" or gave_up
     if said == CONNECTION:
-        said = "expired" if retried else "networkerror"
+        # A delay warning has not run out of time yet: the cause is the network.
+        said = "expired" if gave_up else "networkerror"
     elif said == TEMPORARY:
         said, strong = ("expired", True) if retried else ("systemerror", False)
-    if action == "failed" and temporary and said in _UNPROVEN_WHEN_TEMPORARY:
+    if gave_up and said in _UNPROVEN_WHEN_TEMPORARY:
         if code_specific and code_reason not in _UNPROVEN_WHEN_TEMPORARY:
             return str(code_reason), f"temporary status {status}, returned"
         return "expired", f"temporary status {status} but action failed"
