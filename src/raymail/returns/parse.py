@@ -133,7 +133,7 @@ def decode_header_value(value: object) -> str:
         raw = str(value)
     except Exception:
         return ""
-    if any("\udc80" <= ch <= "\udcff" for ch in raw):  # raw 8-bit bytes in a header
+    if not raw.isascii() and any("\udc80" <= ch <= "\udcff" for ch in raw):  # raw 8-bit
         raw = decode_bytes(raw.encode("utf-8", "surrogateescape"), None)
     if "=?" not in raw:
         return _unfold(raw)
