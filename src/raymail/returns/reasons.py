@@ -305,12 +305,11 @@ def decide(
         status is None and smtp_code is not None and 400 <= smtp_code < 500
     )
     gave_up = action == "failed" and temporary
-    retried = action == "delayed" or gave_up
+    # A delay warning has not run out of time yet: its cause is the network or the server.
     if said == CONNECTION:
-        # A delay warning has not run out of time yet: the cause is the network.
         said = "expired" if gave_up else "networkerror"
     elif said == TEMPORARY:
-        said, strong = ("expired", True) if retried else ("systemerror", False)
+        said, strong = ("expired", True) if gave_up else ("systemerror", False)
     if gave_up and said in _UNPROVEN_WHEN_TEMPORARY:
         if code_specific and code_reason not in _UNPROVEN_WHEN_TEMPORARY:
             return str(code_reason), f"temporary status {status}, returned"
