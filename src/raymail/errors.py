@@ -16,6 +16,9 @@ builtin that fits, so callers may catch either::
     ├── RoutingError(ValueError)         routing input is unusable (names the field or path)
     ├── StorageError(OSError)            object storage (s3://) or an export folder failed
     ├── SinkConfigError(ValueError)      the embedded sink's config is invalid (names the key)
+    ├── QueueError(RuntimeError)         the campaign queue is unusable, or an entry cannot change
+    ├── AttachmentError(ValueError)      an attachment is missing, unreadable or above the cap
+    ├── SmimeError(ValueError)           an S/MIME certificate or key is unusable (names which)
     ├── TrackingError(ValueError)        tracking data, a query, archive or follow-up is unusable
     │   ├── EventRowError                an event row is invalid (names the row and the key)
     │   └── QueryError                   SQL over the events failed (DuckDB's message, one line)
@@ -95,3 +98,15 @@ class EventRowError(TrackingError):
 
 class QueryError(TrackingError):
     """A query over the events failed (the SQL is wrong); DuckDB's message in one line."""
+
+
+class QueueError(RaymailError, RuntimeError):
+    """The campaign queue cannot be opened, or an entry cannot make the change asked for."""
+
+
+class AttachmentError(RaymailError, ValueError):
+    """An attachment is missing, unreadable or larger than the cap (names the file)."""
+
+
+class SmimeError(RaymailError, ValueError):
+    """An S/MIME certificate or key is unusable: missing, expired, not for the address."""

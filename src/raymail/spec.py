@@ -473,6 +473,27 @@ class CampaignSpec(_Strict):
         description="Further campaigns to recipients the tracking events select "
         "('raymail followups run').",
     )
+    status_webhook: str | None = Field(
+        None,
+        description="http(s) URL that gets a signed JSON POST at every status change of this "
+        "campaign while it runs from the queue (raymail schedule); retried with backoff, "
+        "never in the send path.",
+    )
+    status_webhook_secret: str | None = Field(
+        None,
+        min_length=16,
+        description="Key of the webhook's HMAC-SHA256 signature (X-Raymail-Signature); "
+        "required with status_webhook.",
+    )
+
+    @model_validator(mode="after")
+    def _webhook_needs_secret(self) -> CampaignSpec:
+        if self.status_webhook is not None:
+            if not self.status_webhook.startswith(("http://", "https://")):
+                raise ValueError("status_webhook must be an http:// or https:// URL")
+            if not self.status_webhook_secret:
+                raise ValueError("status_webhook needs status_webhook_secret (the HMAC key)")
+        return self
 
     @field_validator("sender")
     @classmethod

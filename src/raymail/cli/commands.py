@@ -7,10 +7,11 @@ import typer
 
 def register(app: typer.Typer) -> None:
     """Attach all commands; each module owns one noun."""
-    from raymail.cli import archive, events, returns, routing, run, sink, suppression
+    from raymail.cli import archive, events, queue, returns, routing, run, sink, suppression
 
     archive.register(app)
     events.register(app)
+    queue.register(app)
     returns.register(app)
     routing.register(app)
     run.register(app)
