@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -250,47 +251,24 @@ def run_postfix(out: Path, timeout: float = 240) -> list[Label]:
 
 
 def _postfix_config(root: Path, transport: list[str]) -> None:
-    etc = root / "etc"
-    etc.mkdir(parents=True)
-    root.chmod(0o755)
-    for sub in ("spool", "data", "mail"):
-        (root / sub).mkdir()
-    shutil.chown(root / "data", "postfix")
-    (root / "mail").chmod(0o1777)
-    shutil.copy("/etc/postfix/master.cf", etc / "master.cf")
-    (etc / "main.cf").write_text(
-        f"""compatibility_level = 3.6
-queue_directory = {root}/spool
-data_directory = {root}/data
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = mta.raymail.test
-mydomain = raymail.test
-myorigin = raymail.test
-mydestination = raymail.test
-inet_interfaces = loopback-only
-inet_protocols = ipv4
-master_service_disable = inet
-alias_maps =
-alias_database =
-mail_spool_directory = {root}/mail
-transport_maps = texthash:{etc}/transport
-smtp_dns_support_level = disabled
-smtp_connect_timeout = 3s
+    """The private instance of test_returns_postfix.py, plus the corpus's own settings."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from test_returns_postfix import _write_config
+
+    _write_config(root, transport)
+    # Later lines override earlier ones in main.cf.
+    with (root / "etc" / "main.cf").open("a") as main_cf:
+        main_cf.write(
+            """smtp_connect_timeout = 3s
 smtp_helo_timeout = 3s
 smtp_skip_5xx_greeting = no
 hopcount_limit = 40
 maximal_queue_lifetime = 0
 bounce_queue_lifetime = 0
-queue_run_delay = 1s
-minimal_backoff_time = 1s
-maximal_backoff_time = 2s
+delay_warning_time = 0
 default_destination_concurrency_limit = 50
-maillog_file = {root}/maillog
-maillog_file_prefixes = {root}
 """
-    )
-    (etc / "transport").write_text("\n".join(transport) + "\n")
+        )
 
 
 def _closed_port() -> int:
