@@ -7,10 +7,21 @@ import typer
 
 def register(app: typer.Typer) -> None:
     """Attach all commands; each module owns one noun."""
-    from raymail.cli import archive, events, queue, returns, routing, run, sink, suppression
+    from raymail.cli import (
+        archive,
+        events,
+        followups,
+        queue,
+        returns,
+        routing,
+        run,
+        sink,
+        suppression,
+    )
 
     archive.register(app)
     events.register(app)
+    followups.register(app)
     queue.register(app)
     returns.register(app)
     routing.register(app)
