@@ -7,6 +7,7 @@ builtin that fits, so callers may catch either::
     ├── SpecError(ValueError)            a campaign spec file is invalid (names file and key)
     ├── RecipientError(ValueError)       the recipient list cannot be read at all
     ├── TemplateError(ValueError)        a template does not compile, or misses a merge field
+    ├── DkimError(ValueError)            a DKIM key is unreadable or does not fit its algorithm
     ├── DeliveryError(RuntimeError)      delivery could not proceed (no server, no route)
     │   └── MXResolutionError(LookupError)  a domain has no usable mail exchanger
     ├── SmtpProtocolError(ConnectionError)  an SMTP peer broke the protocol or the connection
@@ -46,6 +47,10 @@ class RecipientError(RaymailError, ValueError):
 
 class TemplateError(RaymailError, ValueError):
     """A template does not compile, or rendering it for one recipient failed."""
+
+
+class DkimError(RaymailError, ValueError):
+    """A DKIM key cannot be read, or does not fit the algorithm it is given for."""
 
 
 class DeliveryError(RaymailError, RuntimeError):

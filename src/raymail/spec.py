@@ -17,12 +17,15 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from raymail.errors import SpecError
+from raymail.compose.dkim_keys import load_private_key, read_key_source
+from raymail.errors import DkimError, SpecError
 
 HostPort = Annotated[str, Field(pattern=r"^\[?[A-Za-z0-9.:_-]+\]?:\d{1,5}$")]
 _ADDRESS_RE = re.compile(r"^[^@\s<>]+@[^@\s<>]+$")
@@ -35,7 +38,12 @@ class _Strict(BaseModel):
 class SmtpSettings(_Strict):
     """How delivery servers talk SMTP."""
 
-    helo_name: str = Field("raymail.localhost", description="Name sent in EHLO/HELO.")
+    helo_name: str | None = Field(
+        None,
+        description="Name sent in EHLO/HELO; default: the fully qualified name of the machine "
+        "each delivery server runs on (socket.getfqdn()), warned about when it has no dot. "
+        "It should resolve to the sending address, whose PTR should name it.",
+    )
     port: int = Field(25, ge=1, le=65535, description="Port of mail exchangers found by MX lookup.")
     starttls: Literal["opportunistic", "required", "never"] = Field(
         "opportunistic",
@@ -361,6 +369,101 @@ class FollowupRule(_Strict):
         return duration_seconds(self.after)
 
 
+# RFC 6376 5.4 and RFC 8058 3: what a bulk message's signature must cover.
+DKIM_REQUIRED_HEADERS = (
+    "from",
+    "subject",
+    "date",
+    "message-id",
+    "list-unsubscribe",
+    "list-unsubscribe-post",
+)
+DKIM_DEFAULT_HEADERS = (
+    *DKIM_REQUIRED_HEADERS,
+    "to",
+    "reply-to",
+    "mime-version",
+    "content-type",
+    "content-transfer-encoding",
+    "x-raymail-campaign",
+)
+_DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
+                        r"[A-Za-z0-9-]{2,63}$")  # fmt: skip
+
+
+class DkimSettings(_Strict):
+    """One DKIM signature (RFC 6376) every message gets; the key is checked when the spec is
+    loaded, and travels with the spec to the delivery servers (never written to spec.yaml)."""
+
+    domain: str = Field(..., description="The signing domain (d=); align it with From's.")
+    selector: str = Field(
+        ...,
+        pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}))*$",
+        description="The selector (s=): the key is published at SELECTOR._domainkey.DOMAIN.",
+    )
+    key_file: str | None = Field(
+        None, description="PEM private key file (relative paths: from the spec's folder)."
+    )
+    key_env: str | None = Field(
+        None, description="Environment variable holding the PEM private key instead."
+    )
+    algorithm: Literal["rsa-sha256", "ed25519-sha256"] = Field(
+        "rsa-sha256",
+        description="rsa-sha256 (what every verifier checks) or ed25519-sha256 (RFC 8463; add "
+        "it beside an RSA signature, not alone).",
+    )
+    headers: list[str] = Field(
+        default_factory=lambda: list(DKIM_DEFAULT_HEADERS),
+        description="Header fields the signature covers, when present in the message; must "
+        f"include {', '.join(DKIM_REQUIRED_HEADERS)}.",
+    )
+    _private_pem: bytes = PrivateAttr(b"")
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        if not _DOMAIN_RE.match(value):
+            raise ValueError(f"not a domain name: {value!r}")
+        return value.lower()
+
+    @field_validator("key_file")
+    @classmethod
+    def _key_path(cls, value: str | None, info: ValidationInfo) -> str | None:
+        base = (info.context or {}).get("base")
+        if value and base is not None and not Path(value).expanduser().is_absolute():
+            return str((Path(base) / value).resolve())
+        return str(Path(value).expanduser()) if value else value
+
+    @field_validator("headers")
+    @classmethod
+    def _header_names(cls, value: list[str]) -> list[str]:
+        names = list(dict.fromkeys(h.strip().lower() for h in value))
+        bad = [h for h in names if not re.fullmatch(r"[!-9;-~]+", h)]
+        if bad:
+            raise ValueError(f"not a header field name: {bad[0]!r}")
+        missing = [h for h in DKIM_REQUIRED_HEADERS if h not in names]
+        if missing:
+            raise ValueError(f"must include {', '.join(missing)} (RFC 6376, RFC 8058)")
+        return names
+
+    @model_validator(mode="after")
+    def _load_key(self) -> DkimSettings:
+        if bool(self.key_file) == bool(self.key_env):
+            raise ValueError("give exactly one of key_file and key_env")
+        pem, where = read_key_source(self.key_file, self.key_env)
+        try:
+            load_private_key(pem, self.algorithm, where)
+        except DkimError as exc:
+            raise ValueError(str(exc)) from None
+        self._private_pem = pem
+        return self
+
+    @property
+    def private_pem(self) -> bytes:
+        """The key as read when the spec was loaded."""
+        return self._private_pem
+
+
 class CampaignSpec(_Strict):
     """One campaign: who sends what to whom, and with how much capacity."""
 
@@ -411,7 +514,13 @@ class CampaignSpec(_Strict):
     )
     source_addresses: list[str] = Field(
         default_factory=list,
-        description="Local addresses to bind, one per delivery server (cycled).",
+        description="Local addresses to bind, one per delivery server (cycled). An entry may "
+        "be a mapping {address, helo_name}: the HELO name for that address (match its PTR).",
+    )
+    source_helo_names: dict[str, str] = Field(
+        default_factory=dict,
+        description="HELO name per source address (filled from source_addresses entries that "
+        "give one); others use smtp.helo_name.",
     )
     return_domain: str | None = Field(
         None, description="Domain of the VERP return path; default: the sender's domain."
@@ -495,6 +604,42 @@ class CampaignSpec(_Strict):
                 raise ValueError("status_webhook needs status_webhook_secret (the HMAC key)")
         return self
 
+    dkim: list[DkimSettings] = Field(
+        default_factory=list,
+        description="DKIM signatures every message gets (e.g. one RSA and one Ed25519).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _source_entries(cls, data: Any) -> Any:
+        """``source_addresses`` entries given as {address, helo_name} mappings."""
+        if not isinstance(data, dict) or not isinstance(data.get("source_addresses"), list):
+            return data
+        addresses: list[Any] = []
+        helo = dict(data.get("source_helo_names") or {})
+        for entry in data["source_addresses"]:
+            if isinstance(entry, dict):
+                unknown = set(entry) - {"address", "helo_name"}
+                if unknown or "address" not in entry:
+                    raise ValueError(
+                        "a source_addresses entry is an address or {address, helo_name}"
+                        + (f"; unknown key {sorted(unknown)[0]!r}" if unknown else "")
+                    )
+                if entry.get("helo_name"):
+                    helo[str(entry["address"])] = entry["helo_name"]
+                entry = entry["address"]
+            addresses.append(entry)
+        return {**data, "source_addresses": addresses, "source_helo_names": helo}
+
+    @field_validator("dkim")
+    @classmethod
+    def _distinct_signatures(cls, value: list[DkimSettings]) -> list[DkimSettings]:
+        seen = [(d.domain, d.selector) for d in value]
+        for key in seen:
+            if seen.count(key) > 1:
+                raise ValueError(f"two signatures with domain {key[0]} and selector {key[1]}")
+        return value
+
     @field_validator("sender")
     @classmethod
     def _sender_has_address(cls, value: str) -> str:
@@ -550,12 +695,15 @@ def _known_keys(model: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
     return list(current.model_fields)
 
 
-def parse_spec(data: Any, source: str = "<spec>") -> CampaignSpec:
-    """Validate already-parsed YAML/JSON data; raise SpecError naming every bad key."""
+def parse_spec(data: Any, source: str = "<spec>", base: Path | None = None) -> CampaignSpec:
+    """Validate already-parsed YAML/JSON data; raise SpecError naming every bad key.
+
+    ``base`` is the folder relative key files are read from (the spec file's folder).
+    """
     if not isinstance(data, dict):
         raise SpecError(f"{source}: a campaign spec must be a mapping of keys to values")
     try:
-        return CampaignSpec.model_validate(data)
+        return CampaignSpec.model_validate(data, context={"base": base})
     except ValidationError as exc:
         lines = [_format_error(source, e, CampaignSpec) for e in exc.errors()]  # type: ignore[arg-type]
         raise SpecError("\n".join(lines)) from None
@@ -574,7 +722,7 @@ def load_spec(path: str | Path) -> CampaignSpec:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise SpecError(f"{spec_path}: not valid YAML: {exc}") from None
-    spec = parse_spec(data, str(spec_path))
+    spec = parse_spec(data, str(spec_path), spec_path.parent)
     # Relative local paths are taken from the spec's folder; URLs are left alone.
     updates: dict[str, Any] = {
         key: str((spec_path.parent / value).resolve())

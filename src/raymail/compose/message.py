@@ -5,7 +5,8 @@ renders every recipient of every portion with it. Everything that does not depen
 recipient (the address headers, the encoded subject and bodies of templates without
 variables, the List-Unsubscribe prefix, the campaign tag) is computed in ``__init__``; per
 message there are only the template renders, three keyed hashes, a few joins and the body
-encoding.
+encoding, then the DKIM signatures of the spec's ``dkim`` keys (:mod:`raymail.compose.dkim`)
+over the final bytes: per message, or once per shared transaction.
 
 Templates are jinja2 in a sandbox with strict undefined variables: a missing merge field or
 a blocked attribute fails that one recipient with :class:`TemplateError`, never the run.
@@ -27,6 +28,7 @@ from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, meta
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
+from raymail.compose.dkim import DkimSigner
 from raymail.compose.mime import DateHeader, clean_header_text, encode_body, encode_subject, to_crlf
 from raymail.compose.verp import TokenKind, TokenSigner
 from raymail.errors import TemplateError
@@ -125,6 +127,8 @@ class MessageTemplate:
         self._shared_prefix: bytes | None = None
         if not self.uses_merge_fields:
             self._shared_prefix = self._shared_headers()
+        # Signing is the last step: it covers the final headers and body.
+        self._dkim = DkimSigner(spec.dkim) if spec.dkim else None
 
     # --- per recipient ----------------------------------------------------------------------
 
@@ -149,7 +153,8 @@ class MessageTemplate:
             f"Message-ID: {self.message_id(email)}\r\nList-Unsubscribe: {unsubscribe}\r\n"
             f"{self._one_click}"
         )
-        return head.encode("ascii") + body
+        message = head.encode("ascii") + body
+        return message if self._dkim is None else self._dkim.sign(message)
 
     def render_many(self, rows: Sequence[Mapping[str, str]]) -> list[bytes | TemplateError]:
         """Render a portion: each row holds ``email`` and its fields; errors are returned."""
@@ -195,7 +200,8 @@ class MessageTemplate:
                 f"({', '.join(sorted(self.merge_fields))}); messages cannot be shared"
             )
         head = f"Date: {self._date()}\r\nMessage-ID: {self.shared_message_id(recipients)}\r\n"
-        return head.encode("ascii") + self._shared_prefix
+        message = head.encode("ascii") + self._shared_prefix
+        return message if self._dkim is None else self._dkim.sign(message)
 
     def shared_message_id(self, recipients: Sequence[str]) -> str:
         """Deterministic per campaign and the transaction's (sorted) recipient list."""

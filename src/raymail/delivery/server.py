@@ -20,6 +20,7 @@ import pyarrow as pa
 import ray
 
 from raymail.compose.message import MessageTemplate
+from raymail.delivery.envelope import helo_name
 from raymail.delivery.journal import ACCEPTED as JOURNAL_ACCEPTED
 from raymail.delivery.journal import DEFERRED as JOURNAL_DEFERRED
 from raymail.delivery.journal import DROPPED_AFTER_DATA, Fenced, FenceGuard, Journal
@@ -127,6 +128,7 @@ class DeliveryServer:
         self.spec = spec
         self.source_address = source_address
         self.template = MessageTemplate(spec)
+        self.helo_name = helo_name(spec, source_address)  # this node's FQDN by default
         self._nameservers = nameservers
         self._resolver: MXResolver | None = None
         self._pool: ConnectionPool | None = None
@@ -156,7 +158,7 @@ class DeliveryServer:
         return await SmtpConnection.open(
             host,
             port,
-            helo_name=smtp.helo_name,
+            helo_name=self.helo_name,
             source_address=self.source_address,
             starttls=smtp.starttls,
             verify_certificates=smtp.verify_certificates,

@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from raymail.delivery.envelope import sender_setup_warnings
 from raymail.delivery.journal import FENCE_WAIT_S, JOURNAL_DIR, journal_files, write_fence
 from raymail.driver.dispatch import Router, WorkQueue
 from raymail.driver.fleet import Fleet, Server
@@ -30,6 +31,7 @@ from raymail.driver.progress import ProgressReporter, Tally
 from raymail.driver.sizing import TargetSizer
 from raymail.intake.staging import stage_recipients
 from raymail.intake.stream import intake_recipients
+from raymail.returns.ledger_import import record_run_rejections
 from raymail.routing import make_router
 from raymail.run.export import start_export
 from raymail.run.ledger import Ledger
@@ -120,6 +122,8 @@ class CampaignDriver:
     def _start(self) -> dict[str, Any]:
         spec, rd = self.spec, self.rd
         rd.create(spec)
+        for warning in sender_setup_warnings(spec):  # HELO name, DKIM alignment
+            log.warning("%s", warning)
         self._stage(LOADING, started_at=_iso(time.time()), resumes=0, elapsed_s=0.0)
         from raymail.returns.suppression import apply_suppression  # the C servers' list
 
@@ -251,6 +255,7 @@ class CampaignDriver:
                 attempts=int(manifest.get("attempts") or 0) + state.attempts,
                 stream=stream,
             )
+        record_run_rejections(spec, rd.path)  # send-time 5xx feed the suppression list
         self._stage(COMPLETE, finished_at=_iso(time.time()))
         for path in journal_files(rd.path):  # the ledger now holds all they said
             path.unlink()
