@@ -27,6 +27,13 @@ _UPDATE_FRESH_S = 3600.0  # a stamp younger than this means another worker/sessi
 _UPDATE_TIMEOUT_S = 300.0
 _INSTALL_TIMEOUT_S = 600.0
 _updated = False
+# debconf answers for packages whose installation would otherwise ask (or configure a
+# system-wide service): Postfix with "No configuration" sets up no MTA on port 25; tests
+# run private instances with their own config.
+_PRESEED = {
+    "postfix": "postfix postfix/main_mailer_type select No configuration\n"
+    "postfix postfix/mailname string raymail.test\n",
+}
 
 
 def find_binary(binary: str) -> str | None:
@@ -52,6 +59,7 @@ def require_binary(binary: str, debian_package: str) -> str:
         if found:
             return found
         _apt_update_once()
+        _preseed(debian_package)
         _apt("install", "-y", "--no-install-recommends", debian_package, timeout=_INSTALL_TIMEOUT_S)
     found = find_binary(binary)
     if not found:
@@ -81,6 +89,17 @@ def _apt_update_once() -> None:
         _apt("update", timeout=_UPDATE_TIMEOUT_S)
         _STAMP.touch()
     _updated = True
+
+
+def _preseed(debian_package: str) -> None:
+    answers = _PRESEED.get(debian_package)
+    if answers is None or shutil.which("debconf-set-selections") is None:
+        return
+    done = subprocess.run(
+        ["debconf-set-selections"], input=answers, capture_output=True, text=True, timeout=60
+    )
+    if done.returncode != 0:
+        pytest.fail(f"debconf-set-selections for {debian_package!r} failed: {done.stderr}")
 
 
 def _apt(*args: str, timeout: float) -> None:

@@ -9,6 +9,7 @@ def register(app: typer.Typer) -> None:
     """Attach all commands; each module owns one noun."""
     from raymail.cli import (
         archive,
+        dkim,
         events,
         followups,
         queue,
@@ -20,6 +21,7 @@ def register(app: typer.Typer) -> None:
     )
 
     archive.register(app)
+    dkim.register(app)
     events.register(app)
     followups.register(app)
     queue.register(app)

@@ -89,11 +89,9 @@ def load_private_key(pem: bytes, algorithm: str, where: str) -> PrivateKey:
 
 
 def _kind(key: object) -> str:
-    if isinstance(key, rsa.RSAPrivateKey):
-        return "an RSA"
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        return "an Ed25519"
-    return f"a {type(key).__name__.removeprefix('_')}"
+    """'an RSA', 'an Ed25519', 'an EC', 'a DSA': what a key is, for error messages."""
+    name = type(key).__name__.removeprefix("_").removesuffix("PrivateKey")
+    return ("an " if name in {"RSA", "Ed25519", "Ed448", "EC", "X25519", "X448"} else "a ") + name
 
 
 def dns_record(key: PrivateKey) -> str:
