@@ -168,3 +168,28 @@ def _wait_listening(port: int, instance: RelayPostfix) -> None:
             time.sleep(0.1)
     log = instance.maillog.read_text(errors="replace") if instance.maillog.exists() else ""
     raise RuntimeError(f"Postfix smtpd did not answer on 127.0.0.1:{port}; maillog:\n{log}")
+
+
+@contextlib.contextmanager
+def rejecting_sink(reply: str, command: str = "RCPT") -> Iterator[int]:
+    """Postfix's smtp-sink on a loopback port answering ``command`` with the 5xx ``reply``:
+    a remote server that refuses, so Postfix (not its smtpd) bounces with a DSN."""
+    binary = require_binary("smtp-sink", "postfix")
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "-u", "postfix", "-f", command, "-B", reply, f"127.0.0.1:{port}", "10"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # bounded
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

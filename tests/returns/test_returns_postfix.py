@@ -16,10 +16,12 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import polars as pl
 import pytest
 
 from raymail.returns import classify_paths
@@ -198,3 +200,100 @@ def check_mbox(mbox: Path) -> None:
 def test_real_postfix_bounces(postfix: Postfix) -> None:
     bounce_all(postfix)
     check_mbox(postfix.mailbox)
+
+
+# -- raymail through a real Postfix: DSNs and RCPT-time rejections feed suppression ---------
+
+GONE = ["old1@gone.test", "old2@gone.test"]  # accepted by Postfix; its next hop refuses: DSN
+REFUSED = ["nobody1@refused.test", "nobody2@refused.test"]  # 550 5.1.1 at RCPT: no DSN
+FULL = ["full@full.test"]  # 552 5.2.2 at RCPT: a soft bounce, below the threshold of 3
+BLOCKED = ["someone@blocked.test"]  # 550 5.7.1 at RCPT: about the sender, never suppressed
+DELIVERED = [f"user{i}@ok.test" for i in range(10)]
+EVERYONE = GONE + REFUSED + FULL + BLOCKED + DELIVERED
+
+
+def _until(what: str, check: Callable[[], bool], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:  # bounded
+        if check():
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.usefixtures("ray_session")
+@pytest.mark.timeout(400)
+def test_raymail_through_postfix_suppresses_dsns_and_rcpt_rejections(tmp_path: Path) -> None:
+    from conftest import make_spec, write_csv
+    from postfix_mta import rejecting_sink, relay_postfix
+    from raymail.driver.campaign import run_campaign
+    from raymail.returns.config import ReturnsConfig
+    from raymail.returns.runner import run_returns_server
+    from raymail.returns.store import ReturnsStore
+    from raymail.sink import SinkConfig, iter_capture, run_sink
+    from raymail.spec import ReturnsSettings
+
+    settings = ReturnsSettings(home=str(tmp_path / "home"))
+    runs = tmp_path / "runs"
+
+    def suppressed() -> set[str]:
+        return set(ReturnsStore(settings).suppression.active()["email"].to_list())
+
+    def events(campaign: str) -> pl.DataFrame:
+        frame = ReturnsStore(settings).events.read()
+        return frame.filter(pl.col("campaign") == campaign)
+
+    def send(campaign: str, port: int) -> dict[str, Any]:
+        rows = [f"{e},N{i}" for i, e in enumerate(EVERYONE)]
+        spec = make_spec(
+            write_csv(tmp_path / f"{campaign}.csv", "email,name", rows), port,
+            campaign=campaign, verp_secret="pf-secret", return_domain="bounce.test",
+            returns=settings.model_dump(mode="json"), smtp={"helo_name": "client.raymail.test"},
+        )  # fmt: skip
+        return run_campaign(spec, runs / campaign, live_progress=False)
+
+    capture = tmp_path / "capture"
+    config = ReturnsConfig(settings=settings, runs=[str(runs)])
+    unknown_user = "550 5.1.1 <old@gone.test>: Recipient address rejected: User unknown"
+    with (
+        run_returns_server(config, port=0) as returns_server,
+        run_sink(SinkConfig(), capture_dir=capture) as sink,
+        rejecting_sink(unknown_user) as gone_port,
+    ):
+        routes = {
+            "ok.test": f"smtp:[127.0.0.1]:{sink.port}",
+            "bounce.test": f"smtp:[{returns_server.host}]:{returns_server.port}",
+            "gone.test": f"smtp:[127.0.0.1]:{gone_port}",
+        }
+        rejects = {
+            "refused.test": "550 5.1.1 User unknown in virtual mailbox table",
+            "full.test": "552 5.2.2 Mailbox full: user is over quota",
+            "blocked.test": "550 5.7.1 Client host blocked using zen.spamhaus.org",
+        }
+        with relay_postfix(routes, rejects) as postfix:
+            first = send("pf1", postfix.port)
+            rejected_at_rcpt = REFUSED + FULL + BLOCKED
+            assert first["failed"] == len(rejected_at_rcpt)
+            assert first["accepted"] == len(GONE + DELIVERED)
+            # The run itself recorded its RCPT-time rejections, classified like bounces.
+            ledger = events("pf1").filter(pl.col("source") == "ledger")
+            verdicts = dict(zip(ledger["recipient"], ledger["category"], strict=True))
+            assert verdicts == {
+                **dict.fromkeys(REFUSED, "hard_bounce_address"),
+                **dict.fromkeys(FULL, "mailbox_full"),
+                **dict.fromkeys(BLOCKED, "blocked"),
+            }
+            assert suppressed() >= set(REFUSED)
+            # Postfix's DSNs for gone.test come back to the returns server.
+            _until("DSNs suppressed", lambda: suppressed() >= set(GONE))
+            dsn = events("pf1").filter(pl.col("source") == "dsn")
+            assert set(dsn["recipient"]) == set(GONE)
+            assert set(dsn["category"]) == {"hard_bounce_address"}
+            assert suppressed() == set(GONE + REFUSED)  # soft once and blocked: not suppressed
+
+            second = send("pf2", postfix.port)
+            postfix.wait_idle()
+    assert second["suppressed"] == len(GONE + REFUSED)
+    assert second["failed"] == len(FULL + BLOCKED)  # still sent to, still refused
+    delivered = {r for m in iter_capture(capture) if b"pf2" in m.raw for r in m.rcpt_tos}
+    assert delivered == set(DELIVERED)
