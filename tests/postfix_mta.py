@@ -53,9 +53,8 @@ class RelayPostfix:
     def queue_empty(self) -> bool:
         """No message left in any queue (delivered or bounced)."""
         spool = self.root / "spool"
-        return not any(
-            p.is_file() for q in ("maildrop", "incoming", "active", "deferred") for p in (spool / q).rglob("*")
-        )
+        queues = ("maildrop", "incoming", "active", "deferred")
+        return not any(p.is_file() for q in queues for p in (spool / q).rglob("*"))
 
     def wait_idle(self, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s

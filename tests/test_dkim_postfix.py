@@ -44,7 +44,8 @@ def test_signatures_survive_postfix_and_verify(tmp_path: Path) -> None:
         {"domain": DOMAIN, "selector": "e1", "key_file": str(ed_path),
          "algorithm": "ed25519-sha256"},
     ]  # fmt: skip
-    people = [f"u{i}@ok.test,Ann{i}" for i in range(12)] + [f"v{i}@two.test,Bø{i}" for i in range(8)]
+    people = [f"u{i}@ok.test,Ann{i}" for i in range(12)]
+    people += [f"v{i}@two.test,Bø{i}" for i in range(8)]
     capture = tmp_path / "capture"
     with run_sink(SinkConfig(), capture_dir=capture) as sink:
         route = f"smtp:[127.0.0.1]:{sink.port}"
