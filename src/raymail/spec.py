@@ -464,6 +464,105 @@ class DkimSettings(_Strict):
         return self._private_pem
 
 
+class TrackingSettings(_Strict):
+    """Open pixel and click redirects added to the HTML part at render time (text untouched)."""
+
+    opens: bool = Field(
+        False, description="Add a per-recipient open pixel (web.base_url/o/TOKEN.gif) to the HTML."
+    )
+    clicks: bool = Field(
+        False,
+        description="Rewrite the HTML part's http(s) links to signed per-recipient redirects "
+        "(web.base_url/c/TOKEN); the target comes from the campaign's link table or the token.",
+    )
+
+
+class MailingListSettings(_Strict):
+    """One list people subscribe to through the web service (double opt-in)."""
+
+    confirm_subject: str = Field(
+        "Please confirm your subscription", description="Subject of the confirmation email."
+    )
+    confirm_text: str = Field(
+        "Please confirm that you want to receive our mail:\n{{ confirm_url }}\n\n"
+        "If you did not ask for this, ignore this message.\n",
+        description="Text of the confirmation email (jinja2; confirm_url, email and the "
+        "subscriber's fields are defined).",
+    )
+    confirm_unsubscribe: bool = Field(
+        False, description="Send an email confirming an unsubscribe of this list's campaigns."
+    )
+    unsubscribed_subject: str = Field(
+        "You are unsubscribed", description="Subject of the unsubscribe confirmation."
+    )
+    unsubscribed_text: str = Field(
+        "You will not receive these messages any more.\n",
+        description="Text of the unsubscribe confirmation (jinja2; email is defined).",
+    )
+
+
+class WebSettings(_Strict):
+    """The web service (raymail web serve): one-click unsubscribe, subscribe, tracking."""
+
+    base_url: str = Field(
+        ...,
+        pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
+        description="Public URL of the web service (behind the load balancer), e.g. "
+        "'https://mail.shop.example'; unsubscribe, pixel, click and confirm links start here.",
+    )
+    secret: str | None = Field(
+        None,
+        min_length=16,
+        description="Key that signs subscribe confirmations; default verp_secret.",
+    )
+    home: str | None = Field(
+        None, description="Folder of the change log and the list store; default $RAYMAIL_HOME."
+    )
+    apply_interval_s: float = Field(
+        2.0, gt=0, le=3600, description="Longest time an accepted change waits to be applied."
+    )
+    apply_batch: int = Field(
+        1000,
+        ge=1,
+        description="Apply as soon as this many changes wait, without waiting for the interval.",
+    )
+    replicas: int = Field(1, ge=1, le=256, description="Serve replicas of the HTTP ingress.")
+    max_body_bytes: int = Field(
+        16_384, ge=256, le=10 * 1024 * 1024, description="Largest request body (413 above)."
+    )
+    max_events_per_request: int = Field(
+        1000, ge=1, description="Events one POST /events may carry (422 above)."
+    )
+    ingest_key: str | None = Field(
+        None, min_length=16, description="Bearer key POST /events requires; absent: ingest off."
+    )
+    confirm_ttl_hours: float = Field(
+        72.0, gt=0, description="How long a subscribe confirmation link stays valid."
+    )
+    lists: dict[str, MailingListSettings] = Field(
+        default_factory=dict,
+        description="Lists people can subscribe to, by list id (letters, digits, . _ -).",
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @field_validator("lists")
+    @classmethod
+    def _list_ids(cls, value: dict[str, MailingListSettings]) -> dict[str, MailingListSettings]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+                raise ValueError(f"list id {name!r}: use letters, digits, '.', '_', '-'")
+        return value
+
+    @property
+    def home_dir(self) -> Path:
+        """Where the change log (web/) and the list store (lists/) live."""
+        return Path(self.home).expanduser() if self.home else raymail_home()
+
+
 class CampaignSpec(_Strict):
     """One campaign: who sends what to whom, and with how much capacity."""
 
@@ -567,6 +666,18 @@ class CampaignSpec(_Strict):
         2.0, gt=0, description="Longest time outcomes stay only in memory before Parquet."
     )
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    tracking: TrackingSettings = Field(
+        default_factory=TrackingSettings,
+        description="Open and click tracking in the HTML part (needs a web section).",
+    )
+    web: WebSettings | None = Field(
+        None,
+        description="The web service; with it, the one-click unsubscribe URL defaults to "
+        "web.base_url/u/{token}.",
+    )
+    list_id: str | None = Field(
+        None, description="The web list (a web.lists key) this campaign is sent to, if any."
+    )
     returns: ReturnsSettings | None = Field(
         None,
         description="Returns processing: the suppression list this campaign skips, and the "
@@ -651,6 +762,21 @@ class CampaignSpec(_Strict):
     @classmethod
     def _lower_domains(cls, value: dict[str, str] | None) -> dict[str, str] | None:
         return None if value is None else {k.lower(): v for k, v in value.items()}
+
+    @model_validator(mode="after")
+    def _web_links(self) -> CampaignSpec:
+        if (self.tracking.opens or self.tracking.clicks) and self.web is None:
+            raise ValueError("tracking needs a 'web' section (web.base_url serves the links)")
+        if self.list_id is not None and (self.web is None or self.list_id not in self.web.lists):
+            raise ValueError(f"list_id {self.list_id!r} is not one of web.lists")
+        return self
+
+    @property
+    def one_click_url(self) -> str | None:
+        """The List-Unsubscribe URL template: the configured one, else the web service's."""
+        if self.unsubscribe_url is not None:
+            return self.unsubscribe_url
+        return None if self.web is None else f"{self.web.base_url}/u/{{token}}"
 
     @property
     def sender_domain(self) -> str:

@@ -29,6 +29,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
 from raymail.compose.dkim import DkimSigner
+from raymail.compose.links import HtmlTracker
 from raymail.compose.mime import DateHeader, clean_header_text, encode_body, encode_subject, to_crlf
 from raymail.compose.verp import TokenKind, TokenSigner
 from raymail.errors import TemplateError
@@ -104,7 +105,9 @@ class MessageTemplate:
         self._bounce_domain = bounce.rpartition("@")[2]
         unsub_local, unsub_domain = self._unsubscribe_mailbox(spec)
         self._unsub_mailto = (f"mailto:{unsub_local}+", f"@{unsub_domain}")
-        self._unsub_url = _url_template(spec.unsubscribe_url)
+        self._unsub_url = _url_template(spec.one_click_url)
+        tracker = HtmlTracker(spec, self._signer) if spec.web and self._html else None
+        self._tracker = tracker if tracker is not None and tracker.active else None
         self._boundary = f"=_rm_{self._signer.campaign_tag}_alt"
 
         static = [_address_header("From", spec.sender, sender)]
@@ -114,7 +117,7 @@ class MessageTemplate:
         static += ["MIME-Version: 1.0\r\n", f"{CAMPAIGN_HEADER}: {spec.campaign}\r\n"]
         self._static_headers = "".join(static)
         # RFC 8058: one-click only with an https URL, which names the recipient.
-        one_click = spec.unsubscribe_url is not None and spec.unsubscribe_url.startswith("https:")
+        one_click = spec.one_click_url is not None and spec.one_click_url.startswith("https:")
         self._one_click = (
             "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n" if one_click else ""
         )
@@ -122,10 +125,11 @@ class MessageTemplate:
             None if self._subject.static is None else self._subject_header(self._subject.static)
         )
         self._static_body = None
-        if self._text.static is not None and (self._html is None or self._html.static is not None):
+        static_html = self._html is None or (self._html.static is not None and not self._tracker)
+        if self._text.static is not None and static_html:
             self._static_body = self._body({})
         self._shared_prefix: bytes | None = None
-        if not self.uses_merge_fields:
+        if not self.uses_merge_fields and self._tracker is None:
             self._shared_prefix = self._shared_headers()
         # Signing is the last step: it covers the final headers and body.
         self._dkim = DkimSigner(spec.dkim) if spec.dkim else None
@@ -195,10 +199,12 @@ class MessageTemplate:
         campaign-only mailto, since no URL can name one recipient of many.
         """
         if self._shared_prefix is None:
-            raise TemplateError(
-                f"campaign {self.campaign}: the templates use merge fields "
-                f"({', '.join(sorted(self.merge_fields))}); messages cannot be shared"
+            why = (
+                "open/click tracking is on"
+                if self._tracker is not None
+                else f"the templates use merge fields ({', '.join(sorted(self.merge_fields))})"
             )
+            raise TemplateError(f"campaign {self.campaign}: {why}; messages cannot be shared")
         head = f"Date: {self._date()}\r\nMessage-ID: {self.shared_message_id(recipients)}\r\n"
         message = head.encode("ascii") + self._shared_prefix
         return message if self._dkim is None else self._dkim.sign(message)
@@ -214,9 +220,10 @@ class MessageTemplate:
         """True when one message can serve many recipients without losing anything.
 
         Not so when a one-click unsubscribe URL is configured: the URL must name the
-        recipient (RFC 8058), so each recipient needs its own message.
+        recipient (RFC 8058), so each recipient needs its own message; nor with open or
+        click tracking, whose links name the recipient too.
         """
-        return not self.uses_merge_fields and self._unsub_url is None
+        return self._shared_prefix is not None and self._unsub_url is None
 
     # --- building blocks --------------------------------------------------------------------
 
@@ -230,7 +237,10 @@ class MessageTemplate:
             payload, cte = encode_body(text)
             head = f"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: {cte}"
             return f"{head}\r\n\r\n".encode("ascii") + payload
-        html = _final_crlf(self._html.render(context, email))
+        html = self._html.render(context, email)
+        if self._tracker is not None and email is not None:
+            html = self._tracker.apply(html, email)
+        html = _final_crlf(html)
         boundary = self._boundary
         text_payload, text_cte = encode_body(text, boundary)
         html_payload, html_cte = encode_body(html, boundary)

@@ -23,6 +23,7 @@ use, so one kind of token can never be passed off as another.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 from collections.abc import Iterable
@@ -35,7 +36,9 @@ __all__ = [
     "TokenKind",
     "TokenSigner",
     "VerpToken",
+    "LinkToken",
     "campaign_tag",
+    "decode_link_token",
     "decode_token",
     "decode_verp",
     "recipient_tag",
@@ -49,6 +52,9 @@ _PAYLOAD_BYTES: Final = 1 + _CAMPAIGN_BYTES + _RECIPIENT_BYTES
 TOKEN_LENGTH: Final = 2 * (_PAYLOAD_BYTES + _MAC_BYTES)
 _NO_RECIPIENT: Final = bytes(_RECIPIENT_BYTES)
 _HEX: Final = frozenset("0123456789abcdef")
+_B64: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+_URL_IN_TOKEN: Final = 0xFFFF  # link index meaning: the target URL is in the token
+_LINK_TOKEN_LENGTH: Final = 2 * (_PAYLOAD_BYTES + 2 + _MAC_BYTES)
 
 
 class TokenKind(StrEnum):
@@ -56,9 +62,16 @@ class TokenKind(StrEnum):
 
     BOUNCE = "bounce"  # the VERP envelope sender (Return-Path)
     UNSUBSCRIBE = "unsubscribe"  # List-Unsubscribe mailto and one-click URL
+    OPEN = "open"  # the open pixel's URL
+    CLICK = "click"  # a click redirect (with a link index: see link_token)
 
 
-_KIND_CODE: Final = {TokenKind.BOUNCE: 1, TokenKind.UNSUBSCRIBE: 2}
+_KIND_CODE: Final = {
+    TokenKind.BOUNCE: 1,
+    TokenKind.UNSUBSCRIBE: 2,
+    TokenKind.OPEN: 3,
+    TokenKind.CLICK: 4,
+}
 _CODE_KIND: Final = {code: kind for kind, code in _KIND_CODE.items()}
 
 
@@ -131,6 +144,25 @@ class TokenSigner:
         payload = bytes((_VERSION << 4 | _KIND_CODE[kind],)) + self._campaign_tag + tag
         return (payload + _mac(self._key, payload)).hex()
 
+    def link_token(self, email: str, link: int, url: str | None = None) -> str:
+        """A click token: link ``link`` of the campaign's link table, or ``url`` itself.
+
+        ``url`` (for a link whose target differs per recipient) rides after a dot as
+        URL-safe base64 and is covered by the MAC, so the redirect target is always signed.
+        """
+        if not 0 <= link < _URL_IN_TOKEN:
+            raise ValueError(f"link index {link} out of range")
+        index = _URL_IN_TOKEN if url is not None else link
+        payload = (
+            bytes((_VERSION << 4 | _KIND_CODE[TokenKind.CLICK],))
+            + self._campaign_tag
+            + self.recipient_tag(email)
+            + index.to_bytes(2, "big")
+        )
+        extra = b"" if url is None else url.encode("utf-8")
+        token = (payload + _mac(self._key, payload + extra)).hex()
+        return token if url is None else f"{token}.{_b64(extra)}"
+
     def digest(self, person: bytes, data: bytes, size: int) -> bytes:
         """A keyed hash for other deterministic ids (e.g. a shared message's Message-ID)."""
         return _hash(self._key, person, data, size)
@@ -159,6 +191,54 @@ def decode_token(
         if name is None:
             return None
     return VerpToken(kind, tag.hex(), None if rcpt == _NO_RECIPIENT else rcpt.hex(), name)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkToken:
+    """A verified click token: the link's index in the table, or the signed URL."""
+
+    token: VerpToken
+    link: int | None
+    url: str | None
+
+
+def decode_link_token(token: str, secret: str) -> LinkToken | None:
+    """Verify a click token; None when malformed or forged."""
+    head, dot, tail = token.strip().partition(".")
+    head = head.lower()
+    if len(head) != _LINK_TOKEN_LENGTH or not _HEX.issuperset(head):
+        return None
+    try:
+        extra = _unb64(tail) if dot else b""
+        url = extra.decode("utf-8") if dot else None
+    except ValueError:
+        return None
+    raw = bytes.fromhex(head)
+    payload, mac = raw[: _PAYLOAD_BYTES + 2], raw[_PAYLOAD_BYTES + 2 :]
+    if not hmac.compare_digest(mac, _mac(_key(secret), payload + extra)):
+        return None
+    if payload[0] != (_VERSION << 4 | _KIND_CODE[TokenKind.CLICK]):
+        return None
+    index = int.from_bytes(payload[_PAYLOAD_BYTES:], "big")
+    if (index == _URL_IN_TOKEN) != (url is not None):
+        return None
+    rcpt = payload[1 + _CAMPAIGN_BYTES : _PAYLOAD_BYTES]
+    verified = VerpToken(
+        TokenKind.CLICK,
+        payload[1 : 1 + _CAMPAIGN_BYTES].hex(),
+        None if rcpt == _NO_RECIPIENT else rcpt.hex(),
+    )
+    return LinkToken(verified, None if url is not None else index, url)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    if not text or not _B64.issuperset(text):
+        raise ValueError("not URL-safe base64")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def decode_verp(
