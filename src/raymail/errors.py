@@ -23,6 +23,8 @@ builtin that fits, so callers may catch either::
     ├── TrackingError(ValueError)        tracking data, a query, archive or follow-up is unusable
     │   ├── EventRowError                an event row is invalid (names the row and the key)
     │   └── QueryError                   SQL over the events failed (DuckDB's message, one line)
+    ├── ListStoreError(ValueError)       a subscriber list or the change log is unusable
+    ├── WebError(ValueError)             the web service cannot start (names the setting)
     └── SinkError(RuntimeError)          the embedded sink cannot start, stop or report
 
 Errors about a single bad row, recipient or message never stop a run: they are recorded
@@ -115,3 +117,11 @@ class AttachmentError(RaymailError, ValueError):
 
 class SmimeError(RaymailError, ValueError):
     """An S/MIME certificate or key is unusable: missing, expired, not for the address."""
+
+
+class ListStoreError(RaymailError, ValueError):
+    """A subscriber list, its version or the change log is unusable (names which)."""
+
+
+class WebError(RaymailError, ValueError):
+    """The web service cannot start with this configuration (names the setting)."""

@@ -12,12 +12,14 @@ def register(app: typer.Typer) -> None:
         dkim,
         events,
         followups,
+        lists,
         queue,
         returns,
         routing,
         run,
         sink,
         suppression,
+        web,
     )
 
     archive.register(app)
@@ -30,3 +32,5 @@ def register(app: typer.Typer) -> None:
     run.register(app)
     sink.register(app)
     suppression.register(app)
+    web.register(app)
+    lists.register(app)

@@ -33,10 +33,10 @@ from typing import Final
 
 __all__ = [
     "TOKEN_LENGTH",
+    "LinkToken",
     "TokenKind",
     "TokenSigner",
     "VerpToken",
-    "LinkToken",
     "campaign_tag",
     "decode_link_token",
     "decode_token",

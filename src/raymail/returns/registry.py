@@ -209,6 +209,26 @@ class CampaignRegistry:
                 return Decoded(verified.kind, campaign, verified.recipient_tag), True
         return None, signed
 
+    def secrets(self) -> list[str]:
+        """The known campaigns' secrets (for tokens that are not in an address)."""
+        with self._lock:
+            return self._secrets()
+
+    def campaign_for(self, secret: str, tag: str) -> str | None:
+        """The known campaign with this secret and campaign tag; rescans once if unknown."""
+        with self._lock:
+            found = self._by_tag.get((secret, tag))
+        if found is None:
+            self.refresh()
+            with self._lock:
+                found = self._by_tag.get((secret, tag))
+        return found
+
+    def known(self, campaign: str) -> list[KnownCampaign]:
+        """Every entry (spec, run directory) of one campaign."""
+        with self._lock:
+            return list(self._campaigns.get(campaign, []))
+
     def recipient(self, campaign: str, tag: str | None) -> str | None:
         """The address behind a recipient tag, from the campaign's run directories."""
         if tag is None:
