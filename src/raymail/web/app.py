@@ -20,7 +20,7 @@ recorded. The :class:`ApplierDeployment` (one replica) applies the log in bulk e
 ``web.apply_interval_s``, or sooner when a replica has taken ``web.apply_batch`` changes.
 """
 
-from __future__ import annotations
+# No "from __future__ import annotations": FastAPI reads these annotations at run time.
 
 import asyncio
 import logging

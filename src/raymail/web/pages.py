@@ -37,4 +37,6 @@ def landing_page(action: str, campaign: str) -> str:
 
 def message_page(title: str, text: str) -> str:
     """A result or error page: a heading and one paragraph."""
-    return _page(title, f'<h1>{html.escape(title)}</h1><p id="result">{html.escape(text)}</p>')
+    return _page(
+        title, f'<h1>{html.escape(title)}</h1><p id="result">{html.escape(text, quote=False)}</p>'
+    )
