@@ -18,6 +18,7 @@ from jinja2 import StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 
 from raymail.compose.verp import TokenKind, TokenSigner
+from raymail.delivery.envelope import helo_name
 from raymail.delivery.mx import MXResolver
 from raymail.delivery.smtp_client import SmtpConnection
 from raymail.errors import DeliveryError, RaymailError, TemplateError
@@ -79,7 +80,7 @@ class ListMailer:
                 conn = await SmtpConnection.open(
                     target.address,
                     target.port,
-                    helo_name=smtp.helo_name,
+                    helo_name=helo_name(self.spec, None),
                     starttls=smtp.starttls,
                     verify_certificates=smtp.verify_certificates,
                     connect_timeout=smtp.connect_timeout_s,
