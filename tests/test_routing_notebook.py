@@ -50,6 +50,7 @@ def test_routing_notebook_runs_on_a_generated_run(
     runs = _small_runs(tmp_path)
     monkeypatch.setenv("ROUTING_RUNS", json.dumps({k: str(v) for k, v in runs.items()}))
     monkeypatch.setenv("ROUTING_TABLE", str(raymail_home / "routing"))
+    monkeypatch.setenv("ROUTING_TOP_DOMAINS", "2")  # the third domain is rolled up
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(notebook, timeout=120, kernel_name="python3", resources={
@@ -62,3 +63,4 @@ def test_routing_notebook_runs_on_a_generated_run(
     text = "\n".join(str(o.get("data", {}).get("text/plain", "")) for o in outputs)
     assert "round_robin" in text and "learned" in text
     assert "preferred" in text
+    assert "other @ " in text  # the domain outside the top 2, rolled up by its MX host

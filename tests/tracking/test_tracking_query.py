@@ -77,6 +77,11 @@ def test_any_sql_runs_and_bots_are_flagged(dataset: Path) -> None:
         ("SELECT nope FROM events", 'SQL error: Binder Error: Referenced column "nope"'),
         ("SELECT * FROM mails", "SQL error: Catalog Error: Table with name mails"),
         ("   ", "empty SQL"),
+        (
+            "SELECT max(at) FROM events",
+            'SQL error: Parser Error: syntax error at or near ")" '
+            '(the time column must be quoted: "at" is a DuckDB keyword)',
+        ),
     ],
 )
 def test_sql_errors_are_one_clear_line(dataset: Path, sql: str, message: str) -> None:
@@ -84,6 +89,7 @@ def test_sql_errors_are_one_clear_line(dataset: Path, sql: str, message: str) ->
         query(sql, root=dataset)
     assert str(caught.value).startswith(message)
     assert "\n" not in str(caught.value)
+    assert query('SELECT max("at") AS last FROM events', root=dataset).height == 1
 
 
 def test_summary_excludes_bots_by_default(dataset: Path) -> None:

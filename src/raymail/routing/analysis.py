@@ -10,6 +10,7 @@ from pathlib import Path
 import polars as pl
 
 from raymail.errors import RoutingError
+from raymail.routing.rollup import Rollup, domain_labels
 from raymail.routing.runlog import POLICY, ROUTING_DIR
 from raymail.routing.views import show
 from raymail.run.ledger import read_observations, read_outcomes
@@ -17,11 +18,28 @@ from raymail.run.ledger import read_observations, read_outcomes
 _ROUTE = pl.coalesce(pl.col("source_address"), pl.col("server")).alias("server")
 
 
-def latency_by_server_domain(run_dir: str | Path) -> pl.DataFrame:
-    """Per (server, domain) of a run: transactions and ms per recipient (mean, p50, p90)."""
+def latency_by_server_domain(
+    run_dir: str | Path,
+    *,
+    top: int | None = None,
+    by: Rollup = "mx_host",
+    max_groups: int | None = None,
+) -> pl.DataFrame:
+    """Per (server, domain) of a run: transactions and ms per recipient (mean, p50, p90).
+
+    With ``top``, only the ``top`` domains by recipients keep a row of their own; the rest
+    are pooled per MX host (or provider): ``domain`` is then ``other @ <host>``.
+    """
     obs = read_observations(run_dir)
     if obs.is_empty():
         raise RoutingError(f"{run_dir}: the run has no observations")
+    if top is not None:
+        volume = obs.select("domain", "mx_host", pl.col("recipients").alias("volume"))
+        labels = domain_labels(volume, top, by=by, max_groups=max_groups)
+        labels = labels.select("domain", "label")
+        obs = obs.join(labels, on="domain", how="left").with_columns(
+            pl.col("label").alias("domain")
+        )
     per_rcpt = 1000 * pl.col("transaction_s") / pl.col("recipients").clip(lower_bound=1)
     return (
         obs.with_columns(_ROUTE, per_rcpt.alias("ms"))
@@ -37,15 +55,54 @@ def latency_by_server_domain(run_dir: str | Path) -> pl.DataFrame:
     )
 
 
-def preferred_map(table: str | Path | None = None, half_life_days: float = 7.0) -> pl.DataFrame:
+def preferred_map(
+    table: str | Path | None = None,
+    half_life_days: float = 7.0,
+    *,
+    top: int | None = None,
+    by: Rollup = "mx_host",
+    max_groups: int | None = None,
+) -> pl.DataFrame:
     """One row per (domain, server): the mark and expected ms per recipient, pooled over
-    the domain's MX hosts (the row with the most recipients gives the mark)."""
+    the domain's MX hosts (the row with the most recipients gives the mark).
+
+    With ``top``, the ``top`` domains with the most recipients keep their rows and the rest
+    are pooled per MX host (or provider), as ``other @ <host>``: the mark most of the
+    group's recipients had, the recipient-weighted ms, and how many domains it holds.
+    """
     frame = show(table, half_life_days=half_life_days)
+    if top is None:
+        return (
+            frame.sort("recipients", descending=True, nulls_last=True)
+            .group_by("domain", "server", maintain_order=True)
+            .agg(pl.col("mark").first(), pl.col("ms_per_recipient").first())
+            .sort("domain", "server")
+        )
+    volume = frame.select("domain", "mx_host", pl.col("recipients").fill_null(0).alias("volume"))
+    labels = domain_labels(volume, top, by=by, max_groups=max_groups)
+    weight = pl.col("recipients").fill_null(0)
+    pooled = frame.join(labels.select("domain", "label"), on="domain", how="left")
+    marks = (
+        pooled.group_by("label", "server", "mark")
+        .agg(weight.sum().alias("weight"))
+        .sort(["weight", "mark"], descending=[True, False], nulls_last=True)
+        .group_by("label", "server", maintain_order=True)
+        .agg(pl.col("mark").first())
+    )
+    ms = pooled.group_by("label", "server").agg(
+        ((pl.col("ms_per_recipient") * weight).sum() / weight.sum()).alias("ms_per_recipient"),
+        pl.col("domain").n_unique().alias("domains"),
+        weight.sum().alias("recipients"),
+    )
+    order = labels.group_by("label").agg(
+        pl.col("rolled_up").first(), pl.col("volume").sum().alias("volume")
+    )
     return (
-        frame.sort("recipients", descending=True, nulls_last=True)
-        .group_by("domain", "server", maintain_order=True)
-        .agg(pl.col("mark").first(), pl.col("ms_per_recipient").first())
-        .sort("domain", "server")
+        marks.join(ms, on=["label", "server"])
+        .join(order, on="label")
+        .sort(["rolled_up", "volume", "label", "server"], descending=[False, True, False, False])
+        .drop("volume", "rolled_up")
+        .rename({"label": "domain"})
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import polars as pl
 
 from raymail.errors import TrackingError
+from raymail.routing.rollup import Rollup, domain_labels
 from raymail.spec import S3Settings
 from raymail.tracking.dataset import load_events
 from raymail.tracking.events import events_root
@@ -107,6 +108,52 @@ def summarize(frame: pl.DataFrame, *, include_bots: bool = False) -> dict[str, A
         ],
         "links": links.to_dicts(),
     }
+
+
+def domain_rates(
+    frame: pl.DataFrame,
+    *,
+    top: int | None = 20,
+    by: Rollup = "mx_host",
+    max_groups: int | None = None,
+    include_bots: bool = False,
+) -> pl.DataFrame:
+    """Delivered, unique opens and clicks and the open rate per domain: the ``top`` domains
+    by deliveries, the rest rolled up by MX host (from the ledger) or provider, exactly as
+    the routing notebook's figures (None: every domain)."""
+    people = frame if include_bots else frame.filter(~pl.col("bot"))
+    domain = pl.col("recipient").str.split("@").list.last()
+    people = people.with_columns(domain.alias("domain"))
+    if top is not None:
+        delivered = frame.filter(pl.col("kind") == "delivered").select(
+            domain.alias("domain"),
+            pl.col("detail").str.json_path_match("$.mx_host").alias("mx_host"),
+            pl.lit(1).alias("volume"),
+        )
+        labels = domain_labels(delivered, top, by=by, max_groups=max_groups)
+        people = people.join(labels.select("domain", "label"), on="domain", how="left")
+        people = people.with_columns(pl.col("label").fill_null(pl.col("domain")).alias("domain"))
+
+    def unique(kind: str) -> pl.Expr:
+        return pl.col("recipient").filter(pl.col("kind") == kind).n_unique()
+
+    return (
+        people.group_by("domain")
+        .agg(
+            unique("delivered").alias("delivered"),
+            unique("open").alias("unique_opens"),
+            unique("click").alias("unique_clicks"),
+            pl.col("recipient").n_unique().alias("recipients"),
+        )
+        .with_columns(
+            pl.when(pl.col("delivered") > 0)
+            .then((pl.col("unique_opens") / pl.col("delivered")).round(4))
+            .alias("open_rate"),
+            pl.col("domain").str.starts_with("other").alias("rolled_up"),
+        )
+        .sort(["rolled_up", "delivered", "domain"], descending=[False, True, False])
+        .drop("rolled_up")
+    )
 
 
 def campaign_summary(

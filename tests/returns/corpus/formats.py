@@ -13,8 +13,6 @@ return path.
 (replies.Reply.held_out) they make the held-out split.
 """
 
-
-
 from __future__ import annotations
 
 import base64
