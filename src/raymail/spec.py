@@ -563,6 +563,68 @@ class WebSettings(_Strict):
         return Path(self.home).expanduser() if self.home else raymail_home()
 
 
+class AttachmentSettings(_Strict):
+    """Files attached to every message, and a column naming each recipient's own files."""
+
+    files: list[str] = Field(
+        default_factory=list,
+        description="Files attached to every message (relative paths: from the spec's folder).",
+    )
+    column: str | None = Field(
+        None,
+        description="Recipient column holding paths of that recipient's files, separated by "
+        "';' (relative paths: from the recipient list's folder). A row whose file is missing "
+        "or too big is rejected with the reason.",
+    )
+    max_bytes: int = Field(
+        10 * 1024 * 1024,
+        ge=1,
+        description="Largest total size of one message's attachments before base64 (the "
+        "campaign's and the recipient's together).",
+    )
+
+
+class SmimeSettings(_Strict):
+    """S/MIME (RFC 8551): sign with the sender's key, encrypt to each recipient's certificate."""
+
+    mode: Literal["encrypt", "sign", "sign_and_encrypt"] = Field(
+        ...,
+        description="encrypt: enveloped-data (AES-256-CBC) for the recipient's certificate; "
+        "sign: a detached multipart/signed signature (SHA-256) with the sender's key; "
+        "sign_and_encrypt: signed, then the signed message encrypted.",
+    )
+    certificate_column: str | None = Field(
+        None,
+        description="Recipient column with the path of the recipient's PEM certificate "
+        "(relative paths: from the recipient list's folder).",
+    )
+    certificate_dir: str | None = Field(
+        None,
+        description="Folder of recipient certificates named ADDRESS.pem (lower case), used "
+        "when the row names none.",
+    )
+    signer_certificate: str | None = Field(
+        None, description="The sender's PEM certificate (sign modes)."
+    )
+    signer_key: str | None = Field(
+        None, description="The sender's unencrypted PEM private key (sign modes)."
+    )
+    on_missing_certificate: Literal["plain", "skip", "fail"] = Field(
+        "skip",
+        description="A recipient with no usable certificate (none, unreadable, expired, not "
+        "for their address): plain sends unencrypted (signed if signing); skip rejects the "
+        "row with the reason; fail stops the campaign before anything is sent.",
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> SmimeSettings:
+        if self.mode != "sign" and not (self.certificate_column or self.certificate_dir):
+            raise ValueError("encryption needs certificate_column or certificate_dir")
+        if self.mode != "encrypt" and not (self.signer_certificate and self.signer_key):
+            raise ValueError("signing needs signer_certificate and signer_key")
+        return self
+
+
 class CampaignSpec(_Strict):
     """One campaign: who sends what to whom, and with how much capacity."""
 
@@ -692,6 +754,12 @@ class CampaignSpec(_Strict):
         default_factory=list,
         description="Further campaigns to recipients the tracking events select "
         "('raymail followups run').",
+    )
+    attachments: AttachmentSettings | None = Field(
+        None, description="Files attached to the messages (per campaign and per recipient)."
+    )
+    smime: SmimeSettings | None = Field(
+        None, description="S/MIME signing and encryption; absent: plain messages."
     )
     status_webhook: str | None = Field(
         None,
@@ -857,7 +925,33 @@ def load_spec(path: str | Path) -> CampaignSpec:
     }
     if spec.followups:
         updates["followups"] = [_resolve_send(rule, spec_path.parent) for rule in spec.followups]
-    return spec.model_copy(update=updates) if updates else spec
+    updates.update(_resolve_files(spec, spec_path))
+    spec = spec.model_copy(update=updates) if updates else spec
+    if spec.attachments and spec.attachments.files:
+        from raymail.compose.attachments import check_campaign_files  # compose needs spec
+
+        check_campaign_files(spec.attachments, str(spec_path))
+    return spec
+
+
+def _resolve_files(spec: CampaignSpec, spec_path: Path) -> dict[str, Any]:
+    """Attachment, certificate and key paths taken from the spec's folder."""
+
+    def absolute(value: str) -> str:
+        return value if Path(value).is_absolute() else str((spec_path.parent / value).resolve())
+
+    updates: dict[str, Any] = {}
+    if spec.attachments and spec.attachments.files:
+        files = [absolute(f) for f in spec.attachments.files]
+        updates["attachments"] = spec.attachments.model_copy(update={"files": files})
+    if spec.smime:
+        paths = {
+            key: absolute(value)
+            for key in ("certificate_dir", "signer_certificate", "signer_key")
+            if (value := getattr(spec.smime, key))
+        }
+        updates["smime"] = spec.smime.model_copy(update=paths)
+    return updates
 
 
 def _resolve_send(rule: FollowupRule, folder: Path) -> FollowupRule:

@@ -28,9 +28,11 @@ from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, meta
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
+from raymail.compose.attachments import Attachments
 from raymail.compose.dkim import DkimSigner
 from raymail.compose.links import HtmlTracker
 from raymail.compose.mime import DateHeader, clean_header_text, encode_body, encode_subject, to_crlf
+from raymail.compose.smime import SmimeProtector
 from raymail.compose.verp import TokenKind, TokenSigner
 from raymail.errors import TemplateError
 from raymail.intake.address import MAX_LOCAL, check_address
@@ -97,6 +99,15 @@ class MessageTemplate:
         self._html = None if spec.html is None else _Part(html_env, "html", spec.html)
         parts = [p for p in (self._subject, self._text, self._html) if p is not None]
         self.merge_fields: frozenset[str] = frozenset().union(*(p.variables for p in parts))
+        # Attachments and S/MIME (seed 001) wrap the body entity, in that order, before DKIM.
+        tag = self._signer.campaign_tag
+        self._attachments = Attachments.for_spec(spec, f"=_rm_{tag}_mix")
+        self._smime = SmimeProtector.for_spec(spec, f"=_rm_{tag}")
+        row_columns = (
+            self._attachments.column if self._attachments else None,
+            self._smime.column if self._smime else None,
+        )
+        self.merge_fields |= {c for c in row_columns if c}
         self.uses_merge_fields: bool = bool(self.merge_fields)
 
         sender = _ascii_address(sender_address(spec.sender), "sender")
@@ -126,7 +137,8 @@ class MessageTemplate:
         )
         self._static_body = None
         static_html = self._html is None or (self._html.static is not None and not self._tracker)
-        if self._text.static is not None and static_html:
+        own_files = self._attachments is not None and self._attachments.per_recipient
+        if self._text.static is not None and static_html and not own_files:
             self._static_body = self._body({})
         self._shared_prefix: bytes | None = None
         if not self.uses_merge_fields and self._tracker is None:
@@ -151,6 +163,8 @@ class MessageTemplate:
         if subject is None:
             subject = self._subject_header(self._subject.render(context, email))
         body = self._static_body or self._body(context, email)
+        if self._smime is not None:  # the entity, signed and/or encrypted, before any DKIM
+            body = self._smime.protect(body, email, fields)
         unsubscribe = f"<{mailto}>" if self._unsub_url is None else f"<{mailto}>,\r\n <{url}>"
         head = (
             f"Date: {self._date()}\r\n{self._static_headers}To: {email}\r\n{subject}"
@@ -223,7 +237,7 @@ class MessageTemplate:
         recipient (RFC 8058), so each recipient needs its own message; nor with open or
         click tracking, whose links name the recipient too.
         """
-        return self._shared_prefix is not None and self._unsub_url is None
+        return self._shared_prefix is not None and self._unsub_url is None and self._smime is None
 
     # --- building blocks --------------------------------------------------------------------
 
@@ -231,7 +245,12 @@ class MessageTemplate:
         return f"Subject: {encode_subject(clean_header_text(rendered))}\r\n"
 
     def _body(self, context: Mapping[str, Any], email: str | None = None) -> bytes:
-        """Content headers, blank line and encoded body (single part or alternative)."""
+        """Content headers, blank line and encoded body (single part or alternative), as
+        the first part of a multipart/mixed one when there are attachments."""
+        entity = self._content(context, email)
+        return entity if self._attachments is None else self._attachments.wrap(entity, context)
+
+    def _content(self, context: Mapping[str, Any], email: str | None) -> bytes:
         text = _final_crlf(self._text.render(context, email))
         if self._html is None:
             payload, cte = encode_body(text)

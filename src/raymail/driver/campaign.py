@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from raymail.compose.checks import recipient_checks
 from raymail.delivery.envelope import sender_setup_warnings
 from raymail.delivery.journal import FENCE_WAIT_S, JOURNAL_DIR, journal_files, write_fence
 from raymail.driver.dispatch import Router, WorkQueue
@@ -143,6 +144,7 @@ class CampaignDriver:
             batch_rows=spec.batch_rows,
             on_batch=suppress,
             label=str(spec.recipients),
+            row_check=recipient_checks(spec),  # attachments and certificates it will need
         )
         ledger.flush()
         self._stage(

@@ -245,6 +245,10 @@ _READERS: dict[str, Callable[[Path, str, int], tuple[list[str], Iterator[_Batch]
 }
 
 
+# (position in the batch, field, value, reason) of accepted rows to reject after all
+RowCheck = Callable[[pa.Table], list[tuple[int, str, str, str]]]
+
+
 # --- the intake ----------------------------------------------------------------------------
 
 
@@ -256,13 +260,16 @@ def intake_recipients(
     batch_rows: int = BATCH_ROWS,
     on_batch: Callable[[pa.Table], None] | None = None,
     label: str | None = None,
+    row_check: RowCheck | None = None,
 ) -> IntakeResult:
     """Validate ``path`` batch by batch into ``run_dir/target`` and ``rejects.parquet``.
 
     ``on_batch`` sees each batch of accepted rows (e.g. to ledger suppressed ones) before
     the next is read. ``label`` names the list in errors and rejects (the s3:// URL of a
-    staged copy). Raises :class:`RecipientError` only when the file as a whole is
-    unusable; every bad row becomes a reject with its row number and reason.
+    staged copy). ``row_check`` returns (position, field, value, reason) of accepted rows
+    to reject after all (composition's needs: attachments, certificates). Raises
+    :class:`RecipientError` only when the file as a whole is unusable; every bad row
+    becomes a reject with its row number and reason.
     """
     file, source = Path(path), label or str(path)  # errors name what the user wrote
     reader = _READERS.get(file.suffix.lower())
@@ -297,6 +304,8 @@ def intake_recipients(
             for batch in batches:
                 count += 1
                 kept, rejects, dups = _check_batch(batch, clean, fields, source, seen)
+                if row_check is not None and kept.num_rows:
+                    kept, rejects = _checked_rows(kept, rejects, row_check(kept), source)
                 rows_read += len(batch.rows) + len(batch.malformed)
                 duplicates += dups
                 if kept.num_rows:
@@ -363,6 +372,29 @@ def _check_batch(
         reasons=checked.bad_reason + [f"duplicate of row {r}" for r in dup_first.tolist()],
     )
     return pa.table(columns), rejects, len(dup_pos)
+
+
+def _checked_rows(
+    kept: pa.Table, rejects: pa.Table, problems: list[tuple[int, str, str, str]], source: str
+) -> tuple[pa.Table, pa.Table]:
+    """``kept`` without the rows ``problems`` names, which join ``rejects`` with reasons."""
+    if not problems:
+        return kept, rejects
+    positions = [p[0] for p in problems]
+    keep = np.ones(kept.num_rows, dtype=bool)
+    keep[positions] = False
+    extra = pa.table(
+        {
+            "file": pa.array([source] * len(problems), pa.string()),
+            "row": kept.column(ROW).take(positions).combine_chunks().cast(pa.int64()),
+            "field": pa.array([p[1] for p in problems], pa.string()),
+            "value": pa.array([p[2] for p in problems], pa.string()),
+            "reason": pa.array([p[3] for p in problems], pa.string()),
+        },
+        schema=REJECTS_SCHEMA,
+    )
+    both = pa.concat_tables([rejects, extra])
+    return kept.filter(pa.array(keep)), both.sort_by("row")
 
 
 def _rejects(
