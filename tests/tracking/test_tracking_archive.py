@@ -101,11 +101,22 @@ def test_finished_campaign_goes_to_s3_verified_and_stays_queryable(
         if o.kind == "events"
     )
     assert query(COUNTS, root=dataset, archive=False).height == 0
+    # a sync of the archived days writes nothing locally again (archived days are frozen)
+    sync_returns(dataset, tmp_path / "home" / "returns")
+    assert event_parts(dataset, C) == []
+    # a crash between recording an object and removing its local copy: the leftover is not
+    # read twice, and the next pass removes it
+    entry = next(o for o in objects.values() if o.kind == "events")
+    leftover = dataset / entry.path
+    leftover.parent.mkdir(parents=True)
+    s3.download_file(BUCKET, entry.url.split("/", 3)[3], str(leftover))  # type: ignore[attr-defined]
+    assert query(COUNTS, root=dataset).equals(before)
     # a second pass, and a sync of the archived ledger, change nothing
     again = archive_campaign(
         C, settings(tmp_path, when_finished=True), root=dataset, run_dir=tmp_path / "run"
     )
     assert again.events_files == 0 and again.ledger_files == 0
+    assert not leftover.exists()
     assert query(COUNTS, root=dataset).equals(before)
 
 

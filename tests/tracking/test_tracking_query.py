@@ -106,6 +106,8 @@ def test_summary_excludes_bots_by_default(dataset: Path) -> None:
     assert hours["2025-03-14T09"] == (2, 2)  # minutes 30, 50 and clicks 31, 51
     a = next(d for d in people["by_domain"] if d["domain"] == "a.test")
     assert a["delivered"] == 10 and a["unique_opens"] == 4
+    rolled = campaign_summary(C, root=dataset, top=1)["by_domain"]
+    assert [(d["domain"], d["delivered"]) for d in rolled] == [("a.test", 10), ("other @ mx", 18)]
     everyone = campaign_summary(C, root=dataset, include_bots=True)
     assert everyone["opens"] == 14 and everyone["clicks"] == 8
     with pytest.raises(TrackingError, match="no events"):

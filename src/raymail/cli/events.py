@@ -77,7 +77,9 @@ def summary_(
     plot: Annotated[
         Path | None, typer.Option("--plot", help="Also draw the summary to this PNG file.")
     ] = None,
-    top: Annotated[int, typer.Option("--top", help="Domains shown.")] = 15,
+    top: Annotated[
+        int, typer.Option("--top", help="Domains shown by name; the rest by MX host.")
+    ] = 15,
     root: RootOption = None,
     local_only: LocalOption = False,
     json_output: JsonOption = False,
@@ -87,7 +89,7 @@ def summary_(
     from raymail.tracking.summary import campaign_summary
 
     summary = campaign_summary(
-        campaign, root=_root(root), include_bots=include_bots, archive=not local_only
+        campaign, root=_root(root), include_bots=include_bots, top=top, archive=not local_only
     )
     if plot is not None:
         plot_summary(summary, plot, top_domains=top)
@@ -102,7 +104,7 @@ def summary_(
                 "unsubscribes", "replies", "bot_hits_excluded"):  # fmt: skip
         head.add_row(key, "" if summary[key] is None else str(summary[key]))
     console.print(head)
-    _rows("by domain", summary["by_domain"][:top])
+    _rows("by domain", summary["by_domain"])
     _rows("by hour (UTC)", summary["by_hour"])
     _rows("links", summary["links"][:top])
     if plot is not None:

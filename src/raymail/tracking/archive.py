@@ -108,7 +108,8 @@ class _Mover:
         self.base = settings.to.rstrip("/")
 
     def move(self, local: Path, relative: str, campaign: str, kind: str) -> ArchivedObject:
-        url = f"{self.base}/{relative}"
+        """``relative``: the catalog's path (events: as in the dataset, ledger: ledger/...)."""
+        url = f"{self.base}/{relative if kind == 'ledger' else f'events/{relative}'}"
         digest = sha256_of(local)
         rows = pq.read_metadata(local).num_rows
         self.store.put(local, url, self.settings.storage_class)
@@ -159,13 +160,14 @@ def archive_campaign(
     """Archive what the criteria (or ``force``) select; see the module docstring."""
     if run_dir is not None and (run_dir / MANIFEST).exists():
         sync_ledger(root, run_dir)  # the delivered rows go with the events, not with the ledger
+    _drop_leftovers(root, campaign)
     files, ledger, reasons = due_files(
         root, campaign, settings, run_dir=run_dir, now=now, force=force
     )
     result = ArchiveResult(campaign, reasons)
     mover = _Mover(root, settings, s3)
     for path in files:
-        entry = mover.move(path, f"events/{path.relative_to(root)}", campaign, "events")
+        entry = mover.move(path, str(path.relative_to(root)), campaign, "events")
         result.events_files += 1
         result.rows += entry.rows
         result.bytes += entry.size
@@ -173,6 +175,23 @@ def archive_campaign(
     if ledger and run_dir is not None:
         result.ledger_files = _archive_ledger(mover, campaign, run_dir)
     return result
+
+
+def _drop_leftovers(root: Path, campaign: str) -> int:
+    """Remove local files a crash left after their archived copy was recorded (same bytes);
+    a local file that differs from its archived copy is kept and reported."""
+    removed = 0
+    for relative, entry in Catalog(root).objects(campaign).items():
+        local = root / relative
+        if entry.kind != "events" or not local.exists():
+            continue
+        if sha256_of(local) != entry.sha256:
+            raise TrackingError(
+                f"{local}: differs from its archived copy {entry.url}; move it away or delete it"
+            )
+        local.unlink()
+        removed += 1
+    return removed
 
 
 def _archive_ledger(mover: _Mover, campaign: str, run_dir: Path) -> int:

@@ -29,7 +29,7 @@ CATALOG_FILE: Final = "catalog.json"
 class ArchivedObject:
     """One archived file: where it came from, where it is, what it holds, how cold it is."""
 
-    path: str  # relative to the events root (ledger files: ledger/<campaign>/<run>/...)
+    path: str  # as in the events root (campaign=/date=/part); ledger: ledger/<campaign>/<run>/
     campaign: str
     kind: str  # "events" or "ledger"
     url: str  # s3://bucket/key

@@ -40,30 +40,16 @@ def campaign_frame(
     return frame
 
 
-def summarize(frame: pl.DataFrame, *, include_bots: bool = False) -> dict[str, Any]:
-    """The summary of one campaign's events (see the module docstring)."""
+def summarize(
+    frame: pl.DataFrame, *, include_bots: bool = False, top: int | None = None
+) -> dict[str, Any]:
+    """The summary of one campaign's events (see the module docstring); ``top``: only the
+    busiest domains by name, the rest rolled up by MX host (:func:`domain_rates`)."""
     people = frame if include_bots else frame.filter(~pl.col("bot"))
     delivered = _unique(frame, "delivered")
     opens = people.filter(pl.col("kind") == "open")
     clicks = people.filter(pl.col("kind") == "click")
     unique_opens, unique_clicks = _unique(people, "open"), _unique(people, "click")
-    domain = pl.col("recipient").str.split("@").list.last().alias("domain")
-    per_domain = (
-        people.with_columns(domain)
-        .group_by("domain")
-        .agg(
-            pl.col("recipient").filter(pl.col("kind") == "delivered").n_unique().alias("delivered"),
-            pl.col("recipient").filter(pl.col("kind") == "open").n_unique().alias("unique_opens"),
-            pl.col("recipient").filter(pl.col("kind") == "click").n_unique().alias("unique_clicks"),
-            (pl.col("kind") == "bounce").sum().alias("bounces"),
-        )
-        .with_columns(
-            pl.when(pl.col("delivered") > 0)
-            .then((pl.col("unique_opens") / pl.col("delivered")).round(4))
-            .alias("open_rate")
-        )
-        .sort(["delivered", "unique_opens", "domain"], descending=[True, True, False])
-    )
     hour = pl.col("at").dt.truncate("1h").alias("hour")
     per_hour = (
         people.filter(pl.col("kind").is_in(["open", "click"]))
@@ -101,7 +87,7 @@ def summarize(frame: pl.DataFrame, *, include_bots: bool = False) -> dict[str, A
         "bot_reasons": dict(
             frame.filter(pl.col("bot")).group_by("bot_reason").len().sort("bot_reason").iter_rows()
         ),
-        "by_domain": per_domain.to_dicts(),
+        "by_domain": domain_rates(frame, top=top, include_bots=include_bots).to_dicts(),
         "by_hour": [
             {"hour": r["hour"].isoformat(), "opens": r["opens"], "clicks": r["clicks"]}
             for r in per_hour.iter_rows(named=True)
@@ -161,9 +147,10 @@ def campaign_summary(
     *,
     root: Path | None = None,
     include_bots: bool = False,
+    top: int | None = None,
     archive: bool = True,
     s3: S3Settings | None = None,
 ) -> dict[str, Any]:
     """Load one campaign's events and summarise them."""
     frame = campaign_frame(campaign, root=root, archive=archive, s3=s3)
-    return summarize(frame, include_bots=include_bots)
+    return summarize(frame, include_bots=include_bots, top=top)
