@@ -213,3 +213,28 @@ def test_click_bursts_over_several_links_are_scanners() -> None:
     assert flagged.height == frame.height
     assert flagged["bot"].to_list() == [True, True, True, False, False, False, False, True]
     assert flagged["bot_reason"].to_list() == [CLICK_BURST] * 3 + [None] * 4 + [APPLE_MPP]
+
+
+def test_adds_from_threads_while_flushing_lose_nothing(tmp_path: Path) -> None:
+    import threading
+
+    writer = EventWriter(tmp_path, max_buffered=250)
+    errors: list[BaseException] = []
+
+    def produce(k: int) -> None:
+        try:
+            for n in range(50):
+                writer.add([hit(recipient=f"t{k}-{n}@x.org") for _ in range(4)])
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=produce, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    writer.close()
+    assert not errors
+    frame = pl.read_parquet(list(tmp_path.rglob("*.parquet")))
+    assert frame.height == 4 * 50 * 4
+    assert frame["recipient"].n_unique() == 4 * 50

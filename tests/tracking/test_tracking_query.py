@@ -134,3 +134,18 @@ def test_cli_query_summary_plot_and_errors(dataset: Path, tmp_path: Path) -> Non
     out = runner.invoke(app, ["events", "summary", C, "--root", str(dataset), "--json",
                               "--include-bots"])  # fmt: skip
     assert json.loads(out.stdout)["opens"] == 14
+
+
+def test_cli_sync(tmp_path: Path) -> None:
+    root = tmp_path / "events"
+    write_ledger(tmp_path / "run", C, recipients(5), failed={1})
+    write_returns(tmp_path / "home", C)
+    _register()
+    args = ["events", "sync", "--root", str(root), "--run-dir", str(tmp_path / "run"),
+            "--returns-home", str(tmp_path / "home")]  # fmt: skip
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0, out.output
+    assert "ledger" in out.stdout and ": 5 rows" in out.stdout and ": 3 rows" in out.stdout
+    bad = CliRunner().invoke(app, ["events", "sync", "--root", str(root), "--no-returns",
+                                   "--run-dir", str(tmp_path)])  # fmt: skip
+    assert bad.exit_code == 2 and "not a run directory" in bad.stderr

@@ -184,7 +184,8 @@ class EventWriter:
         self.root = Path(root)
         self.max_buffered = max_buffered
         self._rows: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the buffer
+        self._flushing = threading.Lock()  # one flush at a time (part numbers, order)
         self._tag = f"{os.getpid()}-{secrets.token_hex(3)}"
         self._count = 0
         self._closed = False
@@ -211,12 +212,17 @@ class EventWriter:
             self.flush()
 
     def flush(self) -> int:
-        """Write the buffer (one part per campaign and day); return the rows written."""
-        with self._lock:
-            rows, self._rows = self._rows, []
+        """Write the buffer (one part per campaign and day); return the rows written.
+
+        Rows are taken from the buffer under a short lock and written outside it, so an
+        ``add`` never waits for the disk; flushes take turns.
+        """
+        with self._flushing:
+            with self._lock:
+                rows, self._rows = self._rows, []
             if not rows:
                 return 0
-            pending = list(_partitions(rows))
+            pending = _partitions(rows)
             try:
                 while pending:
                     (campaign, day), group = pending[0]
@@ -227,15 +233,16 @@ class EventWriter:
                     pending.pop(0)
             except BaseException:
                 # Parts written are whole; the groups not yet written go back to the buffer.
-                self._rows = [row for _, group in pending for row in group]
+                with self._lock:
+                    self._rows = [row for _, group in pending for row in group] + self._rows
                 raise
             return len(rows)
 
     def close(self) -> None:
-        """Flush what is left; later adds are refused."""
-        self.flush()
+        """Refuse later adds, then flush what is left (nothing slips in between)."""
         with self._lock:
             self._closed = True
+        self.flush()
 
 
 def _partitions(rows: list[dict[str, Any]]) -> list[tuple[tuple[str, str], list[dict[str, Any]]]]:
