@@ -133,22 +133,25 @@ def flag_scanner_bursts(frame: pl.DataFrame, *, window_s: float = 1.0) -> pl.Dat
     message = pl.coalesce(
         pl.col("message_id"), pl.col("campaign") + pl.lit("\x00") + pl.col("recipient")
     )
-    indexed = frame.with_row_index("__n").with_columns(message.alias("__msg"))
+    indexed = frame.with_row_index("__n")
+    # Sorted by message and time, a burst starts at a new message or after a gap > window:
+    # a running sum of those starts numbers the bursts (no per-group window functions).
     clicks = (
         indexed.filter(pl.col("kind") == "click")
+        .select("__n", "at", message.alias("__msg"), pl.coalesce("link", "url").alias("__link"))
         .sort("__msg", "at")
-        .with_columns(
-            ((pl.col("at") - pl.col("at").shift(1).over("__msg")) > window)
-            .fill_null(True)
-            .cum_sum()
-            .over("__msg")
-            .alias("__burst")
-        )
-        .with_columns(
-            pl.col("link").fill_null(pl.col("url")).n_unique().over("__msg", "__burst").alias("__k")
-        )
+    )
+    starts = (pl.col("__msg") != pl.col("__msg").shift(1)).fill_null(True) | (
+        (pl.col("at") - pl.col("at").shift(1)) > window
+    ).fill_null(True)
+    bursts = clicks.with_columns(starts.cum_sum().alias("__burst"))
+    scanners = (
+        bursts.group_by("__burst")
+        .agg(pl.col("__link").n_unique().alias("__k"))
         .filter(pl.col("__k") >= 2)
-        .select("__n", pl.lit(True).alias("__scan"))
+    )
+    clicks = bursts.join(scanners, on="__burst", how="semi").select(
+        "__n", pl.lit(True).alias("__scan")
     )
     marked = indexed.join(clicks, on="__n", how="left").sort("__n")
     scan = pl.col("__scan").fill_null(False)
@@ -158,4 +161,4 @@ def flag_scanner_bursts(frame: pl.DataFrame, *, window_s: float = 1.0) -> pl.Dat
         .then(pl.lit(CLICK_BURST))
         .otherwise(pl.col("bot_reason"))
         .alias("bot_reason"),
-    ).drop("__n", "__msg", "__scan")
+    ).drop("__n", "__scan")
