@@ -15,6 +15,11 @@ Postfix's ``smtp-sink`` on loopback:
     in the delivery servers), 2 delivery servers x connections/2, PIPELINING on. Its rate
     uses the run's own ``elapsed_s`` (dispatch start to the last outcome, so delivery-server
     start-up is inside); ``raymail_wall_msg_s`` also counts loading, planning and the report.
+``raymail_dkim`` (unless ``--no-dkim``)
+    The same campaign and messages with an RSA-2048 DKIM signature on every message
+    (``dkim_vs_unsigned``, target 0.8); ``--dkim-ed25519`` adds a round signed with Ed25519
+    instead (``dkim_ed25519_vs_unsigned``). ``dkim_sign_us_per_message`` is the signer
+    alone on the pre-rendered messages, in this process.
 
 Ray starts once, before any clock. With ``--repeat N`` the three alternate N times and the
 medians are reported; every ratio comes from measurements of this one run, because the
@@ -33,6 +38,7 @@ this runs as root, it is installed with apt-get, else the benchmark exits saying
 
     python benchmarks/throughput.py [--messages 50000] [--connections 50] [--repeat 1]
                                     [--json-out PATH] [--profile DIR] [--no-warmup]
+                                    [--no-dkim] [--dkim-ed25519]
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ from pathlib import Path
 from typing import Any
 
 TARGET_RAYMAIL_VS_LOOP = 1.2
+TARGET_DKIM_VS_UNSIGNED = 0.8
 DOMAINS = 50
 SENDER = "Raymail Bench <news@bench.example>"
 HELO = "bench.localhost"
@@ -321,6 +328,37 @@ def build_workload(
     sample = jobs[0][2].replace(b"\r\n", b"\n")  # smtp-source -F appends CRLF per line
     sample_file.write_bytes(sample if sample.endswith(b"\n") else sample + b"\n")
     return Workload(recipients, spec, jobs, sample_file, render_s)
+
+
+def dkim_specs(workload: Workload, folder: Path, ed25519: bool) -> dict[str, Any]:
+    """The workload's spec signed with a fresh RSA-2048 key (and, if asked, Ed25519 alone)."""
+    from raymail.compose.dkim_keys import generate_key
+    from raymail.spec import DkimSettings
+
+    domain = workload.spec.sender_domain
+    specs: dict[str, Any] = {}
+    for name, algorithm in [("dkim", "rsa-sha256")] + ([("dkim_ed25519", "ed25519-sha256")]
+                                                       if ed25519 else []):  # fmt: skip
+        key_file = folder / f"{name}.pem"
+        key_file.write_bytes(generate_key(algorithm).private_pem)
+        settings = DkimSettings(
+            domain=domain, selector=name.replace("_", "-"), key_file=str(key_file),
+            algorithm=algorithm,
+        )  # type: ignore[call-arg]  # fmt: skip
+        specs[name] = workload.spec.model_copy(update={"dkim": [settings]})
+    return specs
+
+
+def signing_cost_us(spec: Any, workload: Workload, limit: int = 5000) -> float:
+    """Microseconds the DKIM signer alone takes per pre-rendered message, in this process."""
+    from raymail.compose.dkim import DkimSigner
+
+    signer = DkimSigner(spec.dkim)
+    messages = [m for _, _, m in workload.jobs[:limit]]
+    started = time.perf_counter()
+    for message in messages:
+        signer.sign(message)
+    return round((time.perf_counter() - started) / len(messages) * 1e6, 1)
 
 
 # -- the three senders ---------------------------------------------------------------------
@@ -672,7 +710,13 @@ def start_ray() -> None:
 
 
 def _round(
-    n: int, args: argparse.Namespace, port: int, source_bin: str, workload: Workload, work: Path
+    n: int,
+    args: argparse.Namespace,
+    port: int,
+    source_bin: str,
+    workload: Workload,
+    work: Path,
+    signed: dict[str, Any],
 ) -> dict[str, Any]:
     """One round: the loop, raymail, smtp-source, each with its CPU accounting."""
     count = len(workload.jobs)
@@ -704,6 +748,25 @@ def _round(
         for name, seconds in busiest:
             log(f"  {seconds:7.2f}  {name}")
 
+    dkim_rounds: dict[str, Any] = {}
+    for name, spec in signed.items():  # same messages, signed, right after the unsigned run
+        gc.collect()
+        signed_dir = work / f"run-{n + 1}-{name}"
+        with CpuWatch() as signed_cpu:
+            result = run_raymail(spec, signed_dir)
+        shutil.rmtree(signed_dir, ignore_errors=True)
+        log(
+            f"round {n + 1}: raymail {name} {result.rate:,.0f} msg/s "
+            f"({result.seconds:.2f} s, {result.accepted}/{result.messages} accepted)"
+        )
+        dkim_rounds[name] = {
+            "msg_s": round(result.rate, 1),
+            "vs_unsigned": _ratio(result.rate, raymail.rate),
+            "elapsed_s": round(result.seconds, 3),
+            "accepted": result.accepted,
+            "cpu_us_per_msg": round(signed_cpu.own_s / count * 1e6, 1),
+        }
+
     with CpuWatch() as source_cpu:
         source = run_smtp_source(source_bin, port, workload, count, args.connections)
     log(f"round {n + 1}: smtp-source {source.rate:,.0f} msg/s ({source.seconds:.2f} s)")
@@ -731,6 +794,7 @@ def _round(
         "raymail_failed": raymail.extra["failed"],
         "raymail_attempts": raymail.extra["attempts"],
         "aiosmtplib_loop_accepted": loop.accepted,
+        "signed": dkim_rounds,
         "cpu": {
             "smtp_source": cpu(source_cpu),
             "aiosmtplib_loop": cpu(loop_cpu),
@@ -754,15 +818,18 @@ def benchmark(
             f"{workload.render_s:.1f} s ({workload.render_s / len(workload.jobs) * 1e6:.0f} "
             "us each, one process)"
         )
+        signed = dkim_specs(workload, work, args.dkim_ed25519) if args.dkim else {}
+        sign_us = {name: signing_cost_us(spec, workload) for name, spec in signed.items()}
         if args.warmup:
             warm = min(args.messages, 1000)
             log(f"warm-up: raymail with {warm} messages (worker imports, caches)")
-            warm_spec = workload.spec.model_copy(
-                update={"recipients": str(write_recipients(work / "warmup.parquet", warm))}
-            )
-            run_raymail(warm_spec, work / "run-warmup")
+            warm_list = str(write_recipients(work / "warmup.parquet", warm))
+            for n, spec in enumerate([workload.spec, *signed.values()]):
+                warm_spec = spec.model_copy(update={"recipients": warm_list})
+                run_raymail(warm_spec, work / f"run-warmup-{n}")
         rounds = [
-            _round(n, args, sink.port, source_bin, workload, work) for n in range(args.repeat)
+            _round(n, args, sink.port, source_bin, workload, work, signed)
+            for n in range(args.repeat)
         ]
 
     def med(key: str) -> float:
@@ -812,6 +879,7 @@ def benchmark(
         "cpu_us_per_message": cpu_per_msg,
         # share of all cores used by other processes on the machine while each ran
         "background_cpu_share": background,
+        **_dkim_summary(rounds, signed, sign_us),
         "rounds": rounds,
         "cpu_count": os.cpu_count(),
         "cpus_usable": cores,
@@ -819,6 +887,24 @@ def benchmark(
         "versions": _versions(),
     }
     return result
+
+
+def _dkim_summary(
+    rounds: list[dict[str, Any]], signed: dict[str, Any], sign_us: dict[str, float]
+) -> dict[str, Any]:
+    """The signed rounds' medians and their ratios to the unsigned run of the same round."""
+    if not signed:
+        return {}
+    out: dict[str, Any] = {"target_dkim_vs_unsigned": TARGET_DKIM_VS_UNSIGNED}
+    for name in signed:
+        runs = [r["signed"][name] for r in rounds]
+        ratio = round(_median([r["vs_unsigned"] or 0.0 for r in runs]), 3)
+        out[f"raymail_{name}_msg_s"] = round(_median([r["msg_s"] for r in runs]), 1)
+        out[f"{name}_vs_unsigned"] = ratio
+        out[f"raymail_{name}_accepted"] = min(r["accepted"] for r in runs)
+        out[f"{name}_sign_us_per_message"] = sign_us[name]
+    out["meets_dkim_target"] = out["dkim_vs_unsigned"] >= TARGET_DKIM_VS_UNSIGNED
+    return out
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -833,6 +919,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--profile", type=Path, help="py-spy the last raymail round; write profiles here"
+    )
+    parser.add_argument(
+        "--no-dkim", dest="dkim", action="store_false", help="skip the RSA-2048 DKIM round"
+    )
+    parser.add_argument(
+        "--dkim-ed25519", action="store_true", help="add a round signed with Ed25519 only"
     )
     args = parser.parse_args(argv)
     if args.messages < 1 or args.connections < 2 or args.repeat < 1:
@@ -861,6 +953,11 @@ def main(argv: list[str] | None = None) -> int:
     if result["raymail_missing"]:
         log(f"raymail left {result['raymail_missing']} of {args.messages} messages unaccepted")
         return 1
+    for name in ("dkim", "dkim_ed25519"):
+        missing = args.messages - result.get(f"raymail_{name}_accepted", args.messages)
+        if missing:
+            log(f"raymail {name} left {missing} of {args.messages} messages unaccepted")
+            return 1
     return 0
 
 

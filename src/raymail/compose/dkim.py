@@ -109,8 +109,8 @@ def _fold(prefix: str, items: Sequence[str], sep: str, gap: str) -> str:
 class _Signature:
     """One configured signature: its key, tags and the cached hash of the static fields."""
 
-    __slots__ = ("_cached_key", "_cached_state", "algorithm", "domain", "dynamic", "key",
-                 "selector", "static")  # fmt: skip
+    __slots__ = ("_cached_key", "_cached_state", "_h_tags", "_prefix", "algorithm", "domain",
+                 "dynamic", "key", "selector", "static")  # fmt: skip
 
     def __init__(self, settings: DkimSettings) -> None:
         self.algorithm = settings.algorithm
@@ -123,8 +123,12 @@ class _Signature:
         self.dynamic = [n for n in names if n.decode() not in LIKELY_STATIC]
         self._cached_key: tuple[bytes, ...] | None = None
         self._cached_state = hashlib.sha256()
+        tags = ["v=1", f"a={self.algorithm}", "c=relaxed/relaxed", f"d={self.domain}",
+                f"s={self.selector}"]  # fmt: skip
+        self._prefix = (_fold("DKIM-Signature: ", tags, ";", " ") + ";\r\n t=").encode("ascii")
+        self._h_tags: dict[tuple[bytes, ...], bytes] = {}  # h= lists seen, folded
 
-    def header(self, fields: dict[bytes, list[bytes]], body_hash: str, now: int) -> bytes:
+    def header(self, fields: dict[bytes, list[bytes]], body_hash: bytes, now: int) -> bytes:
         """The DKIM-Signature field for a message with these header ``fields``."""
         static_names, static = self._selected(fields, self.static)
         if static != self._cached_key:
@@ -136,16 +140,20 @@ class _Signature:
         dynamic_names, dynamic = self._selected(fields, self.dynamic)
         for field in dynamic:
             hasher.update(canonical_header(field))
-        signed = [n.decode("ascii") for n in (*static_names, *dynamic_names)]
-        tags = ["v=1", f"a={self.algorithm}", "c=relaxed/relaxed", f"d={self.domain}",
-                f"s={self.selector}", f"t={now}"]  # fmt: skip
-        head = _fold("DKIM-Signature: ", tags, ";", " ") + ";\r\n " + _fold("h=", signed, ":", "")
-        head += ";\r\n bh=" + body_hash + ";\r\n b="
-        unsigned = head.encode("ascii")
+        signed = (*static_names, *dynamic_names)
+        h_tag = self._h_tags.get(signed)
+        if h_tag is None:
+            if len(self._h_tags) > 64:  # bounded: a campaign has a few layouts at most
+                self._h_tags.clear()
+            h_tag = _fold("h=", [n.decode("ascii") for n in signed], ":", "").encode("ascii")
+            self._h_tags[signed] = h_tag
+        unsigned = b"".join(
+            (self._prefix, b"%d;\r\n " % now, h_tag, b";\r\n bh=", body_hash, b";\r\n b=")
+        )
         hasher.update(canonical_header(unsigned)[:-2])  # its own field: no final CRLF
-        signature = base64.b64encode(self._sign(hasher.digest())).decode("ascii")
+        signature = base64.b64encode(self._sign(hasher.digest()))
         lines = [signature[i : i + _B64_LINE] for i in range(0, len(signature), _B64_LINE)]
-        return unsigned + "\r\n ".join(lines).encode("ascii") + b"\r\n"
+        return unsigned + b"\r\n ".join(lines) + b"\r\n"
 
     @staticmethod
     def _selected(
@@ -177,7 +185,7 @@ class DkimSigner:
             raise DkimError("no DKIM signature configured")
         self._signatures = [_Signature(s) for s in signatures]
         self._last_body: bytes | None = None
-        self._last_body_hash = ""
+        self._last_body_hash = b""
 
     def sign(self, message: bytes, now: int | None = None) -> bytes:
         """``message`` with the DKIM-Signature fields in front (one per signature)."""
@@ -186,7 +194,7 @@ class DkimSigner:
             raise DkimError("a message without a header/body separator cannot be signed")
         if body != self._last_body:  # one memcmp; the hash is kept while the body repeats
             digest = hashlib.sha256(canonical_body(body)).digest()
-            self._last_body, self._last_body_hash = body, base64.b64encode(digest).decode()
+            self._last_body, self._last_body_hash = body, base64.b64encode(digest)
         fields = _fields(head)
         if b"from" not in fields:
             raise DkimError("a message without From cannot be signed (RFC 6376 5.4)")
