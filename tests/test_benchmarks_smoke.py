@@ -29,6 +29,9 @@ KEYS = {
     "raymail_accepted",
     "raymail_missing",
     "aiosmtplib_loop_accepted",
+    "raymail_dkim_msg_s",
+    "dkim_vs_unsigned",
+    "raymail_dkim_accepted",
     "rounds",
     "cpu_count",
     "versions",
@@ -58,6 +61,10 @@ def test_throughput_benchmark_small_run(tmp_path: Path) -> None:
     assert printed["raymail_accepted"] == MESSAGES
     assert printed["raymail_missing"] == 0
     assert printed["aiosmtplib_loop_accepted"] == MESSAGES
+    assert printed["raymail_dkim_accepted"] == MESSAGES
+    assert printed["dkim_vs_unsigned"] == pytest.approx(
+        printed["raymail_dkim_msg_s"] / printed["raymail_msg_s"], rel=0.05
+    )
     assert 1500 <= printed["message_bytes"] <= 2600
     for key in ("smtp_source_msg_s", "aiosmtplib_loop_msg_s", "raymail_msg_s"):
         assert printed[key] > 0, key
