@@ -765,6 +765,9 @@ def _round(
             "elapsed_s": round(result.seconds, 3),
             "accepted": result.accepted,
             "cpu_us_per_msg": round(signed_cpu.own_s / count * 1e6, 1),
+            "background_cpu_share": round(
+                signed_cpu.others_s / (result.extra["wall_s"] * len(os.sched_getaffinity(0))), 3
+            ),
         }
 
     with CpuWatch() as source_cpu:

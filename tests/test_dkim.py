@@ -78,7 +78,8 @@ def test_relaxed_canonicalisation_matches_rfc6376_example() -> None:
 def test_rsa_and_ed25519_signatures_verify_through_dns(
     tmp_path: Path, keys: dict[str, Any]
 ) -> None:
-    template = MessageTemplate(_spec(tmp_path, keys["settings"]))
+    template_spec = _spec(tmp_path, keys["settings"])
+    template = MessageTemplate(template_spec)
     shared_spec = _spec(
         tmp_path, keys["settings"], subject="News", text="Same for all\n", html=None,
         unsubscribe_url=None,
@@ -108,6 +109,12 @@ def test_rsa_and_ed25519_signatures_verify_through_dns(
             False,
         ]
         assert verify_all(messages[0].replace(b"Hi Ann", b"Hi Eve"), dnsfunc) == [False, False]
+        # One signer, static headers that change (its cached hash state must follow).
+        signer = DkimSigner(template_spec.dkim)
+        plain = b"Subject: s\r\nDate: d\r\nMessage-ID: <m@x>\r\n\r\nbody  text \r\n"
+        for sender in (b"a@sender.test", b"b@sender.test", b"a@sender.test"):
+            signed = signer.sign(b"From: " + sender + b"\r\nMIME-Version: 1.0\r\n" + plain)
+            assert verify_all(signed, dnsfunc) == [True, True]
         other = _spec(tmp_path, [{**keys["settings"][0], "selector": "unpublished"}])
         assert verify_all(MessageTemplate(other).render("c@example.org", {"name": "C"}),
                           dnsfunc) == [False]  # fmt: skip
