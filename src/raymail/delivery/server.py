@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -137,6 +138,12 @@ class DeliveryServer:
         self.metrics = DeliveryMetrics(spec.campaign, name, spec.metrics_domains)
         self.journal = Journal(Path(journal_dir), name) if journal_dir else None
         self.fence = FenceGuard(Path(journal_dir), epoch) if journal_dir else None
+        # Signed messages are rendered in one thread of their own: the private-key operation
+        # releases the GIL, so SMTP on the event loop goes on meanwhile. One thread, so the
+        # template's caches are never used by two portions at once.
+        self._renderer = (
+            ThreadPoolExecutor(1, thread_name_prefix=f"{name}-render") if spec.dkim else None
+        )
 
     def _started(self) -> tuple[MXResolver, ConnectionPool]:
         """Create the event-loop-bound parts on first use, inside the actor's send loop."""
@@ -183,7 +190,11 @@ class DeliveryServer:
         )
         obs = ObservationBuilder(self.name, self.source_address, task.domain)
         try:
-            jobs = self._jobs(task, table, out)
+            if self._renderer is None:
+                jobs = self._jobs(task, table, out)
+            else:
+                loop = asyncio.get_running_loop()
+                jobs = await loop.run_in_executor(self._renderer, self._jobs, task, table, out)
             if jobs:
                 try:
                     targets = await resolver.resolve(task.domain)
