@@ -708,14 +708,14 @@ def count_trial(run_dir: Path, capture: Path, n: int) -> dict[str, Any]:
     expected = pl.read_parquet(run_dir / "recipients.parquet", columns=["email"])["email"]
     captured = read_capture(capture).select(["rcpt_to", "message_id"])
     report = build_report(run_dir)
-    doubted = set(report["in_doubt_recipients"])
-    if report["in_doubt_ever"] > len(doubted):  # the report names the first 1000 only
+    doubted = set(report.in_doubt_recipients)
+    if report.in_doubt_ever > len(doubted):  # the report names the first 1000 only
         outcomes = read_outcomes(run_dir).filter(pl.col("status") == "in_doubt")
         doubted = set(outcomes["email"].unique().to_list())
     result = tally_deliveries(set(expected.to_list()), captured, doubted)
-    result["status"] = report["status"]
+    result["status"] = report.status
     result["report"] = {
-        key: report[key]
+        key: report.as_json()[key]
         for key in ("accepted", "deferred", "failed", "in_doubt", "in_doubt_ever", "resumes")
     }
     return result

@@ -125,8 +125,8 @@ def run_once(
     probes = run_dir / "routing" / "probes.parquet"
     return {
         "makespan_s": round(span / 1e6, 3),
-        "accepted": int(report["accepted"]),
-        "total": int(report["total"]),
+        "accepted": int(report.accepted),
+        "total": int(report.total),
         "probe_rows": pl.read_parquet(probes).height if probes.exists() else 0,
     }
 

@@ -197,7 +197,7 @@ def drive(args: argparse.Namespace) -> int:
     quarter = max(1, len(timeline) // 4)
     result = {
         "wall_s": wall,
-        "report": {k: v for k, v in report.items() if k not in ("domains", "in_doubt_recipients")},
+        "report": report.model_dump(mode="json", exclude={"domains", "in_doubt_recipients"}),
         "driver_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "driver_rss_after_ray_init_bytes": baseline_rss,
         # driver RSS at the end of each quarter of the run: flat means streaming works

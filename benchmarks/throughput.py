@@ -459,18 +459,18 @@ def run_raymail(spec: Any, run_dir: Path) -> Result:
     started = time.perf_counter()
     report = run_campaign(spec, run_dir, live_progress=False)
     wall = time.perf_counter() - started
-    elapsed = float(report["elapsed_s"])
+    elapsed = float(report.elapsed_s)
     return Result(
         "raymail",
-        int(report["total"]),
-        int(report["accepted"]),
+        int(report.total),
+        int(report.accepted),
         elapsed,
         {
             "wall_s": wall,
-            "deferred": int(report["deferred"]),
-            "failed": int(report["failed"]),
-            "not_attempted": int(report.get("not_attempted", 0)),
-            "attempts": int(report.get("attempts", 0)),
+            "deferred": int(report.deferred),
+            "failed": int(report.failed),
+            "not_attempted": int(report.not_attempted),
+            "attempts": int(report.attempts),
         },
     )
 

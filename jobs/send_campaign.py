@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         return 130
-    print(json.dumps(report, indent=2, sort_keys=True, default=str), flush=True)
+    print(json.dumps(report.as_json(), indent=2, sort_keys=True, default=str), flush=True)
     return 0
 
 

@@ -131,7 +131,7 @@ def test_attachments_reach_the_sink(tmp_path: Path) -> None:
     with run_sink(SinkConfig(), capture_dir=tmp_path / "cap") as sink:
         spec = make_spec(csv, sink.port, attachments={"files": [str(brochure)], "column": "files"})
         report = run_campaign(spec, tmp_path / "run", live_progress=False)
-    assert report["accepted"] == 20 and report["rejected_input"] == 1
+    assert report.accepted == 20 and report.rejected_input == 1
     captured = read_capture(tmp_path / "cap", with_data=True)
     assert captured.height == 20 and "bad@d0.test" not in captured["rcpt_to"].to_list()
     for raw in captured["data"].to_list():

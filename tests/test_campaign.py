@@ -42,12 +42,12 @@ def test_campaign_delivers_each_recipient_once(tmp_path: Path) -> None:
     with run_sink(SinkConfig(), capture_dir=capture) as sink:
         spec = make_spec(csv, sink.port)
         report = run_campaign(spec, tmp_path / "run", live_progress=False)
-    assert report["total"] == 450
-    assert report["accepted"] == 450
-    assert report["rejected_input"] == 2
-    assert report["deferred"] == report["failed"] == 0
-    assert report["messages_per_s"] > 0
-    assert set(report["domains"]) == {"a.test", "b.test", "c.test"}
+    assert report.total == 450
+    assert report.accepted == 450
+    assert report.rejected_input == 2
+    assert report.deferred == report.failed == 0
+    assert report.messages_per_s > 0
+    assert set(report.domains) == {"a.test", "b.test", "c.test"}
     captured = read_capture(capture)
     per_rcpt = captured.group_by("rcpt_to").len()
     assert per_rcpt.height == 450 and per_rcpt["len"].max() == 1
@@ -72,7 +72,7 @@ def test_faults_are_deferred_failed_and_retried(tmp_path: Path) -> None:
     with run_sink(config, capture_dir=tmp_path / "cap") as sink:
         report = run_campaign(make_spec(csv, sink.port), tmp_path / "run", live_progress=False)
     final = _every_row_accounted(tmp_path / "run", 120)
-    by_domain = report["domains"]
+    by_domain = report.domains
     # the sink drops user0's connection after the body: maybe delivered, so "in doubt"
     assert by_domain["ok.test"] == {"accepted": 39, "deferred": 0, "failed": 0, "in_doubt": 1}
     assert by_domain["temp.test"] == {"accepted": 0, "deferred": 40, "failed": 0}
@@ -86,7 +86,7 @@ def test_faults_are_deferred_failed_and_retried(tmp_path: Path) -> None:
     dropped = final.filter(pl.col("email") == "user0@ok.test").row(0, named=True)
     assert dropped["status"] == "in_doubt" and "dropped" in dropped["response"]
     assert dropped["attempt"] == 3  # the default policy resends: each try was in doubt
-    assert report["in_doubt_recipients"] == ["user0@ok.test"]
+    assert report.in_doubt_recipients == ["user0@ok.test"]
     assert read_capture(tmp_path / "cap").height == 39
 
 
@@ -98,7 +98,7 @@ def test_tempfail_then_success_on_retry(tmp_path: Path) -> None:
         spec = make_spec(csv, sink.port, retry={"max_attempts": 6, "initial_backoff_s": 0.1})
         report = run_campaign(spec, tmp_path / "run", live_progress=False)
     final = _every_row_accounted(tmp_path / "run", 200)
-    assert report["accepted"] >= 190
+    assert report.accepted >= 190
     assert final.filter(pl.col("status") == "accepted")["attempt"].max() > 1
     assert read_capture(tmp_path / "cap").group_by("rcpt_to").len()["len"].max() == 1
 
@@ -108,7 +108,7 @@ def test_missing_merge_field_fails_recipients_not_the_run(tmp_path: Path) -> Non
     with run_sink(SinkConfig(), capture_dir=tmp_path / "cap") as sink:
         spec = make_spec(csv, sink.port, text="Hi {{ name }}, your code {{ coupon }}")
         report = run_campaign(spec, tmp_path / "run", live_progress=False)
-    assert report["failed"] == 20 and report["accepted"] == 0
+    assert report.failed == 20 and report.accepted == 0
     final = _every_row_accounted(tmp_path / "run", 20)
     assert all("coupon" in r for r in final["response"].to_list())
 
@@ -118,7 +118,7 @@ def test_shared_content_uses_many_rcpt_per_transaction(tmp_path: Path) -> None:
     with run_sink(SinkConfig(), capture_dir=tmp_path / "cap") as sink:
         spec = make_spec(csv, sink.port, subject="News", text="Same for everyone.\n")
         report = run_campaign(spec, tmp_path / "run", live_progress=False)
-    assert report["accepted"] == 300
+    assert report.accepted == 300
     captured = read_capture(tmp_path / "cap")
     assert captured["rcpt_to"].n_unique() == 300
     transactions = captured.select(["file", "line"]).unique().height
@@ -187,9 +187,10 @@ def test_target_minutes_sizes_servers_and_says_when_it_cannot(tmp_path: Path) ->
             max_delivery_servers=3,
         )
         report = run_campaign(spec, tmp_path / "run", live_progress=False)
-    assert report["accepted"] == 600
-    capacity = report["capacity"]
-    assert capacity["servers"] == 3 and report["delivery_servers"] == 3
-    assert not capacity["feasible"] and "cannot be met" in capacity["message"]
+    assert report.accepted == 600
+    capacity = report.capacity
+    assert capacity is not None
+    assert capacity.servers == 3 and report.delivery_servers == 3
+    assert not capacity.feasible and "cannot be met" in capacity.message
     servers = set(read_outcomes(tmp_path / "run")["server"].to_list())
     assert len(servers) >= 2  # the added servers took work

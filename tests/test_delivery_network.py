@@ -50,7 +50,7 @@ def test_mx_lookup_fallback_and_dns_failures(tmp_path: Path) -> None:
             report = run_campaign(spec, tmp_path / "run", live_progress=False)
     finally:
         dns.stop()
-    by_domain = report["domains"]
+    by_domain = report.domains
     for ok in ("mx.test", "backup.test", "implicit.test"):
         assert by_domain[ok] == {"accepted": 5, "deferred": 0, "failed": 0}, ok
     assert by_domain["nullmx.test"]["failed"] == 5
@@ -73,7 +73,7 @@ def test_starttls_and_source_addresses(tmp_path: Path) -> None:
             csv, sink.port, source_addresses=["127.0.0.2", "127.0.0.3"], portion_size=10
         )
         report = run_campaign(spec, tmp_path / "run", live_progress=False)
-    assert report["accepted"] == 80
+    assert report.accepted == 80
     peers = {p.rsplit(":", 1)[0] for p in read_capture(tmp_path / "cap")["peer"].to_list()}
     assert peers == {"127.0.0.2", "127.0.0.3"}
     observations = read_observations(tmp_path / "run")
@@ -85,7 +85,7 @@ def test_starttls_required_but_not_offered_is_deferred(tmp_path: Path) -> None:
     with run_sink(SinkConfig(), capture_dir=tmp_path / "cap") as sink:
         spec = make_spec(csv, sink.port, smtp={"starttls": "required"})
         report = run_campaign(spec, tmp_path / "run", live_progress=False)
-    assert report["accepted"] == 0 and report["deferred"] == 2
+    assert report.accepted == 0 and report.deferred == 2
     final = final_outcomes(read_outcomes(tmp_path / "run"))
     assert all("STARTTLS" in r for r in final["response"].to_list())
     assert read_capture(tmp_path / "cap").height == 0

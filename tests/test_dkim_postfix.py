@@ -61,14 +61,14 @@ def test_signatures_survive_postfix_and_verify(tmp_path: Path) -> None:
                 unsubscribe_url="https://sender.test/u/{token}", **common,
             )  # fmt: skip
             report = run_campaign(personal, tmp_path / "run-personal", live_progress=False)
-            assert report["accepted"] == len(people)
+            assert report.accepted == len(people)
             shared = make_spec(
                 write_csv(tmp_path / "all.csv", "email", [p.split(",")[0] for p in people]),
                 postfix.port, campaign="dkim-shared", subject="News for everyone",
                 text="The same words\tfor   all.\n", html="<p>Same</p>\n", **common,
             )  # fmt: skip
             report = run_campaign(shared, tmp_path / "run-shared", live_progress=False)
-            assert report["accepted"] == len(people)
+            assert report.accepted == len(people)
             postfix.wait_idle()
             personal_mail = _captured(capture, "dkim-personal", len(people))
             shared_mail = _captured(capture, "dkim-shared", len(people))

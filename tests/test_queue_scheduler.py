@@ -76,8 +76,8 @@ def _exactly_once(capture: Path, prefix: str, n: int, run_dir: str) -> None:
     assert per.height == n, f"{prefix}: {n - per.height} recipients missed"
     twice = set(per.filter(pl.col("len") > 1)["rcpt_to"].to_list())
     report = build_report(run_dir)
-    assert twice <= set(report["in_doubt_recipients"]), "a duplicate that was not in doubt"
-    assert report["status"] == "complete"
+    assert twice <= set(report.in_doubt_recipients), "a duplicate that was not in doubt"
+    assert report.status == "complete"
 
 
 def _address() -> str:
@@ -278,7 +278,7 @@ def test_killed_scheduler_and_run_are_resumed_by_another(tmp_path: Path) -> None
             _wait_for(lambda: queue.get(entry.id).status == DONE, 300, "the resumed run")
         assert second.stats.started == [entry.id]
         assert queue.get(entry.id).starts == 2
-        assert build_report(entry.run_dir)["resumes"] == 1
+        assert build_report(entry.run_dir).resumes == 1
         _exactly_once(capture, "k", n, entry.run_dir)
 
 

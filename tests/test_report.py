@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from raymail.run import report
-from raymail.schema import ACCEPTED, DEFERRED, FAILED, IN_DOUBT, OUTCOME_SCHEMA
+from raymail.schema import OUTCOME_SCHEMA
+from raymail.status import ACCEPTED, DEFERRED, FAILED, IN_DOUBT
 
 
 def _part(path: Path, rows: list[tuple[int, int, str, str]], start: datetime) -> None:

@@ -18,6 +18,7 @@ import pytest
 
 from conftest import make_spec, write_csv
 from raymail.driver.campaign import resume_campaign, run_campaign
+from raymail.run.report import RunReport
 from raymail.sink import SinkConfig, read_capture, run_sink
 
 pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.slow]
@@ -41,13 +42,13 @@ def _captured(capture: Path) -> int:
         return 0
 
 
-def _check_exactly_once(report: dict[str, Any], capture: Path, n: int) -> pl.DataFrame:
+def _check_exactly_once(report: RunReport, capture: Path, n: int) -> pl.DataFrame:
     """Every recipient arrived; any duplicate is a recipient the report called in doubt."""
     per_rcpt = read_capture(capture).group_by("rcpt_to").len()
     assert per_rcpt.height == n, f"missed {n - per_rcpt.height} recipients"
     duplicates = set(per_rcpt.filter(pl.col("len") > 1)["rcpt_to"].to_list())
-    assert duplicates <= set(report["in_doubt_recipients"])
-    assert report["accepted"] + report["in_doubt"] == n
+    assert duplicates <= set(report.in_doubt_recipients)
+    assert report.accepted + report.in_doubt == n
     return per_rcpt
 
 
@@ -105,11 +106,11 @@ def test_whole_ray_kill_then_resume(tmp_path: Path) -> None:
         before = _captured(capture)
         assert before < n, "the run finished before the kill; the test proves nothing"
         report = resume_campaign(tmp_path / "run", live_progress=False)
-    assert report["resumes"] == 1 and report["status"] == "complete"
+    assert report.resumes == 1 and report.status == "complete"
     _check_exactly_once(report, capture, n)
-    assert report["in_doubt"] <= 8  # at most the transactions in flight: 2 servers x 4
+    assert report.in_doubt <= 8  # at most the transactions in flight: 2 servers x 4
     again = resume_campaign(tmp_path / "run", live_progress=False)
-    assert "nothing was sent" in again["note"]
+    assert again.note is not None and "nothing was sent" in again.note
 
 
 def test_resume_with_in_doubt_skip_does_not_resend(tmp_path: Path) -> None:
@@ -130,8 +131,8 @@ def test_resume_with_in_doubt_skip_does_not_resend(tmp_path: Path) -> None:
             _kill_session(proc.pid)
             proc.wait(timeout=30)
         report = resume_campaign(tmp_path / "run", in_doubt="skip", live_progress=False)
-    assert "u0@d0.test" in report["in_doubt_recipients"]
-    assert report["in_doubt"] >= 1 and report["accepted"] + report["in_doubt"] == n
+    assert "u0@d0.test" in report.in_doubt_recipients
+    assert report.in_doubt >= 1 and report.accepted + report.in_doubt == n
     captured = read_capture(capture)
     assert "u0@d0.test" not in captured["rcpt_to"].to_list()  # skipped, not resent
     assert captured.group_by("rcpt_to").len()["len"].max() == 1
@@ -172,7 +173,7 @@ def test_killed_delivery_server_loses_nothing(tmp_path: Path) -> None:
     assert not thread.is_alive()
     report = result["report"]
     _check_exactly_once(report, capture, n)
-    assert report["in_doubt"] == 0  # the in-doubt ones were resent (policy resend)
+    assert report.in_doubt == 0  # the in-doubt ones were resent (policy resend)
 
 
 @pytest.mark.parametrize(
@@ -206,12 +207,12 @@ def test_stalled_server_is_replaced(tmp_path: Path, policy: str, dispatch: str) 
     captured = read_capture(capture)
     assert {p.rsplit(":", 1)[0] for p in captured["peer"].to_list()} == {"127.0.0.2"}
     assert captured.group_by("rcpt_to").len()["len"].max() == 1
-    hung = report["in_doubt_ever"]
+    hung = report.in_doubt_ever
     assert 1 <= hung <= 4  # the hung server's connections
     if policy == "resend":
-        assert report["accepted"] == n and report["in_doubt"] == 0
+        assert report.accepted == n and report.in_doubt == 0
     else:
-        assert report["accepted"] == n - hung and report["in_doubt"] == hung
+        assert report.accepted == n - hung and report.in_doubt == hung
 
 
 @pytest.mark.parametrize("dispatch", ["push", "pull"])
@@ -230,7 +231,7 @@ def test_failing_server_stops_getting_work(tmp_path: Path, dispatch: str) -> Non
             retry={"max_attempts": 6, "initial_backoff_s": 0.1, "max_backoff_s": 0.5},
         )
         report = run_campaign(spec, tmp_path / "run", live_progress=False)
-    assert report["accepted"] == n
+    assert report.accepted == n
     outcomes = pl.read_parquet(tmp_path / "run" / "outcomes")
     bad = outcomes.filter(pl.col("server") == "ds1")
     good = outcomes.filter(pl.col("server") == "ds0")

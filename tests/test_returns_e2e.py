@@ -14,7 +14,6 @@ import smtplib
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 import pytest
@@ -27,6 +26,7 @@ from raymail.returns.ledger_import import import_ledger
 from raymail.returns.process import ReturnsProcessor
 from raymail.returns.runner import RunningReturnsServer, run_returns_server
 from raymail.returns.store import ReturnsStore
+from raymail.run.report import RunReport
 from raymail.sink import SinkConfig, iter_capture, read_capture, run_sink
 from raymail.spec import ReturnsSettings
 
@@ -65,7 +65,7 @@ def _delivered(capture: Path, campaign: str) -> set[str]:
     return {r for m in iter_capture(capture) if marker in m.raw for r in m.rcpt_tos}
 
 
-def _send(tmp: Path, campaign: str, sink_port: int, settings: ReturnsSettings) -> dict[str, Any]:
+def _send(tmp: Path, campaign: str, sink_port: int, settings: ReturnsSettings) -> RunReport:
     csv = write_csv(tmp / f"{campaign}.csv", "email,name", [f"{e},N" for e in EVERYONE])
     spec = make_spec(
         csv,
@@ -151,8 +151,8 @@ def _campaigns(
 
     # Campaign 1: everyone is sent to; the returns come back and are judged.
     first = _send(tmp, "c1", sink_port, settings)
-    assert first["accepted"] == len(EVERYONE) - len(REJECTED)
-    assert first["failed"] == len(REJECTED) and first["suppressed"] == 0
+    assert first.accepted == len(EVERYONE) - len(REJECTED)
+    assert first.failed == len(REJECTED) and first.suppressed == 0
     # The 5xx at RCPT never produced a bounce: the run recorded it from its ledger as it
     # ended, classified like one, and suppressed the address by the same rules.
     hard |= set(REJECTED)
@@ -189,8 +189,8 @@ def _campaigns(
 
     # Campaign 2 skips the suppressed; the second soft bounce crosses the threshold.
     second = _send(tmp, "c2", sink_port, settings)
-    assert second["suppressed"] == len(hard)
-    assert second["accepted"] == len(EVERYONE) - len(hard)
+    assert second.suppressed == len(hard)
+    assert second.accepted == len(EVERYONE) - len(hard)
     assert not _delivered(sink_capture, "c2") & hard
     assert _delivered(sink_capture, "c2") == set(EVERYONE) - hard
     _wait("soft bounce suppressed", lambda: SOFT[0] in _suppressed(settings))
@@ -198,7 +198,7 @@ def _campaigns(
 
     # Campaign 3 skips the soft-bounced address too.
     third = _send(tmp, "c3", sink_port, settings)
-    assert third["suppressed"] == len(hard) + len(SOFT)
+    assert third.suppressed == len(hard) + len(SOFT)
     assert _delivered(sink_capture, "c3") == set(EVERYONE) - hard - set(SOFT)
     _wait("campaign 3 returns", lambda: _events(settings, "c3").height >= len(AUTO + HUMAN))
     assert rs.server.stats.store_errors == 0

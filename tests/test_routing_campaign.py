@@ -77,7 +77,7 @@ def test_policy_prefers_the_server_the_topology_makes_faster(tmp_path: Path) -> 
     csv = _list(tmp_path / "list.csv", {d: 300 for d in domains})
     with SinkProcess(_sink_config(links)) as sink:
         report = run_campaign(_spec(csv, sink, domains), tmp_path / "run", live_progress=False)
-    assert report["accepted"] == 600
+    assert report.accepted == 600
     shares = _share(tmp_path / "run")
     assert _share_of(shares, "alpha.test", A) >= 0.7, shares
     assert _share_of(shares, "beta.test", B) >= 0.7, shares
@@ -122,7 +122,7 @@ def test_server_whose_domain_turns_to_4xx_is_demoted_within_the_run(tmp_path: Pa
     broken = {**healthy, A: {**healthy[A], "alpha.test": {"latency_ms": 10, "tempfail_rate": 1.0}}}
     with SinkProcess(_sink_config(broken)) as sink:
         report = run_campaign(_spec(csv, sink, domains), tmp_path / "run2", live_progress=False)
-    assert report["accepted"] == 500  # alpha's deferred recipients went to B on retry
+    assert report.accepted == 500  # alpha's deferred recipients went to B on retry
 
     events = pl.read_parquet(tmp_path / "run2" / "routing" / "events.parquet")
     demoted = events.filter(
@@ -168,7 +168,7 @@ def test_unreachable_probe_is_recorded_and_the_run_goes_on(tmp_path: Path) -> No
         spec = spec.model_copy(update={"mx_override": override, "retry": spec.retry.model_copy(
             update={"max_attempts": 2})})  # fmt: skip
         report = run_campaign(spec, tmp_path / "run", live_progress=False)
-    assert report["accepted"] == 60 and report["deferred"] == 10
+    assert report.accepted == 60 and report.deferred == 10
     probes = pl.read_parquet(tmp_path / "run" / "routing" / "probes.parquet")
     gone = probes.filter(pl.col("domain") == "gone.test")
     assert gone.height >= 1, probes

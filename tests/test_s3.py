@@ -129,7 +129,7 @@ def test_campaign_reads_s3_and_exports_its_parquet(s3_env: str, tmp_path: Path) 
     with run_sink(SinkConfig(), capture_dir=tmp_path / "cap") as sink:
         spec = make_spec(f"s3://{BUCKET}/in/big.csv", sink.port, export=export)  # type: ignore[arg-type]
         report = run_campaign(spec, tmp_path / "run", live_progress=False)
-    assert report["accepted"] == n and report["rejected_input"] == 1
+    assert report.accepted == n and report.rejected_input == 1
     assert read_capture(tmp_path / "cap").group_by("rcpt_to").len().height == n
 
     objects = _s3_objects("runs/s3test")

@@ -169,7 +169,7 @@ def test_encrypted_campaign_through_the_sink(openssl: str, ca: SmimeCA, tmp_path
     with run_sink(SinkConfig(), capture_dir=tmp_path / "cap") as sink:
         spec = make_spec(csv, sink.port, smime=_smime(ca, "sign_and_encrypt"))
         report = run_campaign(spec, tmp_path / "run", live_progress=False)
-    assert report["accepted"] == 2 and report["rejected_input"] == 1
+    assert report.accepted == 2 and report.rejected_input == 1
     captured = read_capture(tmp_path / "cap", with_data=True)
     assert sorted(captured["rcpt_to"].to_list()) == ["ann@x.test", "bob@x.test"]
     for rcpt, raw in zip(captured["rcpt_to"], captured["data"], strict=True):

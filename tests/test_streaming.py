@@ -150,7 +150,7 @@ def test_campaign_streams_the_list_with_bounded_queue(tmp_path: Path) -> None:
     with run_sink(SinkConfig(), capture_dir=capture) as sink:
         spec = make_spec(source, sink.port, batch_rows=50, portion_size=10)
         report = run_campaign(spec, tmp_path / "run", live_progress=False)
-    assert report["accepted"] == n - 2 and report["rejected_input"] == 2
+    assert report.accepted == n - 2 and report.rejected_input == 2
     per_rcpt = read_capture(capture).group_by("rcpt_to").len()
     assert per_rcpt.height == n - 2 and per_rcpt["len"].max() == 1
     rejects = pl.read_parquet(tmp_path / "run" / "rejects.parquet")

@@ -7,13 +7,13 @@ on loopback and can check that every recipient arrived exactly once.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raymail.driver.campaign import run_campaign
+from raymail.run.report import RunReport, SinkSummary
 from raymail.sink import SinkConfig, SinkProcess, read_capture
 from raymail.spec import CampaignSpec
 
@@ -62,7 +62,7 @@ def demo_spec(
     )
 
 
-def run_demo(count: int, out: Path, *, live_progress: bool | None = None) -> dict[str, Any]:
+def run_demo(count: int, out: Path, *, live_progress: bool | None = None) -> RunReport:
     """Generate, sink, send; return the report plus what the sink captured."""
     out = out.resolve()
     run_dir = out / "run"
@@ -73,9 +73,9 @@ def run_demo(count: int, out: Path, *, live_progress: bool | None = None) -> dic
         report = run_campaign(spec, run_dir, live_progress=live_progress)
     captured = read_capture(capture)
     per_recipient = captured.group_by("rcpt_to").len()
-    report["sink"] = {
-        "captured_deliveries": captured.height,
-        "distinct_recipients": per_recipient.height,
-        "recipients_more_than_once": int((per_recipient["len"] > 1).sum()),
-    }
-    return report
+    sink_summary = SinkSummary(
+        captured_deliveries=captured.height,
+        distinct_recipients=per_recipient.height,
+        recipients_more_than_once=int((per_recipient["len"] > 1).sum()),
+    )
+    return report.model_copy(update={"sink": sink_summary})

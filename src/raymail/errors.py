@@ -10,6 +10,8 @@ builtin that fits, so callers may catch either::
     ├── DkimError(ValueError)            a DKIM key is unreadable or does not fit its algorithm
     ├── DeliveryError(RuntimeError)      delivery could not proceed (no server, no route)
     │   └── MXResolutionError(LookupError)  a domain has no usable mail exchanger
+    │       ├── MXPermanentError         it cannot receive mail (NXDOMAIN, null MX): fail
+    │       └── MXTemporaryError         DNS did not answer usefully: defer, retry later
     ├── SmtpProtocolError(ConnectionError)  an SMTP peer broke the protocol or the connection
     ├── RunDirError(RuntimeError)        a run directory is unusable (missing, foreign)
     │   └── RunLockedError               another driver holds the run directory's lock
@@ -61,6 +63,20 @@ class DeliveryError(RaymailError, RuntimeError):
 
 class MXResolutionError(DeliveryError, LookupError):
     """A recipient domain has no usable mail exchanger (NXDOMAIN, null MX, no address)."""
+
+    permanent: bool = True  # fail the recipients (True) or defer them for a retry (False)
+
+
+class MXPermanentError(MXResolutionError):
+    """The domain cannot receive mail (NXDOMAIN, null MX, no usable host): fail recipients."""
+
+    permanent = True
+
+
+class MXTemporaryError(MXResolutionError):
+    """DNS did not answer usefully (timeout, SERVFAIL): defer recipients and retry later."""
+
+    permanent = False
 
 
 class SmtpProtocolError(RaymailError, ConnectionError):

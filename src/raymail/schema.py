@@ -26,14 +26,6 @@ REJECTS_SCHEMA: Final = pa.schema(
     ]
 )
 
-# Outcome status values.
-ACCEPTED: Final = "accepted"  # the receiving server answered 250 to the end of DATA
-DEFERRED: Final = "deferred"  # 4xx or a dropped connection: retried later in the run
-FAILED: Final = "failed"  # 5xx, or a permanent local reason (template, no MX)
-IN_DOUBT: Final = "in_doubt"  # the body was sent but no reply came: maybe delivered
-SUPPRESSED: Final = "suppressed"  # on the suppression list: never sent
-STATUSES: Final = (ACCEPTED, DEFERRED, FAILED, IN_DOUBT, SUPPRESSED)
-
 _TS = pa.timestamp("us", tz="UTC")
 
 OUTCOME_SCHEMA: Final = pa.schema(

@@ -15,7 +15,6 @@ from typing import Annotated, Any, Literal, get_args
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     PrivateAttr,
     ValidationError,
@@ -24,18 +23,16 @@ from pydantic import (
     model_validator,
 )
 
+from raymail._strict import StrictModel
 from raymail.compose.dkim_keys import load_private_key, read_key_source
 from raymail.errors import DkimError, SpecError
+from raymail.status import InDoubtPolicy
 
 HostPort = Annotated[str, Field(pattern=r"^\[?[A-Za-z0-9.:_-]+\]?:\d{1,5}$")]
 _ADDRESS_RE = re.compile(r"^[^@\s<>]+@[^@\s<>]+$")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SmtpSettings(_Strict):
+class SmtpSettings(StrictModel):
     """How delivery servers talk SMTP."""
 
     helo_name: str | None = Field(
@@ -64,13 +61,17 @@ class SmtpSettings(_Strict):
     )
 
 
-class RetrySettings(_Strict):
+class RetrySettings(StrictModel):
     """What to do with deferred (4xx, dropped connection) recipients within a run."""
 
     max_attempts: int = Field(4, ge=1, description="Attempts per recipient within one run.")
     initial_backoff_s: float = Field(2.0, ge=0, description="Wait before the first retry.")
     max_backoff_s: float = Field(60.0, ge=0, description="Upper bound of the backoff.")
     multiplier: float = Field(2.0, ge=1, description="Backoff growth per attempt.")
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based) before the next."""
+        return min(self.initial_backoff_s * self.multiplier ** (attempt - 1), self.max_backoff_s)
 
 
 def raymail_home() -> Path:
@@ -79,7 +80,7 @@ def raymail_home() -> Path:
     return Path(configured).expanduser() if configured else Path.home() / ".raymail"
 
 
-class SuppressionRules(_Strict):
+class SuppressionRules(StrictModel):
     """When a returned message takes an address off every future campaign."""
 
     hard_bounce_after: int = Field(
@@ -103,7 +104,7 @@ class SuppressionRules(_Strict):
     )
 
 
-class ReturnsSettings(_Strict):
+class ReturnsSettings(StrictModel):
     """The returns server (the seed's C servers): where it listens, what it keeps, whom it tells.
 
     One model for a campaign spec's ``returns`` key and for the returns server's config, so
@@ -181,7 +182,7 @@ class ReturnsSettings(_Strict):
         return Path(self.home).expanduser() / "returns"
 
 
-class S3Settings(_Strict):
+class S3Settings(StrictModel):
     """Object storage for ``s3://`` recipients and exports; unset keys fall back to the
     usual AWS environment variables, then the AWS SDK's default chain (profiles, roles)."""
 
@@ -210,7 +211,7 @@ class S3Settings(_Strict):
         return self
 
 
-class RoutingSettings(_Strict):
+class RoutingSettings(StrictModel):
     """How portions are matched to delivery servers (issue: learned routing)."""
 
     policy: Literal["learned", "round_robin", "equal_shares"] = Field(
@@ -262,7 +263,7 @@ StorageClass = Literal[
 STORAGE_CLASSES: tuple[str, ...] = get_args(StorageClass)
 
 
-class TierRule(_Strict):
+class TierRule(StrictModel):
     """Archived objects nobody read for a while move to a colder (cheaper) storage class."""
 
     unread_days: float = Field(
@@ -271,7 +272,7 @@ class TierRule(_Strict):
     to: StorageClass = Field(..., description="The storage class such objects move to.")
 
 
-class ArchiveSettings(_Strict):
+class ArchiveSettings(StrictModel):
     """When the campaign's tracking data and ledger go to object storage, and how cold."""
 
     to: str = Field(
@@ -325,7 +326,7 @@ def duration_seconds(text: str) -> float:
     return float(match.group(1)) * _DURATION_UNIT_S[match.group(2)]
 
 
-class FollowupRule(_Strict):
+class FollowupRule(StrictModel):
     """A further campaign sent to the recipients the tracking events select."""
 
     name: str | None = Field(
@@ -391,7 +392,7 @@ _DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z
                         r"[A-Za-z0-9-]{2,63}$")  # fmt: skip
 
 
-class DkimSettings(_Strict):
+class DkimSettings(StrictModel):
     """One DKIM signature (RFC 6376) every message gets; the key is checked when the spec is
     loaded, and travels with the spec to the delivery servers (never written to spec.yaml)."""
 
@@ -464,7 +465,7 @@ class DkimSettings(_Strict):
         return self._private_pem
 
 
-class TrackingSettings(_Strict):
+class TrackingSettings(StrictModel):
     """Open pixel and click redirects added to the HTML part at render time (text untouched)."""
 
     opens: bool = Field(
@@ -477,7 +478,7 @@ class TrackingSettings(_Strict):
     )
 
 
-class MailingListSettings(_Strict):
+class MailingListSettings(StrictModel):
     """One list people subscribe to through the web service (double opt-in)."""
 
     confirm_subject: str = Field(
@@ -501,7 +502,7 @@ class MailingListSettings(_Strict):
     )
 
 
-class WebSettings(_Strict):
+class WebSettings(StrictModel):
     """The web service (raymail web serve): one-click unsubscribe, subscribe, tracking."""
 
     base_url: str = Field(
@@ -563,7 +564,7 @@ class WebSettings(_Strict):
         return Path(self.home).expanduser() if self.home else raymail_home()
 
 
-class AttachmentSettings(_Strict):
+class AttachmentSettings(StrictModel):
     """Files attached to every message, and a column naming each recipient's own files."""
 
     files: list[str] = Field(
@@ -584,7 +585,7 @@ class AttachmentSettings(_Strict):
     )
 
 
-class SmimeSettings(_Strict):
+class SmimeSettings(StrictModel):
     """S/MIME (RFC 8551): sign with the sender's key, encrypt to each recipient's certificate."""
 
     mode: Literal["encrypt", "sign", "sign_and_encrypt"] = Field(
@@ -625,7 +626,7 @@ class SmimeSettings(_Strict):
         return self
 
 
-class CampaignSpec(_Strict):
+class CampaignSpec(StrictModel):
     """One campaign: who sends what to whom, and with how much capacity."""
 
     campaign: str = Field(
@@ -712,8 +713,8 @@ class CampaignSpec(_Strict):
         description="push: the driver hands each server portions up to its capacity; pull: "
         "servers ask for portions sized to their free connections (seed 002's alternative).",
     )
-    in_doubt: Literal["resend", "skip"] = Field(
-        "resend",
+    in_doubt: InDoubtPolicy = Field(
+        InDoubtPolicy.RESEND,
         description="Recipients whose message may have been delivered (the connection died "
         "after the body was sent, or a server died mid-transaction): send again (risking a "
         "duplicate) or skip (risking a miss). Either way the report lists them.",

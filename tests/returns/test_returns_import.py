@@ -23,8 +23,8 @@ from raymail.returns.reclassify import reclassify
 from raymail.returns.report import returns_report
 from raymail.returns.store import ReturnsStore
 from raymail.run.ledger import Ledger
-from raymail.schema import ACCEPTED, FAILED
 from raymail.spec import ReturnsSettings
+from raymail.status import ACCEPTED, FAILED
 
 DSN = (
     "From: MAILER-DAEMON@mx.a.test\r\nTo: {verp}\r\nDelivered-To: {verp}\r\n"

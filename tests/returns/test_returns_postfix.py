@@ -227,6 +227,7 @@ def test_raymail_through_postfix_suppresses_dsns_and_rcpt_rejections(tmp_path: P
     from conftest import make_spec, write_csv
     from postfix_mta import rejecting_sink, relay_postfix
     from raymail.driver.campaign import run_campaign
+    from raymail.run.report import RunReport
     from raymail.returns.config import ReturnsConfig
     from raymail.returns.runner import run_returns_server
     from raymail.returns.store import ReturnsStore
@@ -243,7 +244,7 @@ def test_raymail_through_postfix_suppresses_dsns_and_rcpt_rejections(tmp_path: P
         frame = ReturnsStore(settings).events.read()
         return frame.filter(pl.col("campaign") == campaign)
 
-    def send(campaign: str, port: int) -> dict[str, Any]:
+    def send(campaign: str, port: int) -> RunReport:
         rows = [f"{e},N{i}" for i, e in enumerate(EVERYONE)]
         spec = make_spec(
             write_csv(tmp_path / f"{campaign}.csv", "email,name", rows), port,
@@ -273,8 +274,8 @@ def test_raymail_through_postfix_suppresses_dsns_and_rcpt_rejections(tmp_path: P
         with relay_postfix(routes, rejects) as postfix:
             first = send("pf1", postfix.port)
             rejected_at_rcpt = REFUSED + FULL + BLOCKED
-            assert first["failed"] == len(rejected_at_rcpt)
-            assert first["accepted"] == len(GONE + DELIVERED)
+            assert first.failed == len(rejected_at_rcpt)
+            assert first.accepted == len(GONE + DELIVERED)
             # The run itself recorded its RCPT-time rejections, classified like bounces.
             ledger = events("pf1").filter(pl.col("source") == "ledger")
             verdicts = dict(zip(ledger["recipient"], ledger["category"], strict=True))
@@ -293,7 +294,7 @@ def test_raymail_through_postfix_suppresses_dsns_and_rcpt_rejections(tmp_path: P
 
             second = send("pf2", postfix.port)
             postfix.wait_idle()
-    assert second["suppressed"] == len(GONE + REFUSED)
-    assert second["failed"] == len(FULL + BLOCKED)  # still sent to, still refused
+    assert second.suppressed == len(GONE + REFUSED)
+    assert second.failed == len(FULL + BLOCKED)  # still sent to, still refused
     delivered = {r for m in iter_capture(capture) if b"pf2" in m.raw for r in m.rcpt_tos}
     assert delivered == set(DELIVERED)

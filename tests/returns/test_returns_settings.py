@@ -14,8 +14,8 @@ from raymail.driver.campaign import CampaignDriver
 from raymail.errors import ReturnsError, SpecError
 from raymail.returns.config import parse_returns_config
 from raymail.run.rundir import RECIPIENTS, RunDir
-from raymail.schema import ACCEPTED, SUPPRESSED
 from raymail.spec import parse_spec
+from raymail.status import ACCEPTED, SUPPRESSED
 
 BASE: dict[str, Any] = {
     "campaign": "c",

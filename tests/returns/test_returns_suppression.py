@@ -17,8 +17,9 @@ from raymail.errors import ReturnsError
 from raymail.returns.process import ReturnsProcessor
 from raymail.returns.store import ReturnsStore
 from raymail.returns.suppression import SuppressionList, apply_suppression
-from raymail.schema import OUTCOME_SCHEMA, SUPPRESSED
+from raymail.schema import OUTCOME_SCHEMA
 from raymail.spec import ReturnsSettings, parse_spec
+from raymail.status import SUPPRESSED
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
 _n = 0

@@ -82,7 +82,8 @@ def test_rules_select_from_events_and_never_send_twice(tmp_path: Path) -> None:
         # 12 delivered - opened {0, 1, 2, 3} - clicked {5, 7} - unsubscribed {6}; 4's open was
         # Gmail's proxy. The offer's rule is not due yet (3 days after delivery).
         assert [(r.selected, r.resumed) for r in first] == [(5, False)]
-        assert first[0].report["accepted"] == 5
+        report = first[0].report
+        assert report is not None and report.accepted == 5
         assert run_followups(parent, parent_run) == []  # evaluated again: nobody new
 
         # A crash after the offer's selection was recorded and before it was sent: the next

@@ -65,7 +65,7 @@ def web_service(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> 
             "web-test-spec",
         )
         report = run_campaign(spec, tmp / "runs" / spec.campaign, live_progress=False)
-        assert report["accepted"] == len(PEOPLE), report
+        assert report.accepted == len(PEOPLE), report
         config = WebConfig(spec, (str(tmp / "runs"),))
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(config), name=APP_NAME, route_prefix="/")

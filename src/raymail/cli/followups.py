@@ -49,7 +49,7 @@ def run_(
         return
     for r in results:
         how = "resumed" if r.resumed else "selected"
-        sent = f", accepted {r.report.get('accepted')}" if r.report else ""
+        sent = f", accepted {r.report.accepted}" if r.report else ""
         print(f"{r.rule} {r.batch}: {how} {r.selected}{sent} {r.run_dir}".rstrip())
     if not results:
         print("nobody new to follow up")

@@ -6,13 +6,16 @@ import json
 import sys
 from collections.abc import Callable
 from functools import wraps
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from raymail.errors import RaymailError
+
+if TYPE_CHECKING:
+    from raymail.run.report import RunReport
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -38,11 +41,12 @@ def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
-def print_report(report: dict[str, Any]) -> None:
+def print_report(report: RunReport) -> None:
     """A readable summary table, then the busiest domains."""
-    summary = Table(title=f"campaign {report.get('campaign')} ({report.get('status')})")
+    summary = Table(title=f"campaign {report.campaign} ({report.status})")
     summary.add_column("measure")
     summary.add_column("value", justify="right")
+    shown = report.as_json()
     for key in (
         "total",
         "accepted",
@@ -56,14 +60,13 @@ def print_report(report: dict[str, Any]) -> None:
         "elapsed_s",
         "messages_per_s",
     ):
-        summary.add_row(key, f"{report.get(key, '')}")
+        summary.add_row(key, f"{shown[key]}")
     console.print(summary)
-    domains = report.get("domains") or {}
-    if domains:
+    if report.domains:
         table = Table(title="by domain (largest 15)")
         for col in ("domain", "accepted", "deferred", "failed"):
             table.add_column(col, justify="left" if col == "domain" else "right")
-        ranked = sorted(domains.items(), key=lambda kv: -sum(kv[1].values()))[:15]
+        ranked = sorted(report.domains.items(), key=lambda kv: -sum(kv[1].values()))[:15]
         for domain, counts in ranked:
             table.add_row(
                 domain,
@@ -72,10 +75,9 @@ def print_report(report: dict[str, Any]) -> None:
                 str(counts.get("failed", 0)),
             )
         console.print(table)
-    sink = report.get("sink")
-    if sink:
+    if report.sink:
         console.print(
-            f"sink captured {sink['captured_deliveries']} deliveries to "
-            f"{sink['distinct_recipients']} distinct recipients; "
-            f"{sink['recipients_more_than_once']} received more than one copy"
+            f"sink captured {report.sink.captured_deliveries} deliveries to "
+            f"{report.sink.distinct_recipients} distinct recipients; "
+            f"{report.sink.recipients_more_than_once} received more than one copy"
         )

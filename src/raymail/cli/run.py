@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from raymail.cli.output import clean_errors, console, print_json, print_report
+from raymail.status import InDoubtPolicy
 
 
 def register(app: typer.Typer) -> None:
@@ -37,7 +37,7 @@ def demo(
         )
     report = run_demo(recipients, out)
     if json_output:
-        print_json(report)
+        print_json(report.as_json())
     else:
         print_report(report)
         console.print(f"run directory: {out / 'run'}")
@@ -54,19 +54,14 @@ def send(
     from raymail.spec import load_spec
 
     result = run_campaign(load_spec(spec), run_dir)
-    print_json(result) if json_output else print_report(result)
-
-
-class InDoubt(StrEnum):
-    resend = "resend"
-    skip = "skip"
+    print_json(result.as_json()) if json_output else print_report(result)
 
 
 @clean_errors
 def resume(
     run_dir: Annotated[Path, typer.Argument(help="The run directory of a stopped run.")],
     in_doubt: Annotated[
-        InDoubt | None,
+        InDoubtPolicy | None,
         typer.Option(
             "--in-doubt",
             help="Recipients whose message may have been delivered: resend (risk a "
@@ -78,10 +73,10 @@ def resume(
     """Continue a killed or stopped run: nobody accepted is sent again, nobody is skipped."""
     from raymail.driver.campaign import resume_campaign
 
-    result = resume_campaign(run_dir, in_doubt=in_doubt.value if in_doubt else None)
-    if result.get("note"):
-        console.print(f"raymail: {result['note']}")
-    print_json(result) if json_output else print_report(result)
+    result = resume_campaign(run_dir, in_doubt=in_doubt)
+    if result.note:
+        console.print(f"raymail: {result.note}")
+    print_json(result.as_json()) if json_output else print_report(result)
 
 
 @clean_errors
@@ -93,7 +88,7 @@ def report(
     from raymail.run.report import build_report
 
     result = build_report(run_dir)
-    print_json(result) if json_output else print_report(result)
+    print_json(result.as_json()) if json_output else print_report(result)
 
 
 @clean_errors
@@ -104,12 +99,11 @@ def status(
     from raymail.run.report import build_report
 
     result = build_report(run_dir)
-    settled = sum(result[k] for k in ("accepted", "deferred", "failed", "in_doubt"))
     console.print(
-        f"{result['campaign']}: {result['status']} — {settled}/{result['total']} settled "
-        f"(accepted {result['accepted']}, deferred {result['deferred']}, "
-        f"failed {result['failed']}, in doubt {result['in_doubt']}); "
-        f"resumed {result['resumes']} time(s)",
+        f"{result.campaign}: {result.status} — {result.settled}/{result.total} settled "
+        f"(accepted {result.accepted}, deferred {result.deferred}, "
+        f"failed {result.failed}, in doubt {result.in_doubt}); "
+        f"resumed {result.resumes} time(s)",
         soft_wrap=True,  # one line, whatever the width: scripts and logs read it
         highlight=False,
     )

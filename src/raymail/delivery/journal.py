@@ -21,17 +21,39 @@ import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
+from typing import Final
 
 import polars as pl
 
 from raymail.errors import RaymailError
+from raymail.status import Status
 
-IN_FLIGHT = "I"
-ACCEPTED = "A"
-DEFERRED = "D"
-FAILED = "F"
-DROPPED_AFTER_DATA = "X"
+
+class JournalState(StrEnum):
+    """One journal line's STATE letter."""
+
+    IN_FLIGHT = "I"
+    ACCEPTED = "A"
+    DEFERRED = "D"
+    FAILED = "F"
+    DROPPED_AFTER_DATA = "X"  # the body was written, no reply came: in doubt
+
+
+# Outcome status -> the letter a delivery server writes once the fate is known.
+STATE_OF_STATUS: Final[dict[str, JournalState]] = {
+    Status.ACCEPTED: JournalState.ACCEPTED,
+    Status.DEFERRED: JournalState.DEFERRED,
+    Status.FAILED: JournalState.FAILED,
+    Status.IN_DOUBT: JournalState.DROPPED_AFTER_DATA,
+}
+# Letter -> outcome status when recovering. "I" alone (in flight, no fate) means the process
+# died between writing the body and reading the reply: in doubt.
+STATUS_OF_STATE: Final[dict[str, str]] = {
+    **{state: status for status, state in STATE_OF_STATUS.items()},
+    JournalState.IN_FLIGHT: Status.IN_DOUBT,
+}
 
 JOURNAL_DIR = "journal"
 FENCE_FILE = "fence"  # in the journal folder: the epoch of the driver that owns the run
@@ -85,7 +107,7 @@ class Journal:
         self.path = folder / f"{server}-{os.getpid()}.log"
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
-    def mark(self, state: str, portion: int, attempt: int, rows: Iterable[int]) -> None:
+    def mark(self, state: JournalState, portion: int, attempt: int, rows: Iterable[int]) -> None:
         """Record one state for some rows of a portion attempt (one write syscall)."""
         joined = ",".join(map(str, rows))
         if joined:

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from raymail.schema import ACCEPTED, DEFERRED, FAILED, IN_DOUBT
+from raymail.status import ACCEPTED, DEFERRED, FAILED, IN_DOUBT
 
 OTHER_DOMAIN = "other"
 # Seconds: from a fast receiver on the same network to a tarpit that answers after a minute.

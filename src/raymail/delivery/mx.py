@@ -26,7 +26,13 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
-from raymail.errors import DeliveryError, MXResolutionError, SpecError
+from raymail.errors import (
+    DeliveryError,
+    MXPermanentError,
+    MXResolutionError,
+    MXTemporaryError,
+    SpecError,
+)
 
 __all__ = [
     "MXPermanentError",
@@ -46,18 +52,6 @@ class MXTarget:
     address: str
     port: int
     preference: int
-
-
-class MXPermanentError(MXResolutionError):
-    """The domain cannot receive mail (NXDOMAIN, null MX, no usable host): fail recipients."""
-
-    permanent = True
-
-
-class MXTemporaryError(MXResolutionError):
-    """DNS did not answer usefully (timeout, SERVFAIL): defer recipients and retry later."""
-
-    permanent = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,11 +22,13 @@ import ray
 
 from raymail.compose.message import MessageTemplate
 from raymail.delivery.envelope import helo_name
-from raymail.delivery.journal import ACCEPTED as JOURNAL_ACCEPTED
-from raymail.delivery.journal import DEFERRED as JOURNAL_DEFERRED
-from raymail.delivery.journal import DROPPED_AFTER_DATA, Fenced, FenceGuard, Journal
-from raymail.delivery.journal import FAILED as JOURNAL_FAILED
-from raymail.delivery.journal import IN_FLIGHT as JOURNAL_IN_FLIGHT
+from raymail.delivery.journal import (
+    STATE_OF_STATUS,
+    Fenced,
+    FenceGuard,
+    Journal,
+    JournalState,
+)
 from raymail.delivery.metrics import DeliveryMetrics
 from raymail.delivery.mx import MXResolver, MXTarget
 from raymail.delivery.pool import ConnectionPool
@@ -41,8 +43,8 @@ from raymail.delivery.smtp_client import (
 )
 from raymail.driver.plan import PortionTask
 from raymail.errors import MXResolutionError, SmtpProtocolError, TemplateError
-from raymail.schema import ACCEPTED, DEFERRED, FAILED, IN_DOUBT
 from raymail.spec import CampaignSpec
+from raymail.status import ACCEPTED, DEFERRED, FAILED, IN_DOUBT
 
 _MAX_RECONNECTS = 3
 
@@ -99,12 +101,6 @@ class _Job:
 
 # A connection lost after the whole body was written: the server may have accepted it.
 DROPPED_IN_DATA = Reply(0, "connection dropped after the message was sent (in doubt)")
-JOURNAL_STATE = {
-    ACCEPTED: JOURNAL_ACCEPTED,
-    DEFERRED: JOURNAL_DEFERRED,
-    FAILED: JOURNAL_FAILED,
-    IN_DOUBT: DROPPED_AFTER_DATA,
-}
 
 
 def _status_of(reply: Reply) -> str:
@@ -199,8 +195,8 @@ class DeliveryServer:
                 try:
                     targets = await resolver.resolve(task.domain)
                 except MXResolutionError as exc:
-                    permanent = bool(getattr(exc, "permanent", True))
-                    self._settle(jobs, task, out, FAILED if permanent else DEFERRED, None, exc)
+                    fate = FAILED if exc.permanent else DEFERRED
+                    self._settle(jobs, task, out, fate, None, exc)
                 else:
                     await self._send(jobs, task, targets, pool, out, obs)
         finally:
@@ -389,16 +385,16 @@ class DeliveryServer:
             if fence is not None:
                 fence.check()  # raising here means the body is never sent
             job.in_flight = True
-            journal.mark(JOURNAL_IN_FLIGHT, task.portion, task.attempt, rows)
+            journal.mark(JournalState.IN_FLIGHT, task.portion, task.attempt, rows)
 
         return mark
 
     def _journal_fates(self, task: PortionTask, job: _Job, statuses: list[str]) -> None:
         if self.journal is None or not job.in_flight:
             return
-        by_state: dict[str, list[int]] = {}
+        by_state: dict[JournalState, list[int]] = {}
         for (row, _), status in zip(job.recipients, statuses, strict=True):
-            by_state.setdefault(JOURNAL_STATE[status], []).append(row)
+            by_state.setdefault(STATE_OF_STATUS[status], []).append(row)
         for state, rows in by_state.items():
             self.journal.mark(state, task.portion, task.attempt, rows)
 

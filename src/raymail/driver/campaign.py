@@ -37,11 +37,11 @@ from raymail.routing import make_router
 from raymail.run.export import start_export
 from raymail.run.ledger import Ledger
 from raymail.run.recovery import run_state
-from raymail.run.report import build_report
+from raymail.run.report import RunReport, build_report
 from raymail.run.rundir import RECIPIENTS, REPORT, RunDir, write_json_atomic
 from raymail.runtime import ensure_ray
-from raymail.schema import ACCEPTED, FAILED, IN_DOUBT, SUPPRESSED
 from raymail.spec import CampaignSpec
+from raymail.status import ACCEPTED, FAILED, IN_DOUBT, SUPPRESSED, InDoubtPolicy
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +51,22 @@ LOADING, PLANNED, DELIVERING, COMPLETE = "loading", "planned", "delivering", "co
 
 def run_campaign(
     spec: CampaignSpec, run_dir: str | Path, *, live_progress: bool | None = None
-) -> dict[str, Any]:
+) -> RunReport:
     """Send a campaign and return its report (also written to RUN_DIR/report.json)."""
     return CampaignDriver(spec, RunDir(run_dir), live_progress=live_progress).run()
 
 
 def resume_campaign(
-    run_dir: str | Path, *, in_doubt: str | None = None, live_progress: bool | None = None
-) -> dict[str, Any]:
+    run_dir: str | Path,
+    *,
+    in_doubt: InDoubtPolicy | str | None = None,
+    live_progress: bool | None = None,
+) -> RunReport:
     """Continue a killed or stopped run: accepted recipients are never sent again."""
     rd = RunDir(run_dir)
     spec = rd.spec()
     if in_doubt is not None:
-        spec = spec.model_copy(update={"in_doubt": in_doubt})
+        spec = spec.model_copy(update={"in_doubt": InDoubtPolicy(in_doubt)})
     return CampaignDriver(spec, rd, live_progress=live_progress, resume=True).run()
 
 
@@ -99,7 +102,7 @@ class CampaignDriver:
         """The delivery servers started so far (tests watch their placement)."""
         return self.fleet.servers
 
-    def run(self) -> dict[str, Any]:
+    def run(self) -> RunReport:
         self.rd.lock()
         try:
             export = start_export(self.spec, self.rd.path)  # a bad bucket fails here
@@ -120,7 +123,7 @@ class CampaignDriver:
         history.append({"stage": stage, "at": _iso(time.time())})
         self.rd.update(status=stage, stages=history, **fields)
 
-    def _start(self) -> dict[str, Any]:
+    def _start(self) -> RunReport:
         spec, rd = self.spec, self.rd
         rd.create(spec)
         for warning in sender_setup_warnings(spec):  # HELO name, DKIM alignment
@@ -159,13 +162,12 @@ class CampaignDriver:
         )
         return self._deliver(source, Tally())
 
-    def _resume(self) -> dict[str, Any]:
+    def _resume(self) -> RunReport:
         rd = self.rd
         manifest = rd.manifest()
         if manifest.get("status") == COMPLETE:
-            report = build_report(rd.path)
-            report["note"] = "the run was already complete: nothing was sent"
-            return report
+            note = "the run was already complete: nothing was sent"
+            return build_report(rd.path).model_copy(update={"note": note})
         if not (rd.path / RECIPIENTS).exists():  # killed before the list was saved
             rd.manifest_path.unlink()
             return self._start()
@@ -195,7 +197,7 @@ class CampaignDriver:
         Only row numbers and attempt counts are held (16 bytes per recipient tried): the
         stream skips settled rows as it reads the list.
         """
-        resend_doubt = self.spec.in_doubt == "resend"
+        resend_doubt = self.spec.in_doubt == InDoubtPolicy.RESEND
         settled_statuses = [ACCEPTED, FAILED, SUPPRESSED] + ([] if resend_doubt else [IN_DOUBT])
         is_settled = pl.col("status").is_in(settled_statuses)
         settled = final.filter(is_settled)
@@ -217,7 +219,7 @@ class CampaignDriver:
         )
         return source, tally
 
-    def _deliver(self, source: PortionStream, tally: Tally) -> dict[str, Any]:
+    def _deliver(self, source: PortionStream, tally: Tally) -> RunReport:
         """Dispatch the portions of ``source`` until every row is settled."""
         spec, rd, fleet = self.spec, self.rd, self.fleet
         ensure_ray()
@@ -262,7 +264,7 @@ class CampaignDriver:
         for path in journal_files(rd.path):  # the ledger now holds all they said
             path.unlink()
         report = build_report(rd.path)
-        write_json_atomic(rd.path / REPORT, report)
+        write_json_atomic(rd.path / REPORT, report.as_json())
         return report
 
 

@@ -32,8 +32,8 @@ from raymail.driver.dispatch import Router, ServerView
 from raymail.driver.settle import count
 from raymail.errors import DeliveryError
 from raymail.runtime import DELIVERY_RESOURCE, delivery_slots
-from raymail.schema import ACCEPTED, FAILED
 from raymail.spec import CampaignSpec
+from raymail.status import ACCEPTED, FAILED
 
 log = logging.getLogger(__name__)
 

@@ -36,6 +36,7 @@ from raymail.driver.settle import (
 from raymail.run.ledger import Ledger
 from raymail.run.recovery import recovered_outcomes
 from raymail.spec import CampaignSpec
+from raymail.status import InDoubtPolicy
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ class DispatchLoop:
         self.progress = progress
         self.state = state
         self.each_round = each_round  # e.g. sizing to a target time once warm
-        self._resend_doubt = spec.in_doubt == "resend"
+        self._resend_doubt = spec.in_doubt == InDoubtPolicy.RESEND
         self._starved = False  # the router once handed out nothing with nothing in flight
 
     def run(self) -> None:

@@ -19,8 +19,8 @@ from raymail.delivery.records import OutcomeBuilder, now
 from raymail.driver.dispatch import Work
 from raymail.driver.plan import PortionTask
 from raymail.driver.progress import Tally
-from raymail.schema import ACCEPTED, DEFERRED, FAILED, IN_DOUBT
 from raymail.spec import RetrySettings
+from raymail.status import ACCEPTED, DEFERRED, FAILED, IN_DOUBT
 
 INTERNAL_RETRIES = 2  # re-runs of a portion whose call failed for a reason not SMTP's
 
@@ -74,14 +74,7 @@ def settle_outcomes(
         return NO_RETRY
     rows = plain(again.column("row"))
     tally.retrying += len(rows)
-    return Retry(rows, backoff_s(retry, task.attempt))
-
-
-def backoff_s(retry: RetrySettings, attempt: int) -> float:
-    """The wait before the attempt after ``attempt`` (exponential, capped)."""
-    return float(
-        min(retry.initial_backoff_s * retry.multiplier ** (attempt - 1), retry.max_backoff_s)
-    )
+    return Retry(rows, retry.delay(task.attempt))
 
 
 def settle_failed_call(

@@ -59,8 +59,8 @@ def run_entry(entry_id: str, queue_url: str | None) -> int:
     except RaymailError as exc:
         print(f"raymail: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    print(json.dumps({k: v for k, v in report.items() if k != "domains"}, default=str))
-    return EXIT_COMPLETE if report.get("status") == "complete" else EXIT_FAILED
+    print(json.dumps(report.model_dump(mode="json", exclude={"domains"})))
+    return EXIT_COMPLETE if report.status == "complete" else EXIT_FAILED
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,16 +29,16 @@ def run_counts(run_dir: str | Path) -> dict[str, int]:
     if "recipients" not in manifest:  # still loading: nothing to count yet
         return {}
     report = build_report(rd.path)
-    accepted, failed, suppressed = report["accepted"], report["failed"], report["suppressed"]
+    accepted, failed, suppressed = report.accepted, report.failed, report.suppressed
     return {
-        "total": int(report["total"]),
-        "queued": int(report["not_attempted"]),
-        "deferred": int(report["deferred"]),
+        "total": int(report.total),
+        "queued": int(report.not_attempted),
+        "deferred": int(report.deferred),
         "accepted": int(accepted),
         "bounced": int(failed),
         "suppressed": int(suppressed),
-        "in_doubt": int(report["in_doubt"]),
+        "in_doubt": int(report.in_doubt),
         "done": int(accepted + failed + suppressed),
-        "rejected_input": int(report["rejected_input"]),
-        "complete": int(report["status"] == "complete"),
+        "rejected_input": int(report.rejected_input),
+        "complete": int(report.status == "complete"),
     }

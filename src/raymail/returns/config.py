@@ -18,19 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
+from raymail._strict import StrictModel
 from raymail.errors import ReturnsError, SpecError
 from raymail.returns.registry import CampaignRegistry, KnownCampaign
 from raymail.run.rundir import SPEC, RunDir
 from raymail.spec import ReturnsSettings, _format_error, load_spec
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class CampaignEntry(_Strict):
+class CampaignEntry(StrictModel):
     """A campaign known by its id and secret (no run directory needed)."""
 
     campaign: str = Field(..., description="Campaign id, as in its spec.")
@@ -46,7 +43,7 @@ class CampaignEntry(_Strict):
     )
 
 
-class ReturnsConfig(_Strict):
+class ReturnsConfig(StrictModel):
     """Everything ``raymail returns serve`` needs."""
 
     settings: ReturnsSettings = Field(default_factory=ReturnsSettings)

@@ -232,10 +232,7 @@ class Forwarder:
         retry = self.settings.forward_retry
         item.attempts += 1
         item.last_error = f"{type(exc).__name__}: {exc}"[:300]
-        delay = min(
-            retry.initial_backoff_s * retry.multiplier ** (item.attempts - 1), retry.max_backoff_s
-        )
-        item.next_at = self.clock() + delay
+        item.next_at = self.clock() + retry.delay(item.attempts)
         item.parked = item.attempts >= retry.max_attempts
         self.outbox.save(item)
         (result.parked if item.parked else result.failed).append(item.id)

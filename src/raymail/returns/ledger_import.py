@@ -25,8 +25,8 @@ from raymail.returns.process import FlushResult, ReturnsProcessor
 from raymail.returns.store import ReturnsStore
 from raymail.run.ledger import scan_outcomes
 from raymail.run.rundir import MANIFEST
-from raymail.schema import FAILED
 from raymail.spec import CampaignSpec
+from raymail.status import FAILED
 
 log = logging.getLogger(__name__)
 

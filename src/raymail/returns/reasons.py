@@ -18,41 +18,29 @@ from typing import Final
 
 from raymail.returns.commands import CONN, DATA, HELO, MAIL, smtp_command
 from raymail.returns.phrases import CONNECTION, TEMPORARY, clean_diagnostic, text_reason
+from raymail.status import Category
 
 __all__ = ["clean_diagnostic", "text_reason"]  # re-exported: callers read them from here
 
-# Categories: exactly these strings.
-HARD_BOUNCE_ADDRESS: Final = "hard_bounce_address"
-HARD_BOUNCE_DOMAIN: Final = "hard_bounce_domain"
-MAILBOX_FULL: Final = "mailbox_full"
-TRANSIENT: Final = "transient"
-BLOCKED: Final = "blocked"
-CONTENT_REJECTED: Final = "content_rejected"
-AUTO_REPLY: Final = "auto_reply"
-CHALLENGE_RESPONSE: Final = "challenge_response"
-COMPLAINT: Final = "complaint"
-REMOVE_REQUEST: Final = "remove_request"
-HUMAN_REPLY: Final = "human_reply"
-UNKNOWN: Final = "unknown"
+# Categories: the members of Category, also by their short names.
+HARD_BOUNCE_ADDRESS: Final = Category.HARD_BOUNCE_ADDRESS
+HARD_BOUNCE_DOMAIN: Final = Category.HARD_BOUNCE_DOMAIN
+MAILBOX_FULL: Final = Category.MAILBOX_FULL
+TRANSIENT: Final = Category.TRANSIENT
+BLOCKED: Final = Category.BLOCKED
+CONTENT_REJECTED: Final = Category.CONTENT_REJECTED
+AUTO_REPLY: Final = Category.AUTO_REPLY
+CHALLENGE_RESPONSE: Final = Category.CHALLENGE_RESPONSE
+COMPLAINT: Final = Category.COMPLAINT
+REMOVE_REQUEST: Final = Category.REMOVE_REQUEST
+HUMAN_REPLY: Final = Category.HUMAN_REPLY
+UNKNOWN: Final = Category.UNKNOWN
 
-CATEGORIES: Final = (
-    HARD_BOUNCE_ADDRESS,
-    HARD_BOUNCE_DOMAIN,
-    MAILBOX_FULL,
-    TRANSIENT,
-    BLOCKED,
-    CONTENT_REJECTED,
-    AUTO_REPLY,
-    CHALLENGE_RESPONSE,
-    COMPLAINT,
-    REMOVE_REQUEST,
-    HUMAN_REPLY,
-    UNKNOWN,
-)
+CATEGORIES: Final = tuple(Category)
 
 # Reason -> category. Bounce reasons use Sisimai's documented names; the last few
 # (challenge, unsubscribe, reply) name returns that are not bounces at all.
-REASON_CATEGORY: Final[dict[str, str]] = {
+REASON_CATEGORY: Final[dict[str, Category]] = {
     # the address is dead
     "userunknown": HARD_BOUNCE_ADDRESS,
     "hasmoved": HARD_BOUNCE_ADDRESS,
@@ -103,7 +91,7 @@ REASON_CATEGORY: Final[dict[str, str]] = {
 REASONS: Final = tuple(REASON_CATEGORY)
 
 
-def category_of(reason: str) -> str:
+def category_of(reason: str) -> Category:
     """Category for a reason name; unknown names map to ``unknown`` rather than raising."""
     return REASON_CATEGORY.get(reason, UNKNOWN)
 

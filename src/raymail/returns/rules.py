@@ -24,7 +24,7 @@ from raymail.spec import SuppressionRules
 
 def relevant_categories(rules: SuppressionRules) -> list[str]:
     """Categories that can suppress an address under ``rules``."""
-    out = [*HARD_CATEGORIES, *SOFT_CATEGORIES]
+    out: list[str] = [*HARD_CATEGORIES, *SOFT_CATEGORIES]
     if rules.complaints:
         out.append(COMPLAINT)
     if rules.remove_requests:

@@ -28,8 +28,9 @@ import pyarrow.compute as pc
 
 from raymail.errors import ReturnsError
 from raymail.returns.parts import write_table_atomic
-from raymail.schema import OUTCOME_SCHEMA, SUPPRESSED
+from raymail.schema import OUTCOME_SCHEMA
 from raymail.spec import CampaignSpec
+from raymail.status import SUPPRESSED
 
 _TS = pa.timestamp("us", tz="UTC")
 

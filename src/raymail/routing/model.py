@@ -16,7 +16,7 @@ from datetime import datetime
 import polars as pl
 import pyarrow as pa
 
-from raymail.schema import ACCEPTED, DEFERRED, FAILED, IN_DOUBT
+from raymail.status import ACCEPTED, DEFERRED, FAILED, IN_DOUBT
 
 # Additive columns of the evidence, in storage order.
 SUMS = (

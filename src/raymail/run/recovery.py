@@ -14,13 +14,11 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raymail.delivery.journal import journal_files, journal_states
+from raymail.delivery.journal import STATUS_OF_STATE, journal_files, journal_states
 from raymail.run.ledger import final_outcomes, read_outcomes
-from raymail.schema import ACCEPTED, DEFERRED, FAILED, IN_DOUBT, OUTCOME_SCHEMA
+from raymail.schema import OUTCOME_SCHEMA
+from raymail.status import ACCEPTED, DEFERRED, FAILED, IN_DOUBT
 
-# Journal state -> outcome status. "I" alone (in flight, no fate) means the process died
-# between writing the body and reading the reply: in doubt.
-JOURNAL_STATUS = {"A": ACCEPTED, "D": DEFERRED, "F": FAILED, "X": IN_DOUBT, "I": IN_DOUBT}
 RECOVERED_RESPONSE = {
     ACCEPTED: "accepted (recovered from the delivery journal)",
     DEFERRED: "deferred (recovered from the delivery journal)",
@@ -45,7 +43,7 @@ def recovered_outcomes(
     frame = (
         missing.join(people, on="row", how="inner")
         .with_columns(
-            pl.col("state").replace_strict(JOURNAL_STATUS, return_dtype=pl.String).alias("status"),
+            pl.col("state").replace_strict(STATUS_OF_STATE, return_dtype=pl.String).alias("status"),
         )
         .with_columns(
             pl.col("status").replace_strict(RECOVERED_RESPONSE, return_dtype=pl.String)

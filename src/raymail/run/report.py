@@ -12,17 +12,85 @@ from typing import Any
 
 import polars as pl
 import pyarrow.parquet as pq
+from pydantic import Field
 
+from raymail._strict import StrictModel
 from raymail.run.ledger import final_outcomes, retry_merged, scan_outcomes
 from raymail.run.rundir import REJECTS, RunDir
-from raymail.schema import ACCEPTED, DEFERRED, FAILED, IN_DOUBT, SUPPRESSED
+from raymail.status import ACCEPTED, DEFERRED, FAILED, IN_DOUBT, SUPPRESSED
 
 _LISTED = 1000  # in-doubt recipients named in the report; all are in the ledger
 _ROWS_PER_PASS = 125_000
 
 
-def build_report(run_dir: str | Path) -> dict[str, Any]:
-    """The report as a JSON-ready dict (see README for the keys)."""
+class CapacityPlan(StrictModel):
+    """How the driver sized the run for ``target_minutes`` (absent without one)."""
+
+    servers: int = Field(description="Delivery servers the plan asks for.")
+    concurrency: int = Field(description="SMTP connections per server.")
+    estimated_s: float = Field(description="Expected sending time with that capacity.")
+    feasible: bool = Field(description="Whether the target can be met within the bounds.")
+    message: str = Field(description="The plan in one sentence, as printed while sending.")
+
+
+class SinkSummary(StrictModel):
+    """What the demo's sink captured: the proof that everyone got exactly one copy."""
+
+    captured_deliveries: int = Field(description="Transactions the sink accepted.")
+    distinct_recipients: int = Field(description="Different envelope recipients among them.")
+    recipients_more_than_once: int = Field(description="Recipients who got more than one copy.")
+
+
+def _unset(value: object) -> bool:
+    return value is None
+
+
+class RunReport(StrictModel):
+    """A run's report; ``model_dump(mode="json")`` is RUN_DIR/report.json (see README)."""
+
+    campaign: str | None = Field(description="Campaign id.")
+    status: str | None = Field(description="The run's stage: loading, delivering, complete.")
+    run_dir: str = Field(description="The run directory the report was built from.")
+    total: int = Field(description="Valid recipients planned.")
+    accepted: int = Field(description="Recipients whose message a receiver accepted (250).")
+    deferred: int = Field(description="Recipients still deferred after their last attempt.")
+    failed: int = Field(description="Recipients failed for good (5xx, no MX, template).")
+    suppressed: int = Field(description="Recipients skipped: on the suppression list.")
+    in_doubt: int = Field(description="Recipients whose final fate is in doubt.")
+    in_doubt_ever: int = Field(description="Recipients in doubt at any attempt.")
+    in_doubt_recipients: list[str] = Field(
+        description=f"The first {_LISTED} of them (sorted); the ledger has all."
+    )
+    resumes: int = Field(description="Times the run was resumed.")
+    not_attempted: int = Field(description="Planned recipients with no outcome yet.")
+    rejected_input: int = Field(description="Input rows in rejects.parquet.")
+    attempts: int = Field(description="Portion attempts handed to delivery servers.")
+    elapsed_s: float = Field(description="Sending time, summed over the run's sessions.")
+    messages_per_s: float = Field(description="Accepted per second of sending time.")
+    started_at: str | None = Field(description="When the run started (ISO 8601, UTC).")
+    finished_at: str | None = Field(description="When the run completed (ISO 8601, UTC).")
+    delivery_servers: int | None = Field(description="Delivery servers running at the end.")
+    capacity: CapacityPlan | None = Field(description="Sizing for target_minutes, if asked.")
+    domains: dict[str, dict[str, int]] = Field(description="Final statuses per domain.")
+    note: str | None = Field(
+        None, exclude_if=_unset, description="Why nothing happened (resume of a finished run)."
+    )
+    sink: SinkSummary | None = Field(
+        None, exclude_if=_unset, description="What the demo's sink captured (demo only)."
+    )
+
+    @property
+    def settled(self) -> int:
+        """Recipients with a final fate other than suppressed."""
+        return self.accepted + self.deferred + self.failed + self.in_doubt
+
+    def as_json(self) -> dict[str, Any]:
+        """The JSON form (report.json's content)."""
+        return self.model_dump(mode="json")
+
+
+def build_report(run_dir: str | Path) -> RunReport:
+    """The report of a finished, running or killed run, from its run directory alone."""
     rd = RunDir(run_dir)
     manifest = rd.manifest()
     by_domain, doubted = retry_merged(lambda: _fates(rd.path))
@@ -32,30 +100,31 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
     rejected = pq.read_metadata(rejects_path).num_rows if rejects_path.exists() else 0
     elapsed = float(manifest.get("elapsed_s") or 0.0)
     planned = int(manifest.get("recipients", settled))
-    return {
-        "campaign": manifest.get("campaign"),
-        "status": manifest.get("status"),
-        "run_dir": str(rd.path),
-        "total": planned,
-        "accepted": counts[ACCEPTED],
-        "deferred": counts[DEFERRED],
-        "failed": counts[FAILED],
-        "suppressed": counts[SUPPRESSED],
-        "in_doubt": counts[IN_DOUBT],
-        "in_doubt_ever": doubted.len(),
-        "in_doubt_recipients": doubted.head(_LISTED).to_list(),
-        "resumes": int(manifest.get("resumes") or 0),
-        "not_attempted": max(planned - settled, 0),
-        "rejected_input": rejected,
-        "attempts": int(manifest.get("attempts", 0)),
-        "elapsed_s": round(elapsed, 3),
-        "messages_per_s": round(counts[ACCEPTED] / elapsed, 1) if elapsed > 0 else 0.0,
-        "started_at": manifest.get("started_at"),
-        "finished_at": manifest.get("finished_at"),
-        "delivery_servers": manifest.get("delivery_servers"),
-        "capacity": manifest.get("capacity"),
-        "domains": _per_domain(by_domain),
-    }
+    capacity = manifest.get("capacity")
+    return RunReport(
+        campaign=manifest.get("campaign"),
+        status=manifest.get("status"),
+        run_dir=str(rd.path),
+        total=planned,
+        accepted=counts[ACCEPTED],
+        deferred=counts[DEFERRED],
+        failed=counts[FAILED],
+        suppressed=counts[SUPPRESSED],
+        in_doubt=counts[IN_DOUBT],
+        in_doubt_ever=doubted.len(),
+        in_doubt_recipients=doubted.head(_LISTED).to_list(),
+        resumes=int(manifest.get("resumes") or 0),
+        not_attempted=max(planned - settled, 0),
+        rejected_input=rejected,
+        attempts=int(manifest.get("attempts", 0)),
+        elapsed_s=round(elapsed, 3),
+        messages_per_s=round(counts[ACCEPTED] / elapsed, 1) if elapsed > 0 else 0.0,
+        started_at=manifest.get("started_at"),
+        finished_at=manifest.get("finished_at"),
+        delivery_servers=manifest.get("delivery_servers"),
+        capacity=CapacityPlan.model_validate(capacity) if capacity else None,
+        domains=_per_domain(by_domain),
+    )
 
 
 def _fates(run_dir: Path) -> tuple[pl.DataFrame, pl.Series]:
@@ -82,7 +151,7 @@ def _fates(run_dir: Path) -> tuple[pl.DataFrame, pl.Series]:
 
 
 def _status_counts(counts: pl.DataFrame) -> dict[str, int]:
-    totals = {ACCEPTED: 0, DEFERRED: 0, FAILED: 0, IN_DOUBT: 0, SUPPRESSED: 0}
+    totals: dict[str, int] = {ACCEPTED: 0, DEFERRED: 0, FAILED: 0, IN_DOUBT: 0, SUPPRESSED: 0}
     for status, n in counts.group_by("status").agg(pl.col("len").sum()).iter_rows():
         totals[str(status)] = int(n)
     return totals

@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Annotated, Any, Final, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from raymail._strict import StrictModel
 from raymail.errors import SinkConfigError
 
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -55,11 +56,7 @@ RETURNS: Final = frozenset(
 )
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Rule(_Strict):
+class Rule(StrictModel):
     """How the sink treats recipients a rule applies to; rates are probabilities in [0, 1]."""
 
     latency_ms: float = Field(
@@ -134,7 +131,7 @@ class Rule(_Strict):
         return self
 
 
-class SinkConfig(_Strict):
+class SinkConfig(StrictModel):
     """The whole sink config; domain rules inherit every key they leave out from ``default``."""
 
     seed: int = Field(0, description="Seed of the random.Random that draws faults.")

@@ -28,16 +28,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
+from raymail._strict import StrictModel
 from raymail.errors import SinkConfigError
 from raymail.sink.config import Rule, SinkConfig
 
 
-class Topology(BaseModel):
+class Topology(StrictModel):
     """A topology file: rules by client address, then by domain."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     seed: int | None = Field(None, description="Seed it was generated from, if any.")
     links: dict[str, dict[str, Rule]] = Field(default_factory=dict)

@@ -26,7 +26,7 @@ import hashlib
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -35,6 +35,7 @@ import polars as pl
 
 from raymail.errors import TrackingError
 from raymail.returns.parts import write_table_atomic
+from raymail.run.report import RunReport
 from raymail.run.rundir import MANIFEST, RECIPIENTS, RunDir
 from raymail.schema import DOMAIN, EMAIL, ROW
 from raymail.spec import CampaignSpec, FollowupRule, load_spec, raymail_home
@@ -86,7 +87,7 @@ class BatchResult:
     selected: int
     resumed: bool
     run_dir: str
-    report: dict[str, Any] = field(default_factory=dict)
+    report: RunReport | None = None  # none for a dry run
 
 
 class RuleState:
@@ -149,7 +150,7 @@ def _merge_fields(parent_run: Path, emails: pl.Series) -> pl.DataFrame:
     return joined.drop(["__key", *(c for c in (ROW, DOMAIN) if c in joined.columns)])
 
 
-def _send(spec: CampaignSpec, batch: Path, *, resume: bool) -> dict[str, Any]:
+def _send(spec: CampaignSpec, batch: Path, *, resume: bool) -> RunReport:
     from raymail.driver.campaign import resume_campaign, run_campaign
 
     run_dir = batch / "run"

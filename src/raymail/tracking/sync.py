@@ -35,7 +35,7 @@ from raymail.returns.events import current_events
 from raymail.returns.parts import read_parts, write_table_atomic
 from raymail.run.ledger import final_outcomes, read_outcomes
 from raymail.run.rundir import MANIFEST, OUTCOMES
-from raymail.schema import ACCEPTED, FAILED
+from raymail.status import ACCEPTED, FAILED
 from raymail.tracking.catalog import Catalog
 from raymail.tracking.events import CAMPAIGN_PATTERN, TRACKING_SCHEMA
 
