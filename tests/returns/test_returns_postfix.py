@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 import pytest
@@ -227,10 +226,10 @@ def test_raymail_through_postfix_suppresses_dsns_and_rcpt_rejections(tmp_path: P
     from conftest import make_spec, write_csv
     from postfix_mta import rejecting_sink, relay_postfix
     from raymail.driver.campaign import run_campaign
-    from raymail.run.report import RunReport
     from raymail.returns.config import ReturnsConfig
     from raymail.returns.runner import run_returns_server
     from raymail.returns.store import ReturnsStore
+    from raymail.run.report import RunReport
     from raymail.sink import SinkConfig, iter_capture, run_sink
     from raymail.spec import ReturnsSettings
 

@@ -74,7 +74,7 @@ def test_rules_select_from_events_and_never_send_twice(tmp_path: Path) -> None:
              "send": str(offer)},
         ])  # fmt: skip
         parent_run = tmp_path / "run"
-        assert run_campaign(parent, parent_run, live_progress=False)["accepted"] == 12
+        assert run_campaign(parent, parent_run, live_progress=False).accepted == 12
         with EventWriter(events_root()) as writer:
             writer.add(_hits("spring"))
 
