@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from raymail.driver.campaign import run_campaign
 from raymail.run.report import RunReport, SinkSummary
 from raymail.sink import SinkConfig, SinkProcess, read_capture
-from raymail.spec import CampaignSpec
+from raymail.spec import CampaignSpec, SmtpSettings
 
 FIRST_NAMES = ("Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia")
 CITIES = ("Lisbon", "Kyoto", "Lagos", "Quito", "Oslo", "Perth", "Pune", "Tartu", "Leeds")
@@ -59,6 +59,7 @@ def demo_spec(
         concurrency=concurrency,
         unsubscribe_url="https://sender.example/unsubscribe/{token}",
         verp_secret="demo-secret",
+        smtp=SmtpSettings(helo_name="demo.raymail.localhost"),  # loopback: no PTR to match
     )
 
 
