@@ -277,3 +277,6 @@ def test_keygen_writes_a_pair_whose_record_verifies(tmp_path: Path, algorithm: s
     plain = CliRunner().invoke(app, ["dkim", "keygen", "--domain", "d.test", "--selector", "s",
                                      "--out", str(out)])  # fmt: skip
     assert plain.exit_code == 0 and "s._domainkey.d.test" in plain.stdout
+    bad = ["dkim", "keygen", "--domain", "d.test", "--selector", "../../etc", "--out", str(out)]
+    refused = CliRunner().invoke(app, bad)
+    assert refused.exit_code == 2 and "selector" in refused.output

@@ -388,7 +388,10 @@ DKIM_DEFAULT_HEADERS = (
     "content-transfer-encoding",
     "x-raymail-campaign",
 )
-_DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
+DKIM_SELECTOR_PATTERN = (
+    r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}))*$"
+)
+DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
                         r"[A-Za-z0-9-]{2,63}$")  # fmt: skip
 
 
@@ -399,7 +402,7 @@ class DkimSettings(StrictModel):
     domain: str = Field(..., description="The signing domain (d=); align it with From's.")
     selector: str = Field(
         ...,
-        pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}))*$",
+        pattern=DKIM_SELECTOR_PATTERN,
         description="The selector (s=): the key is published at SELECTOR._domainkey.DOMAIN.",
     )
     key_file: str | None = Field(
@@ -423,7 +426,7 @@ class DkimSettings(StrictModel):
     @field_validator("domain")
     @classmethod
     def _domain(cls, value: str) -> str:
-        if not _DOMAIN_RE.match(value):
+        if not DOMAIN_RE.match(value):
             raise ValueError(f"not a domain name: {value!r}")
         return value.lower()
 

@@ -38,9 +38,18 @@ def keygen(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Write a new private key (mode 0600) and print the TXT record to publish."""
+    import re
+
     from raymail.compose.dkim_keys import generate_key, record_name, write_key_pair, zone_line
+    from raymail.spec import DKIM_SELECTOR_PATTERN, DOMAIN_RE
 
     domain, selector = domain.lower().rstrip("."), selector.lower()
+    if not DOMAIN_RE.match(domain):
+        raise typer.BadParameter(f"not a domain name: {domain!r}", param_hint="--domain")
+    if not re.match(DKIM_SELECTOR_PATTERN, selector):
+        raise typer.BadParameter(
+            f"a selector is letters, digits, '-' and dots: {selector!r}", param_hint="--selector"
+        )
     generated = generate_key(algorithm.value, bits)
     key_file = write_key_pair(out, selector, domain, generated)
     name = record_name(selector, domain)
