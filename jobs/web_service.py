@@ -25,7 +25,7 @@ except ImportError:  # running from a source checkout uploaded as the job's work
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from raymail.errors import RaymailError
-from raymail.web.serve import APP_NAME, build_app, config_from_paths
+from raymail.web.serve import APP_NAME, QUIET_PROXY, build_app, config_from_paths
 
 
 def app_builder(args: dict[str, str]) -> Any:
@@ -52,7 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     ray.init(address="auto")
-    serve.start(http_options={"host": args.host, "port": args.port, "location": "EveryNode"})
+    serve.start(
+        http_options={"host": args.host, "port": args.port, "location": "EveryNode"},
+        logging_config=QUIET_PROXY,
+    )
     serve.run(build_app(config), name=APP_NAME, route_prefix="/")
     print(f"{APP_NAME} deployed: port {args.port} on every node", flush=True)
     return 0

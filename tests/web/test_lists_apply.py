@@ -43,8 +43,9 @@ def _complaint(n: int, email: str) -> dict[str, Any]:
 
 
 def _applier(home: Path) -> Applier:
-    return Applier(home, resolver=NoRuns(), suppression=home / "supp.parquet",
-                   events=home / "events")  # fmt: skip
+    return Applier(
+        home, resolver=NoRuns(), suppression=home / "supp.parquet", events=home / "events"
+    )
 
 
 def test_group_commit_shares_syncs_and_every_line_reads_back(tmp_path: Path) -> None:

@@ -44,8 +44,9 @@ def _pids(title: str) -> list[int]:
     return found
 
 
-async def _load(url: str, paths: list[str], tag: str, seconds: float, concurrency: int = 16
-                ) -> tuple[set[str], int]:  # fmt: skip
+async def _load(
+    url: str, paths: list[str], tag: str, seconds: float, concurrency: int = 16
+) -> tuple[set[str], int]:
     """GET the paths round-robin with unique agents for ``seconds``; (acked agents, failures)."""
     acked: set[str] = set()
     failures = 0
@@ -140,10 +141,24 @@ def test_kill_whole_service_then_apply_from_the_log(web_service: Service, tmp_pa
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAYMAIL_HOME": str(tmp_path / "rm")}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "raymail.cli", "web", "serve", "--spec", str(spec),
-         "--runs", runs, "--port", str(port)],
-        env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "raymail.cli",
+            "web",
+            "serve",
+            "--spec",
+            str(spec),
+            "--runs",
+            runs,
+            "--port",
+            str(port),
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for("the service", lambda: _healthy(url), timeout_s=180)

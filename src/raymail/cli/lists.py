@@ -60,8 +60,10 @@ def show(
 
     store = ListStore(_home(home, spec))
     if list_id is None:
-        rows = [{"list": n, "versions": len(store.versions(n)),
-                 "members": store.read(n).num_rows} for n in store.lists()]  # fmt: skip
+        rows = [
+            {"list": n, "versions": len(store.versions(n)), "members": store.read(n).num_rows}
+            for n in store.lists()
+        ]
         if json_output:
             print_json({"lists": rows})
         else:

@@ -132,8 +132,9 @@ class Applier:
             if not changes:
                 return result
             total = Effects()
-            rejects = [{"segment": d.segment, "offset": d.offset, "reason": d.reason}
-                       for d in damage]  # fmt: skip
+            rejects = [
+                {"segment": d.segment, "offset": d.offset, "reason": d.reason} for d in damage
+            ]
             for change in changes:
                 offsets[change.segment] = max(offsets.get(change.segment, 0), change.end)
                 if change.record.get("kind") == DAMAGED:

@@ -60,8 +60,14 @@ def _at(record: Mapping[str, Any]) -> datetime:
         raise RecordError("no valid 'at' time") from None
 
 
-def _event(record: Mapping[str, Any], kind: str, campaign: str, email: str,
-           source: str = "web", **extra: Any) -> dict[str, Any]:  # fmt: skip
+def _event(
+    record: Mapping[str, Any],
+    kind: str,
+    campaign: str,
+    email: str,
+    source: str = "web",
+    **extra: Any,
+) -> dict[str, Any]:
     agent, ip = record.get("ua"), record.get("ip")
     reason = flag_hit(kind, agent, ip) if kind in {"open", "click"} else None
     detail = {"change": record["id"], **(record.get("detail") or {})}
@@ -83,8 +89,9 @@ def _event(record: Mapping[str, Any], kind: str, campaign: str, email: str,
     }
 
 
-def _suppression(record: Mapping[str, Any], email: str, category: str, campaign: str | None,
-                 detail: str) -> dict[str, Any]:  # fmt: skip
+def _suppression(
+    record: Mapping[str, Any], email: str, category: str, campaign: str | None, detail: str
+) -> dict[str, Any]:
     return {
         "email": email.lower(),
         "suppressed": True,
@@ -117,8 +124,9 @@ def effects_of(
             _unsubscribe(out, record, email, campaign, "unsubscribe", resolver, confirm_unsubscribe)
     elif kind == "subscribe":
         list_id, email = str(record["list"]), str(record["email"])
-        out.mail.append({"kind": "confirm", "to": email, "list": list_id,
-                         "fields": record.get("fields") or {}})  # fmt: skip
+        out.mail.append(
+            {"kind": "confirm", "to": email, "list": list_id, "fields": record.get("fields") or {}}
+        )
         out.events.append(_event(record, "subscribe", list_campaign(list_id), email))
     elif kind == "confirm":
         list_id, email = str(record["list"]), str(record["email"])
@@ -134,9 +142,18 @@ def effects_of(
             "at": event.get("at") or record["at"],
             "detail": {**(event.get("detail") or {}), "sender": record.get("sender")},
         }
-        out.events.append(_event(at_record, what, campaign, email, source="ingest",
-                                 link=event.get("link"), url=event.get("url"),
-                                 message_id=event.get("message_id")))  # fmt: skip
+        out.events.append(
+            _event(
+                at_record,
+                what,
+                campaign,
+                email,
+                source="ingest",
+                link=event.get("link"),
+                url=event.get("url"),
+                message_id=event.get("message_id"),
+            )
+        )
         if what in SUPPRESSING:
             _unsubscribe(out, at_record, email, campaign, what, resolver, confirm_unsubscribe)
     else:
@@ -144,9 +161,15 @@ def effects_of(
     return out
 
 
-def _unsubscribe(out: Effects, record: Mapping[str, Any], email: str, campaign: str,
-                 category: str, resolver: Resolver,
-                 confirm_unsubscribe: Callable[[str], bool]) -> None:  # fmt: skip
+def _unsubscribe(
+    out: Effects,
+    record: Mapping[str, Any],
+    email: str,
+    campaign: str,
+    category: str,
+    resolver: Resolver,
+    confirm_unsubscribe: Callable[[str], bool],
+) -> None:
     via = str(record.get("via") or category)
     out.suppress.append(_suppression(record, email, category, campaign, via))
     list_id = resolver.list_of(campaign)

@@ -161,13 +161,18 @@ class ListStore:
                 return None
             versions = self.versions(list_id)
             version = (versions[-1] if versions else 0) + 1
-            table = pa.Table.from_pylist(sorted(rows.values(), key=lambda r: r["email"]),
-                                         schema=LIST_SCHEMA)  # fmt: skip
+            table = pa.Table.from_pylist(
+                sorted(rows.values(), key=lambda r: r["email"]), schema=LIST_SCHEMA
+            )
             write_table_atomic(table, folder / f"v{version:06d}.parquet")
             entry = ListVersion(
-                version, datetime.now(UTC).isoformat(), added, updated, table.num_rows,
+                version,
+                datetime.now(UTC).isoformat(),
+                added,
+                updated,
+                table.num_rows,
                 len(members),
-            )  # fmt: skip
+            )
             with (folder / "history.jsonl").open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(dataclasses.asdict(entry)) + "\n")
                 handle.flush()
