@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 import pytest
-from webhelpers import PEOPLE, Service, wait_for
+from webhelpers import PEOPLE, Service, wait_for, web_service_fixture  # noqa: F401 (the fixture)
 
 from raymail.returns.suppression import SuppressionList
 from system_packages import require_binary

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import polars as pl
 import pytest
-from webhelpers import INGEST_KEY, PEOPLE, Service, wait_for
+from webhelpers import INGEST_KEY, PEOPLE, Service, wait_for, web_service_fixture  # noqa: F401 (the fixture)
 
 from raymail.compose.verp import TokenKind, TokenSigner
 from raymail.lists.store import ListStore
