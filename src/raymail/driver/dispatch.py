@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import pyarrow as pa
 
@@ -108,13 +108,14 @@ class WorkQueue:
             yield from queue
 
 
+@runtime_checkable
 class Router(Protocol):
     """Everything the driver asks of a routing policy (``raymail.routing`` implements it).
 
     The driver calls :meth:`take` whenever a server has room, :meth:`observe` for every
-    finished portion, :meth:`tick` once per loop round, :meth:`failed` when a portion's
-    call died without a result, :meth:`server_gone` when it gives a server up, and
-    :meth:`close` once at the end of the run.
+    finished portion, :meth:`tick` once per loop round (with the queue as it stands),
+    :meth:`failed` when a portion's call died without a result, :meth:`server_gone` when
+    it gives a server up, and :meth:`close` once at the end of the run.
     """
 
     def take(self, server: ServerView, queue: WorkQueue, limit: int) -> list[Work]:
@@ -126,8 +127,10 @@ class Router(Protocol):
         transaction)."""
         ...
 
-    def tick(self) -> None:
-        """Housekeeping between rounds (probes, saving what was learned); never blocks."""
+    def tick(self, queue: WorkQueue) -> None:
+        """Housekeeping between rounds (probes, saving what was learned); never blocks.
+        ``queue`` is what waits now: a router reads it here and in :meth:`take`, and
+        keeps no reference to it."""
         ...
 
     def failed(self, server: str, portion: int, attempt: int) -> None:
@@ -158,8 +161,8 @@ class LeastLoadedRouter:
     def observe(self, server: str, outcomes: pa.Table, observations: pa.Table) -> None:
         del server, outcomes, observations
 
-    def tick(self) -> None:
-        """Nothing to keep."""
+    def tick(self, queue: WorkQueue) -> None:
+        del queue
 
     def failed(self, server: str, portion: int, attempt: int) -> None:
         del server, portion, attempt

@@ -119,7 +119,7 @@ class DispatchLoop:
                 state.peak_inflight = max(state.peak_inflight, strategy.held())
                 self.fleet.watch()
                 strategy.check()
-                self.router.tick()
+                self.router.tick(state.ready)
                 if self.ledger.due():
                     self.ledger.flush()
                 self.progress.update(state.tally)

@@ -60,7 +60,8 @@ def expected_keys(spec: CampaignSpec) -> list[str]:
 
 
 class BaseRouter:
-    """Router plumbing; subclasses implement :meth:`take` (see ``raymail.driver.dispatch``)."""
+    """Router plumbing; subclasses implement :meth:`take`. Every router satisfies
+    :class:`raymail.driver.dispatch.Router`, the driver's side of the seam."""
 
     policy: ClassVar[str] = "base"
 
@@ -82,7 +83,6 @@ class BaseRouter:
         self.delta = Evidence()
         self.names: dict[str, str] = {}  # actor name -> route key
         self.outstanding: dict[int, Given] = {}  # by portion id
-        self.queue: WorkQueue | None = None
         self.seen_domains: dict[str, None] = {}
         self._probe_delta: list[pl.DataFrame] = []
         self._last_flush = self.started
@@ -112,27 +112,25 @@ class BaseRouter:
         self.delta.add(evidence)
         given = self._returned(outcomes)
         self.learn(key, evidence, given)
-        self._housekeeping()
-
-    def tick(self) -> None:
-        """Called by the driver's loop: probes, and saving evidence when due. Never blocks.
-
-        ``observe`` does the same (at most every ``_HOUSEKEEPING_S``), so a driver loop
-        without a tick still saves its evidence; only probing needs ticks while no
-        portion finishes.
-        """
-        self._housekeeping(force=True)
-
-    def _housekeeping(self, force: bool = False) -> None:
         now = self.clock()
-        idle = not self.outstanding and not self.queue
-        if not (force or idle or now - self._last_housekeeping >= _HOUSEKEEPING_S):
-            return
+        if now - self._last_housekeeping >= _HOUSEKEEPING_S:  # a driver that never ticks
+            self._last_housekeeping = now
+            self._drop_stale(now)
+            self._flush_due(now, idle=False)
+
+    def tick(self, queue: WorkQueue) -> None:
+        """Called by the driver once per round with the queue as it stands: probes, and
+        saving evidence when due (at once when nothing is out and nothing waits, so a
+        run's last evidence is saved before the driver returns). Never blocks."""
+        now = self.clock()
         self._last_housekeeping = now
         if self.scheduler is not None:
-            for table in self.scheduler.poll(self.probe_domains):
+            for table in self.scheduler.poll(lambda: self.probe_domains(queue.domains())):
                 self._probed(pl.from_arrow(table))  # type: ignore[arg-type]
         self._drop_stale(now)
+        self._flush_due(now, idle=not self.outstanding and not queue)
+
+    def _flush_due(self, now: float, *, idle: bool) -> None:
         pending = bool(self.delta) or bool(self._probe_delta)
         if pending and (idle or now - self._last_flush >= FLUSH_S):
             self.flush()
@@ -163,9 +161,8 @@ class BaseRouter:
     def record_state(self) -> None:
         """Write the policy's own files into the run directory (at each flush)."""
 
-    def probe_domains(self) -> list[str]:
-        """Domains whose MX hosts are worth probing, most waiting work first."""
-        waiting = self.queue.domains() if self.queue is not None else []
+    def probe_domains(self, waiting: list[str]) -> list[str]:
+        """Domains whose MX hosts are worth probing: those with ``waiting`` work first."""
         return list(dict.fromkeys([*waiting, *self.seen_domains]))
 
     # -- shared helpers --------------------------------------------------------------------

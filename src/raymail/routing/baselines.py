@@ -48,7 +48,6 @@ class StaticRouter(BaseRouter):
 
     def take(self, server: ServerView, queue: WorkQueue, limit: int) -> list[Work]:
         now = self.clock()
-        self.queue = queue
         key = self.register(server)
         self.last_seen[server.index] = now
         if self.allocation is None:

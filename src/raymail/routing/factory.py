@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from raymail.driver.dispatch import Router
 from raymail.routing.base import BaseRouter, ServerHandles
 from raymail.routing.baselines import EqualSharesRouter, RoundRobinRouter
 from raymail.routing.policy import LearnedRouter
@@ -21,7 +22,7 @@ def make_router(
     *,
     run_dir: str | Path | None = None,
     servers: ServerHandles | None = None,
-) -> BaseRouter:
+) -> Router:
     """The spec's routing policy. ``run_dir`` receives the routing records ``explain``
     reads; ``servers`` (actor name -> handle of the healthy servers) enables probing."""
     return POLICIES[spec.routing.policy](spec, run_dir=run_dir, servers=servers)

@@ -19,11 +19,15 @@ has one piece of ``TRIAL_RECIPIENTS`` out at a time, counted per server and MX h
 spec's mx_override and probes say which domains share one), so a bad guess costs a few
 recipients' time. A pair whose recent
 transactions turn to 4xx/5xx is demoted for a cooldown (``demotion.py``).
+
+What the router keeps between calls is in three named parts (``policy_state.py``): the
+servers' presence, the current schedule, and the exploration budget; the queue is read in
+``take`` and never kept.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -50,17 +54,14 @@ from raymail.routing.estimates import (
 from raymail.routing.exploration import offers
 from raymail.routing.model import UNKNOWN_MX, PortionEvidence, network_of
 from raymail.routing.plan import Plan, round_portions, solve
+from raymail.routing.policy_state import ExplorationBudget, Pair, Presence, Schedule
 from raymail.routing.runlog import ESTIMATES_END, ESTIMATES_START, PLAN_START
 from raymail.routing.snapshots import estimates_frame, plan_frame
 from raymail.spec import CampaignSpec
 
 REPLAN_S = 0.25
-ACTIVE_S = 5.0  # a server neither asking nor holding work this long is left out of plans
-EXPECTED_GRACE_S = 15.0  # servers the spec promises count as present this long
 END_SLACK_S = 0.2
 END_FACTOR = 1.2
-
-Pair = tuple[str, str]
 
 
 class LearnedRouter(BaseRouter):
@@ -79,48 +80,34 @@ class LearnedRouter(BaseRouter):
         super().__init__(spec, run_dir=run_dir, servers=servers, clock=clock)
         self.stats = PairStats(self.table.load(self.half_life_s))
         self.demotions = Demotions(clock, self._event)
-        self.expected = Counter(expected_keys(spec))
-        self.last_seen: dict[str, float] = {}  # actor name -> when it last asked
-        self.quota: dict[str, dict[str, int]] = {}  # route key -> domain -> portions
-        self.offers: dict[str, list[str]] = {}  # route key -> domains to try, best first
-        self.plan: Plan | None = None
-        self.plan_domains: list[str] = []
-        self._planned: set[str] = set()  # the domains the plan was made for
-        self._plan_at = -math.inf
-        self._dirty = True
-        self._mean: dict[Pair, float] = {}
-        self._usable: set[Pair] = set()  # pairs the plan may use
-        self._unsure: set[Pair] = set()  # pairs without enough evidence
-        self._blind: set[str] = set()  # domains no server has enough evidence for
-        self._explored = 0.0  # recipients given to trial portions in this run
-        self._budget = 0.0  # recipients trial portions may still take
-        self._given_total = 0.0
-        self._ready: dict[str, float] = {}  # clock time each server frees a connection
-        self._slots: dict[str, float] = {}
-        self._portion_size: dict[str, float] = {}  # mean waiting portion size per domain
-        self._plan_end = math.inf
-        self.trials = 0
+        self.presence = Presence(Counter(expected_keys(spec)), self.started)
+        self.schedule = Schedule()
+        self.budget = ExplorationBudget(self.settings.exploration)
+        self.dirty = True  # the schedule must be made again before the next take
         self.plans = 0
-        self._started_recorded = False
+        self._start_recorded = False
         for domain, target in (spec.mx_override or {}).items():  # MX hosts known up front
             host = target.rpartition(":")[0].strip("[]").lower()
             if domain != "*" and host:
                 self.stats.set_groups(self.stats.domain(domain), host, network_of(host))
 
+    @property
+    def trials(self) -> int:
+        return self.budget.trials
+
     # -- take ----------------------------------------------------------------------------
 
     def take(self, server: ServerView, queue: WorkQueue, limit: int) -> list[Work]:
         now = self.clock()
-        self.queue = queue
         key = self.register(server)
-        if server.name not in self.last_seen:
-            self._dirty = True
-        self.last_seen[server.name] = now
+        if self.presence.asked(server.name, now):
+            self.dirty = True
         waiting = set(queue.domains())
-        if not waiting <= self._planned:  # e.g. retries back from their backoff
-            self._dirty = True
-        if self.plan is None or self._dirty or now - self._plan_at >= REPLAN_S:
-            self._replan(queue, now)
+        schedule = self.schedule
+        if not schedule.covers(waiting):  # e.g. retries back from their backoff
+            self.dirty = True
+        if schedule.plan is None or self.dirty or now - schedule.at >= REPLAN_S:
+            schedule = self._replan(queue, now)
         # unknown pairs: one trial piece out per server and MX host (what one teaches, the
         # host's other domains share), so a slow server is not tried twice at once; a piece
         # costs a few recipients' time where a whole portion would cost a portion's
@@ -130,54 +117,50 @@ class LearnedRouter(BaseRouter):
             domain, trial = self._next(key, waiting, held)
             if domain is None:
                 break
-            unsure = trial or (key, domain) in self._unsure
+            unsure = trial or (key, domain) in schedule.unsure
             work = queue.pop(domain, at_most=TRIAL_RECIPIENTS if unsure else None)
             if work is None:
                 waiting.discard(domain)
                 continue
-            quota = self.quota.get(key, {})
+            quota = schedule.quota.get(key, {})
             if not trial and quota.get(domain, 0) > 0:
                 quota[domain] -= 1
-            if trial:
-                self.trials += 1
-                self._explored += work.task.size
-                self._budget -= work.task.size
+            size = work.task.size
+            self.budget.spend(size, trial=trial)
             held[(key, self._host(domain))] += 1
-            self._given_total += work.task.size
-            cost = work.task.size * self._cost(key, domain)
-            slots = self._slots.get(key, float(self.spec.concurrency))
-            self._ready[key] = max(self._ready.get(key, now), now) + cost / slots
+            cost = schedule.booked(key, domain, size, now, self.spec.concurrency)
             self.give(server, key, work, cost)
             taken.append(work)
         return taken
 
     def _next(self, key: str, waiting: set[str], held: Counter[Pair]) -> tuple[str | None, bool]:
         """(domain, is a trial): trials first, then the plan, then domains nobody knows."""
-        if self._budget > 0:
-            for domain in self.offers.get(key, []):
+        schedule = self.schedule
+        if self.budget.left > 0:
+            for domain in schedule.offers.get(key, []):
                 if domain in waiting and held[(key, self._host(domain))] == 0:
-                    self.offers[key].remove(domain)
+                    schedule.offers[key].remove(domain)
                     return domain, True
-        quota = self.quota.get(key, {})
+        quota = schedule.quota.get(key, {})
         candidates = [
             d
             for d, n in quota.items()
             if n > 0
             and d in waiting
-            and not ((key, d) in self._unsure and held[(key, self._host(d))])
+            and not ((key, d) in schedule.unsure and held[(key, self._host(d))])
             and self._in_time(key, d)
         ]
         if candidates:
             return max(candidates, key=quota.__getitem__), False
-        for domain in self._blind & waiting:  # idle slots: trying these costs nothing
+        for domain in schedule.blind & waiting:  # idle slots: trying these costs nothing
             if held[(key, self._host(domain))] == 0:
                 return domain, False
         return None, False
 
     def server_gone(self, server: str) -> None:
         super().server_gone(server)
-        self.last_seen.pop(server, None)  # out of the plans until it asks again
-        self._dirty = True
+        self.presence.gone(server)
+        self.dirty = True
 
     def _host(self, domain: str) -> str:
         """The domain's MX host group when known (probes, evidence, the spec's
@@ -189,51 +172,39 @@ class LearnedRouter(BaseRouter):
         """End game: a portion that would finish after the plan's end on this server goes
         only if no other server would finish it clearly sooner (the plan is fluid; the last
         whole portions are not, and one slow portion at the end sets the makespan)."""
-        size = self._portion_size.get(domain, 1.0)
+        schedule = self.schedule
+        size = schedule.portion_size.get(domain, 1.0)
         now = self.clock()
-        finish = max(self._ready.get(key, now), now) + size * self._cost(key, domain)
-        if finish <= self._plan_end + END_SLACK_S:
+        finish = max(schedule.ready.get(key, now), now) + size * schedule.cost(key, domain)
+        if finish <= schedule.end + END_SLACK_S:
             return True
         others = [
-            max(ready, now) + size * self._mean[(other, domain)]
-            for other, ready in self._ready.items()
-            if other != key and (other, domain) in self._usable
+            max(ready, now) + size * schedule.mean[(other, domain)]
+            for other, ready in schedule.ready.items()
+            if other != key and (other, domain) in schedule.usable
         ]
         return not others or finish <= END_FACTOR * min(others)
 
-    def _cost(self, key: str, domain: str) -> float:
-        """Expected connection-seconds per recipient of one pair (0.05 s if unplanned)."""
-        return self._mean.get((key, domain), 0.05)
-
     # -- plan ----------------------------------------------------------------------------
 
-    def _active_keys(self, now: float) -> Counter[str]:
-        """Route keys that can take work now, counted in actors (each has its slots)."""
-        busy = {g.name for g in self.outstanding.values()}
-        names = [n for n, seen in self.last_seen.items() if now - seen < ACTIVE_S or n in busy]
-        active = Counter(self.names[n] for n in names)
-        if now - self.started < EXPECTED_GRACE_S:
-            for key, count in self.expected.items():
-                active[key] = max(active[key], count)
-        return active
-
-    def _replan(self, queue: WorkQueue, now: float) -> None:
-        self._dirty = False
-        self._plan_at = now
+    def _replan(self, queue: WorkQueue, now: float) -> Schedule:
+        """A new schedule for what ``queue`` holds now (it is read, not kept)."""
+        self.dirty = False
         self.demotions.expire()
         work_by: dict[str, int] = {}
         portions_by: dict[str, int] = {}
         for item in queue:
             work_by[item.task.domain] = work_by.get(item.task.domain, 0) + item.task.size
             portions_by[item.task.domain] = portions_by.get(item.task.domain, 0) + 1
-        active = self._active_keys(now)
+        active = self.presence.active(now, self.names, (g.name for g in self.outstanding.values()))
         keys, domains = sorted(active), list(work_by)
-        self.plan_domains = domains
-        self._planned = set(domains)
         if not keys or not domains:
-            self.quota, self.offers = {}, {}
-            self.plan = Plan(np.zeros((len(keys), len(domains))), 0.0)
-            return
+            empty = Plan(np.zeros((len(keys), len(domains))), 0.0)
+            # nothing to plan: no quotas or offers; the rest of what was believed stays
+            self.schedule = dataclasses.replace(
+                self.schedule, plan=empty, domains=domains, at=now, quota={}, offers={}
+            )
+            return self.schedule
         ks = np.array([self.stats.key(k) for k in keys])
         ds = np.array([self.stats.domain(d) for d in domains])
         est = self.estimates(keys, domains, ks, ds)
@@ -250,38 +221,44 @@ class LearnedRouter(BaseRouter):
         portions = np.array([portions_by[d] for d in domains], dtype=np.int64)
         slots = np.array([active[k] * self.spec.concurrency for k in keys], dtype=np.float64)
         backlog = self._backlog(keys, slots, now)
-        self.plan = solve(tau, work, slots, backlog)
+        plan = solve(tau, work, slots, backlog)
         self.plans += 1
-        self._plan_end = now + self.plan.makespan
-        self._slots = {k: float(slots[i]) for i, k in enumerate(keys)}
-        self._ready = {k: now + float(backlog[i] / slots[i]) for i, k in enumerate(keys)}
-        self._portion_size = {d: work_by[d] / portions_by[d] for d in domains}
-        counts = round_portions(self.plan.share, portions)
-        self.quota = {
-            key: {d: int(counts[i, j]) for j, d in enumerate(domains) if counts[i, j] > 0}
-            for i, key in enumerate(keys)
-        }
+        counts = round_portions(plan.share, portions)
         candidates = (~est.confident | probation) & ~blocked
-        self.offers = {}
         groups = self.stats.mx_group[ds]
         shared = np.array([work[groups == g].sum() if g >= 0 else 0.0 for g in groups])
         reach = np.maximum(work, shared)  # what a trial on one domain of an MX teaches
         trial = float(TRIAL_RECIPIENTS)
+        offered: dict[str, list[str]] = {}
         for offer in offers(est, mean, known, candidates, probation, work, portions, reach, trial):
-            self.offers.setdefault(keys[offer.server], []).append(domains[offer.domain])
-        share = self.settings.exploration * (self._given_total + float(work.sum()))
-        self._budget = share - self._explored
-        self._mean = {
-            (k, d): float(mean[i, j]) for i, k in enumerate(keys) for j, d in enumerate(domains)
-        }
-        self._usable = {(keys[i], domains[j]) for i, j in np.argwhere(np.isfinite(tau))}
-        self._unsure = {(keys[i], domains[j]) for i, j in np.argwhere(~est.confident)}
-        self._blind = {domains[j] for j in np.nonzero(~est.confident.any(axis=0))[0]}
-        if not self._started_recorded and self.records is not None:
-            self._started_recorded = True
+            offered.setdefault(keys[offer.server], []).append(domains[offer.domain])
+        self.budget.renew(float(work.sum()))
+        self.schedule = Schedule(
+            plan=plan,
+            domains=domains,
+            at=now,
+            end=now + plan.makespan,
+            quota={
+                key: {d: int(counts[i, j]) for j, d in enumerate(domains) if counts[i, j] > 0}
+                for i, key in enumerate(keys)
+            },
+            offers=offered,
+            mean={
+                (k, d): float(mean[i, j]) for i, k in enumerate(keys) for j, d in enumerate(domains)
+            },
+            usable={(keys[i], domains[j]) for i, j in np.argwhere(np.isfinite(tau))},
+            unsure={(keys[i], domains[j]) for i, j in np.argwhere(~est.confident)},
+            blind={domains[j] for j in np.nonzero(~est.confident.any(axis=0))[0]},
+            portion_size={d: work_by[d] / portions_by[d] for d in domains},
+            slots={k: float(slots[i]) for i, k in enumerate(keys)},
+            ready={k: now + float(backlog[i] / slots[i]) for i, k in enumerate(keys)},
+        )
+        if not self._start_recorded and self.records is not None:
+            self._start_recorded = True
             demoted = self.demotions.demoted
             self.records.write(ESTIMATES_START, estimates_frame(keys, domains, est, demoted))
-            self.records.write(PLAN_START, plan_frame(keys, domains, self.plan, counts))
+            self.records.write(PLAN_START, plan_frame(keys, domains, plan, counts))
+        return self.schedule
 
     def estimates(
         self, keys: list[str], domains: list[str], ks: NDArray[np.int64], ds: NDArray[np.int64]
@@ -309,7 +286,7 @@ class LearnedRouter(BaseRouter):
         cols = {d: j for j, d in enumerate(domains)}
         for given in self.outstanding.values():
             i, j = rows.get(given.key), cols.get(given.domain)
-            if i is None or j is None or (given.key, given.domain) not in self._unsure:
+            if i is None or j is None or (given.key, given.domain) not in self.schedule.unsure:
                 continue
             floor[i, j] = max(floor[i, j], (now - given.at) / max(given.size, 1))
         return floor
@@ -350,9 +327,9 @@ class LearnedRouter(BaseRouter):
             mx = max(mx_weight, key=mx_weight.__getitem__)
             self.stats.set_groups(d, mx, network_of(mx))
         if self.demotions.judge((key, evidence.domain), evidence.bad_flags):
-            self._dirty = True
-        if (key, evidence.domain) in self._unsure:  # a trial came back: plan with it now
-            self._dirty = True
+            self.dirty = True
+        if (key, evidence.domain) in self.schedule.unsure:  # a trial came back: plan now
+            self.dirty = True
 
     def on_probes(self, probes: pl.DataFrame) -> None:
         for server, domain, mx, rtt in probes.select(
@@ -370,11 +347,13 @@ class LearnedRouter(BaseRouter):
         if self.records is not None:
             self.records.event(self.elapsed(), event, server, domain, detail)
 
-    def probe_domains(self) -> list[str]:
-        if self.plan is None or not self.plan.share.size:
-            return super().probe_domains()
-        order = np.argsort(-self.plan.share.sum(axis=0))
-        ranked = [self.plan_domains[int(j)] for j in order]
+    def probe_domains(self, waiting: list[str]) -> list[str]:
+        """The planned domains, most planned work first, then those seen before."""
+        plan = self.schedule.plan
+        if plan is None or not plan.share.size:
+            return super().probe_domains(waiting)
+        order = np.argsort(-plan.share.sum(axis=0))
+        ranked = [self.schedule.domains[int(j)] for j in order]
         return list(dict.fromkeys([*ranked, *self.seen_domains]))
 
     def record_state(self) -> None:
@@ -390,8 +369,8 @@ class LearnedRouter(BaseRouter):
             {
                 "plans": self.plans,
                 "trials": self.trials,
-                "trial_recipients": self._explored,
-                "given_recipients": self._given_total,
+                "trial_recipients": self.budget.explored,
+                "given_recipients": self.budget.given,
                 "exploration_share": self.settings.exploration,
             }
         )
