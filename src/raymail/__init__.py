@@ -1,73 +1,122 @@
 """raymail: very large email campaigns from a Ray cluster, never twice, never skipped.
 
-The public API, loaded on first use so that ``import raymail.sink`` (a separate process in
-the demo) does not pay for importing Ray::
+What a notebook or a Ray job needs, importable from the top::
 
-    from raymail import load_spec, run_campaign, build_report
+    import raymail
+
+    spec = raymail.load_spec("campaign.yaml")
+    report = raymail.run_campaign(spec, "runs/spring")       # or resume_campaign(run_dir)
+    raymail.build_report("runs/spring")                       # again, from the run directory
+    raymail.scan_outcomes("runs/spring").filter(...).collect()  # the ledger, lazily (polars)
+
+Functions are loaded on first use, so that ``import raymail`` (and ``import raymail.sink``,
+a separate process in the demo) does not pay for importing Ray. The exception tree
+(``raymail.errors``) is imported at once: it has no dependencies.
 """
 
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from raymail.errors import (
+    AttachmentError,
+    DeliveryError,
+    DkimError,
+    EventRowError,
+    ListStoreError,
+    MXResolutionError,
+    QueryError,
+    QueueError,
+    RaymailError,
+    RecipientError,
+    ReturnsError,
+    RoutingError,
+    RunDirError,
+    RunLockedError,
+    SinkConfigError,
+    SinkError,
+    SmimeError,
+    SmtpProtocolError,
+    SpecError,
+    StorageError,
+    TemplateError,
+    TrackingError,
+    WebError,
+)
 
-_EXPORTS = {
+try:
+    __version__ = version("raymail")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+_LAZY = {
     "CampaignSpec": "raymail.spec",
     "load_spec": "raymail.spec",
     "parse_spec": "raymail.spec",
     "run_campaign": "raymail.driver.campaign",
+    "resume_campaign": "raymail.driver.campaign",
     "build_report": "raymail.run.report",
+    "scan_outcomes": "raymail.run.ledger",
     "read_outcomes": "raymail.run.ledger",
     "read_observations": "raymail.run.ledger",
     "load_recipients": "raymail.intake.recipients",
-    "RaymailError": "raymail.errors",
-    "SpecError": "raymail.errors",
-    "RecipientError": "raymail.errors",
-    "TemplateError": "raymail.errors",
-    "DeliveryError": "raymail.errors",
-    "RunDirError": "raymail.errors",
-    "RunLockedError": "raymail.errors",
 }
 
 __all__ = [
+    "AttachmentError",
     "CampaignSpec",
     "DeliveryError",
+    "DkimError",
+    "EventRowError",
+    "ListStoreError",
+    "MXResolutionError",
+    "QueryError",
+    "QueueError",
     "RaymailError",
     "RecipientError",
+    "ReturnsError",
+    "RoutingError",
     "RunDirError",
     "RunLockedError",
+    "SinkConfigError",
+    "SinkError",
+    "SmimeError",
+    "SmtpProtocolError",
     "SpecError",
+    "StorageError",
     "TemplateError",
+    "TrackingError",
+    "WebError",
     "build_report",
     "load_recipients",
     "load_spec",
     "parse_spec",
     "read_observations",
     "read_outcomes",
+    "resume_campaign",
     "run_campaign",
+    "scan_outcomes",
 ]
 
 if TYPE_CHECKING:
-    from raymail.driver.campaign import run_campaign
-    from raymail.errors import (
-        DeliveryError,
-        RaymailError,
-        RecipientError,
-        RunDirError,
-        RunLockedError,
-        SpecError,
-        TemplateError,
-    )
+    from raymail.driver.campaign import resume_campaign, run_campaign
     from raymail.intake.recipients import load_recipients
-    from raymail.run.ledger import read_observations, read_outcomes
+    from raymail.run.ledger import read_observations, read_outcomes, scan_outcomes
     from raymail.run.report import build_report
     from raymail.spec import CampaignSpec, load_spec, parse_spec
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
+    module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'raymail' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # found once; later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    """The public API, for completion in notebooks and shells."""
+    return sorted([*__all__, "__version__"])
