@@ -2,6 +2,7 @@
 
     python tests/returns/corpus/build.py OUT [--real] [--written] [--seed N]
 
+``--fresh`` renders held-out split 2 (fresh_formats.py, never tuned on) into ``OUT/fresh``.
 ``--real`` runs a private Postfix and a private Exim (root; see mta.py) and writes their
 bounces plus labels to ``OUT/postfix`` and ``OUT/exim``; ``--written`` renders the provider
 and MTA formats in formats.py into ``OUT/written``. Each folder gets a ``labels.jsonl``
@@ -43,6 +44,20 @@ def build_written(out: Path, seed: int = 1) -> list[Label]:
     return labels
 
 
+def build_fresh(out: Path, seed: int = 2) -> list[Label]:
+    import fresh_formats
+
+    labels = fresh_formats.render_fresh(out / "fresh", seed)
+    write_labels(out / "fresh", labels)
+    return labels
+
+
+def written_stamp() -> int:
+    """Changes whenever a written part's source changes (the cache is then rendered again)."""
+    names = ("formats.py", "replies.py", "fresh_formats.py", "fresh_replies.py", "cases.py")
+    return sum((HERE / name).stat().st_mtime_ns for name in names) % 10**12
+
+
 def pack_real(out: Path, archive: Path = REAL_ARCHIVE) -> None:
     """The real-MTA folders as one small committed archive."""
     archive.parent.mkdir(parents=True, exist_ok=True)
@@ -64,6 +79,7 @@ def main() -> None:
     parser.add_argument("--real", action="store_true")
     parser.add_argument("--pack", action="store_true", help="write the committed archive")
     parser.add_argument("--written", action="store_true")
+    parser.add_argument("--fresh", action="store_true", help="held-out split 2")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/raymail-corpus-cache"))
     args = parser.parse_args()
@@ -74,6 +90,8 @@ def main() -> None:
             pack_real(args.out)
     if args.written:
         labels += build_written(args.out, args.seed)
+    if args.fresh:
+        labels += build_fresh(args.out)
     if not labels:
         for folder in sorted(p for p in args.out.iterdir() if (p / "labels.jsonl").exists()):
             labels += read_labels(folder)

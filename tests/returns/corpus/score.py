@@ -1,7 +1,8 @@
 """Load the generated corpus and score a classifier on it, split by split.
 
 The real-MTA part comes from the committed archive (tests/data/returns/generated), the
-written part is rendered fresh (deterministic for a seed), both into a cache folder.
+written parts (formats.py, and fresh_formats.py for held-out split 2) are rendered
+(deterministic for a seed), all into a cache folder.
 Scores per split: failed recipients found (labelled recipients the classifier reported),
 reason agreement, category agreement, and the reason confusion (label -> verdict).
 """
@@ -23,6 +24,7 @@ import build  # noqa: E402
 from cases import Label, read_labels, write_labels  # noqa: E402
 
 CACHE = Path(os.environ.get("RAYMAIL_CORPUS_CACHE", Path.home() / ".cache" / "raymail-corpus"))
+SPLITS = ("tuned", "heldout", "heldout2")
 _NOT_BOUNCES = {"auto_reply", "challenge_response", "complaint", "human_reply", "remove_request"}
 
 
@@ -35,16 +37,15 @@ class Case:
 def load(cache: Path = CACHE, seed: int = 1) -> list[Case]:
     """Every case of the generated corpus (real MTAs from the archive, written rendered)."""
     root = cache / "generated"
-    stamp = root / f".ready-{seed}-{build.REAL_ARCHIVE.stat().st_mtime_ns}"
+    stamp = root / f".ready-{seed}-{build.REAL_ARCHIVE.stat().st_mtime_ns}-{build.written_stamp()}"
     if not stamp.exists():
         root.mkdir(parents=True, exist_ok=True)
         build.unpack_real(root)
-        import formats
-
-        write_labels(root / "written", formats.render_all(root / "written", seed))
+        build.build_written(root, seed)
+        build.build_fresh(root)
         stamp.touch()
     cases = []
-    for folder in ("postfix", "exim", "written"):
+    for folder in ("postfix", "exim", "written", "fresh"):
         for label in read_labels(root / folder):
             cases.append(Case(label, (root / label.file).read_bytes()))
     return cases
@@ -88,7 +89,7 @@ def confusion_table(cases: list[Case], verdicts: list[Verdict]) -> dict[str, dic
 def by_split(cases: list[Case], classify: Callable[[bytes], Verdict]) -> dict[str, Any]:
     verdicts = [classify(c.raw) for c in cases]
     out: dict[str, Any] = {}
-    for split in ("tuned", "heldout"):
+    for split in SPLITS:
         chosen = [(c, v) for c, v in zip(cases, verdicts, strict=True) if c.label.split == split]
         out[split] = score([c for c, _ in chosen], [v for _, v in chosen])
     return out
