@@ -124,7 +124,9 @@ def _multipart(f: F, head: str, parts: list[tuple[str, str]], subtype: str) -> s
     )
 
 
-def _report(f: F, head: str, text: str, dsn: str | None, copy: str, *, headers: bool = False) -> str:
+def _report(
+    f: F, head: str, text: str, dsn: str | None, copy: str, *, headers: bool = False
+) -> str:
     parts = [("Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit", text)]
     if dsn is not None:
         parts.append(("Content-Type: message/delivery-status", dsn))
@@ -171,9 +173,19 @@ def exchange2010(f: F) -> str:
     )
     lines = ["Delivery has failed to these recipients or groups:", ""]
     for rcpt, _ in f.rcpts:
-        lines += [f"{rcpt.split('@')[0].title()} ({rcpt})", "A problem occurred during the delivery of this message.", ""]
-    lines += ["", "Diagnostic information for administrators:", "", f"Generating server: {f.host}", ""]
-    for i, (rcpt, reply) in enumerate(f.rcpts):
+        lines += [
+            f"{rcpt.split('@')[0].title()} ({rcpt})",
+            "A problem occurred during the delivery of this message.",
+            "",
+        ]
+    lines += [
+        "",
+        "Diagnostic information for administrators:",
+        "",
+        f"Generating server: {f.host}",
+        "",
+    ]
+    for i, (rcpt, _) in enumerate(f.rcpts):
         lines += [rcpt, f"#< #{f.status(i)} smtp;{f.line(i)}> #SMTP#", ""]
     lines += ["Original message headers:", "", _copy(f, headers_only=True)]
     return _multipart(
@@ -198,7 +210,7 @@ def m365_2023(f: F) -> str:
     rcpt = f.rcpt
     html = (
         f'<html><body><div style="font-family:Segoe UI">'
-        f"<p>Your message to <a href=\"mailto:{rcpt}\">{rcpt}</a> couldn't be delivered.</p>"
+        f'<p>Your message to <a href="mailto:{rcpt}">{rcpt}</a> couldn\'t be delivered.</p>'
         f"<p><b>{rcpt.split('@')[1]}</b> suggests the following action:</p>"
         f"<p>Contact the recipient by some other means.</p><hr>"
         f"<p><b>More Info for Email Admins</b></p><p>Status code: {f.status()}</p>"
@@ -259,7 +271,11 @@ def google_workspace(f: F) -> str:
 
 
 def icloud(f: F) -> str:
-    head = _head(f, "Mail Delivery System <MAILER-DAEMON@icloud.com>", "Delivery Status Notification (Failure)")
+    head = _head(
+        f,
+        "Mail Delivery System <MAILER-DAEMON@icloud.com>",
+        "Delivery Status Notification (Failure)",
+    )
     lines = ["Delivery to the following recipient failed permanently:", ""]
     for i, (rcpt, _) in enumerate(f.rcpts):
         lines += [f"  * {rcpt}", "", f"Technical details: {f.line(i)}", ""]
@@ -341,7 +357,12 @@ def terra_es(f: F) -> str:
         + "\nEste es un mensaje generado automáticamente.\n"
     )
     ctype, body = _encoded(text, "utf-8", "quoted-printable")
-    return _multipart(f, head, [(ctype, body), ("Content-Type: text/rfc822-headers", _copy(f, headers_only=True))], "mixed")
+    return _multipart(
+        f,
+        head,
+        [(ctype, body), ("Content-Type: text/rfc822-headers", _copy(f, headers_only=True))],
+        "mixed",
+    )
 
 
 def uol_br(f: F) -> str:
@@ -369,7 +390,12 @@ def netease_cn(f: F) -> str:
     head = _head(f, "Mail Delivery Subsystem <postmaster@163.com>", "系统退信")
     text = f"您发送到{f.rcpt}的邮件被退回。\n\n退信原因：{f.line()}\n\n原邮件主题：Your autumn letter\n"
     ctype, body = _encoded(text, "gb2312", "base64")
-    return _multipart(f, head, [(ctype, body), ("Content-Type: text/rfc822-headers", _copy(f, headers_only=True))], "mixed")
+    return _multipart(
+        f,
+        head,
+        [(ctype, body), ("Content-Type: text/rfc822-headers", _copy(f, headers_only=True))],
+        "mixed",
+    )
 
 
 def nifty_ja(f: F) -> str:
@@ -382,7 +408,12 @@ def nifty_ja(f: F) -> str:
 
 
 def domino9(f: F) -> str:
-    head = _head(f, f"Mail Router <Mail.Router@{f.host}>", "DELIVERY FAILURE: Your autumn letter", "X-Mailer: Lotus Domino Release 9.0.1FP10\n")
+    head = _head(
+        f,
+        f"Mail Router <Mail.Router@{f.host}>",
+        "DELIVERY FAILURE: Your autumn letter",
+        "X-Mailer: Lotus Domino Release 9.0.1FP10\n",
+    )
     text = (
         "Delivery Failure Report\n\n"
         "Your document:  Your autumn letter\n"
@@ -394,7 +425,12 @@ def domino9(f: F) -> str:
 
 
 def communigate(f: F) -> str:
-    head = _head(f, f"Mail Delivery Module <MAILER-DAEMON@{f.host}>", "Undeliverable mail: Your autumn letter", "X-Mailer: CommuniGate Pro MAPI Connector\n")
+    head = _head(
+        f,
+        f"Mail Delivery Module <MAILER-DAEMON@{f.host}>",
+        "Undeliverable mail: Your autumn letter",
+        "X-Mailer: CommuniGate Pro MAPI Connector\n",
+    )
     lines = []
     for i, (rcpt, _) in enumerate(f.rcpts):
         lines += [
@@ -417,7 +453,12 @@ def smartermail(f: F) -> str:
 
 
 def proofpoint(f: F) -> str:
-    head = _head(f, f"Mail Delivery Subsystem <MAILER-DAEMON@{f.host}>", "Undeliverable: Your autumn letter", "X-Proofpoint-Spam-Details: rule=notspam\n")
+    head = _head(
+        f,
+        f"Mail Delivery Subsystem <MAILER-DAEMON@{f.host}>",
+        "Undeliverable: Your autumn letter",
+        "X-Proofpoint-Spam-Details: rule=notspam\n",
+    )
     rcpt, reply = f.rcpts[0]
     code = reply.code or 550
     text = (
@@ -428,7 +469,11 @@ def proofpoint(f: F) -> str:
 
 
 def barracuda_ess(f: F) -> str:
-    head = _head(f, "Barracuda Email Security Service <bounce@ess.barracudanetworks.com>", "Undelivered Mail: Your autumn letter")
+    head = _head(
+        f,
+        "Barracuda Email Security Service <bounce@ess.barracudanetworks.com>",
+        "Undelivered Mail: Your autumn letter",
+    )
     text = (
         f"Your message to {f.rcpt} could not be delivered.\n\n"
         f"The following is the error returned by the remote server:\n\n{f.line()}\n\n"
@@ -438,7 +483,9 @@ def barracuda_ess(f: F) -> str:
 
 
 def mimecast_html(f: F) -> str:
-    head = _head(f, f"Mimecast Postmaster <postmaster@{f.host}>", "Failed to deliver: Your autumn letter")
+    head = _head(
+        f, f"Mimecast Postmaster <postmaster@{f.host}>", "Failed to deliver: Your autumn letter"
+    )
     html = (
         "<html><head><style>td{padding:4px}</style></head><body>"
         "<table><tr><td><h2>Your message couldn't be delivered</h2></td></tr>"
@@ -446,7 +493,15 @@ def mimecast_html(f: F) -> str:
         f"<tr><td>The response from the remote server was:</td></tr><tr><td>{f.line()}</td></tr>"
         "</table></body></html>"
     )
-    return _multipart(f, head, [("Content-Type: text/html; charset=utf-8", html), ("Content-Type: message/rfc822", _copy(f))], "mixed")
+    return _multipart(
+        f,
+        head,
+        [
+            ("Content-Type: text/html; charset=utf-8", html),
+            ("Content-Type: message/rfc822", _copy(f)),
+        ],
+        "mixed",
+    )
 
 
 def protonmail(f: F) -> str:
@@ -475,13 +530,24 @@ def sendmail_warning(f: F) -> str:
         if reply.phase == "LOCAL":
             lines.append(f"<{rcpt}>... Deferred: {f.line(i)}")
         else:
-            lines += [f"... while talking to {f.remote}.:", f">>> {_cmd(reply, rcpt)}", f"<<< {f.line(i)}", f"<{rcpt}>... Deferred: {f.line(i)[4:]}"]
-    lines.append("Warning: message still undelivered after 4 hours\nWill keep trying until message is 5 days old")
-    return _report(f, head, "\n".join(lines) + "\n", _dsn(f), _copy(f, headers_only=True), headers=True)
+            lines += [
+                f"... while talking to {f.remote}.:",
+                f">>> {_cmd(reply, rcpt)}",
+                f"<<< {f.line(i)}",
+                f"<{rcpt}>... Deferred: {f.line(i)[4:]}",
+            ]
+    lines.append(
+        "Warning: message still undelivered after 4 hours\nWill keep trying until message is 5 days old"
+    )
+    return _report(
+        f, head, "\n".join(lines) + "\n", _dsn(f), _copy(f, headers_only=True), headers=True
+    )
 
 
 def postfix_delay(f: F) -> str:
-    head = _head(f, f"MAILER-DAEMON@{f.host} (Mail Delivery System)", "Delayed Mail (still being retried)")
+    head = _head(
+        f, f"MAILER-DAEMON@{f.host} (Mail Delivery System)", "Delayed Mail (still being retried)"
+    )
     lines = [
         f"This is the mail system at host {f.host}.\n",
         "####################################################################",
@@ -494,7 +560,9 @@ def postfix_delay(f: F) -> str:
         if reply.phase == "LOCAL":
             lines.append(f"<{rcpt}>: {f.line(i)}\n")
         else:
-            lines.append(f"<{rcpt}>: host {f.remote}[192.0.2.25] said: {f.line(i)} (in reply to {_cmd(reply, rcpt).split(':')[0]} command)\n")
+            lines.append(
+                f"<{rcpt}>: host {f.remote}[192.0.2.25] said: {f.line(i)} (in reply to {_cmd(reply, rcpt).split(':')[0]} command)\n"
+            )
     return _report(f, head, "\n".join(lines), _dsn(f), _copy(f, headers_only=True), headers=True)
 
 
@@ -514,8 +582,15 @@ def exim_old(f: F) -> str:
         if reply.phase == "LOCAL":
             lines.append(f"  {rcpt}\n    {f.line(i)}\n")
         else:
-            lines.append(f"  {rcpt}\n    SMTP error from remote mail server after {_cmd(reply, rcpt)}:\n    host {f.remote} [192.0.2.25]: {f.line(i)}\n")
-    return head + "\n".join(lines) + "\n------ This is a copy of the message's headers. ------\n\n" + _copy(f, headers_only=True)
+            lines.append(
+                f"  {rcpt}\n    SMTP error from remote mail server after {_cmd(reply, rcpt)}:\n    host {f.remote} [192.0.2.25]: {f.line(i)}\n"
+            )
+    return (
+        head
+        + "\n".join(lines)
+        + "\n------ This is a copy of the message's headers. ------\n\n"
+        + _copy(f, headers_only=True)
+    )
 
 
 # ------------------------------------------------------------ recipients hidden elsewhere
@@ -530,7 +605,16 @@ def quoted_original_to(f: F) -> str:
     """The recipient only in the returned copy's X-Original-To (the To is a list name)."""
     head = _head(f, f"Mail Delivery System <postmaster@{f.host}>", "Returned mail: delivery failed")
     text = f"Your message could not be delivered.\n\nThe server answered: {_anonymous(f)}\n\n--- Returned message headers ---\n\n"
-    return head + text + _copy(f, to="Autumn readers:;", extra=f"X-Original-To: {f.rcpt}\nDelivered-To: {f.rcpt}\n", headers_only=True)
+    return (
+        head
+        + text
+        + _copy(
+            f,
+            to="Autumn readers:;",
+            extra=f"X-Original-To: {f.rcpt}\nDelivered-To: {f.rcpt}\n",
+            headers_only=True,
+        )
+    )
 
 
 def verp_return_path(f: F) -> str:
@@ -544,7 +628,10 @@ def verp_return_path(f: F) -> str:
         head,
         [
             ("Content-Type: text/plain; charset=us-ascii", text),
-            ("Content-Type: text/rfc822-headers", _copy(f, to="undisclosed-recipients:;", return_path=verp, headers_only=True)),
+            (
+                "Content-Type: text/rfc822-headers",
+                _copy(f, to="undisclosed-recipients:;", return_path=verp, headers_only=True),
+            ),
         ],
         "mixed",
     )
@@ -577,7 +664,9 @@ MULTI = frozenset({"exchange2010", "icloud", "gmx", "orange_fr", "libero_it", "t
                    "rambler_ru", "communigate", "smartermail", "exim_old", "failed_header_multi",
                    "sendmail_warning", "postfix_delay"})  # fmt: skip
 # A delay warning names a cause only for these; other temporary replies say just "later".
-_DELAY_REASONS = frozenset({"mailboxfull", "systemfull", "ratelimited", "networkerror", "badreputation", "requireptr"})
+_DELAY_REASONS = frozenset(
+    {"mailboxfull", "systemfull", "ratelimited", "networkerror", "badreputation", "requireptr"}
+)
 _DOMAINS = ("post.example", "mailhost.example", "inbox.example", "web.example", "cloud.example")
 _NAMES = ("ingrid", "tomas", "yuki", "fatima", "diego", "olga", "wei", "amelie", "kofi", "sanna")
 _SURNAMES = ("lind", "kowalski", "tanaka", "mensah", "ferreira", "ivanova", "zhang", "moreau")

@@ -217,7 +217,9 @@ def _build() -> tuple[FreshReply, ...]:
         index = counters.get(reason, 0)
         counters[reason] = index + 1
         hidden = rest[0] if rest else ""
-        out.append(FreshReply(f"f2-{reason}-{index}", reason, phase, int(code), status, text, hidden))
+        out.append(
+            FreshReply(f"f2-{reason}-{index}", reason, phase, int(code), status, text, hidden)
+        )
     return tuple(out)
 
 

@@ -21,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import build  # noqa: E402
-from cases import Label, read_labels, write_labels  # noqa: E402
+from cases import Label, read_labels  # noqa: E402
 
 CACHE = Path(os.environ.get("RAYMAIL_CORPUS_CACHE", Path.home() / ".cache" / "raymail-corpus"))
 SPLITS = ("tuned", "heldout", "heldout2")
