@@ -24,6 +24,7 @@ from raymail.returns.autoreply import detect_autoreply, detect_challenge
 from raymail.returns.commands import MAIL, smtp_command
 from raymail.returns.dsn import RecipientReport, find_addresses, inline_fields, reports_from_fields
 from raymail.returns.freetext import TextBounce, TextFailure, is_bounce, scan_text_bounce
+from raymail.returns.hidden import hidden_recipients
 from raymail.returns.parse import ParsedMessage, header_text, parse_message
 from raymail.returns.replies import detect_remove_request, is_reply
 from raymail.returns.sources import iter_messages
@@ -209,15 +210,6 @@ def _exclusions(parsed: ParsedMessage) -> tuple[set[str], set[str]]:
     return hard, soft - hard
 
 
-def _original_to(parsed: ParsedMessage, exclude: set[str]) -> list[str]:
-    """The returned copy's single To address: in bulk mail, the recipient."""
-    for headers in parsed.original_headers:
-        found = [a for a in _addresses(header_text(headers, "To")) if a not in exclude]
-        if len(found) == 1:
-            return found
-    return []
-
-
 def _command(diagnostic: str, fallback_text: str, single: bool, senders: set[str]) -> str | None:
     """The SMTP command the failure answered, from the recipient's own text first.
 
@@ -389,9 +381,9 @@ def _from_text(ctx: _Context, bounce: TextBounce) -> Classification:
         recipients = [ctx.verp_recipient, *[r for r in recipients if r != ctx.verp_recipient]]
         why += "; recipient from VERP"
     if not recipients:
-        recipients = _original_to(parsed, ctx.exclude)
+        recipients, where = hidden_recipients(parsed, ctx.exclude)
         if recipients:
-            why += "; recipient from returned copy"
+            why += f"; recipient from {where}"
     if verdicts:
         primary = verdicts[0]
     else:

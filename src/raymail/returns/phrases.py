@@ -30,11 +30,32 @@ _STRONG_TEXT: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
     # Greylisting is a deferral by design, whatever else the reply says ("recipient address
     # rejected: greylisted"): returned, it means the queue lifetime ran out.
     ("expired", _rx(r"gr[ae]y-?list", r"postgrey")),
+    # An authoritative "no such domain" outranks every other DNS wording: hostunknown is
+    # the recipient's domain part not existing (NXDOMAIN, MX records naming no host).
+    (
+        "hostunknown",
+        _rx(
+            r"\bnxdomain\b",
+            r"mx records? .{0,40}point(?:s)? to .{0,30}(?:non-?existent|(?:do|does) not exist)",
+            r"no (?:a or mx|mx or a|mx or aaaa) records?",
+            r"non-?existent (?:domain|mail domain)",
+        ),
+    ),
     # A DNS lookup that failed temporarily is Sisimai's networkerror, not hostunknown: the
     # domain may well exist ("host not found, try again" is the resolver's TRY_AGAIN).
+    # Routing failures below the queue (no route, unreachable network) are network problems
+    # whether or not the message was retried: networkerror, not expired.
     (
         "networkerror",
         _rx(
+            r"\bservfail\b",
+            r"dns .{0,40}(?:timed out|timeout|temporar)",
+            r"temporary dns",
+            r"resolver (?:timeout|timed out|failure|error)",
+            r"no route to host",
+            r"network (?:is )?unreachable",
+            r"suspected (?:mail )?loop|possible (?:mail )?loop|\bloop detected",
+            r"too many .{0,3}received.{0,3} header",
             r"host not found, try again",
             r"temporary failure in name resolution",
             r"unable to look up host",
@@ -54,6 +75,12 @@ _STRONG_TEXT: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
             r"only (?:accepting|accepts|accept) (?:mail|messages|e-?mail) from",
             r"(?:user|recipient) has (?:set|created) a (?:mail )?filter",
             r"(?:recipient|user|addressee) has blocked",
+            # Refusing mail *from this sender* is the recipient's choice (filtered); a host
+            # that takes no mail at all is notaccept.
+            r"(?:does not|doesn't|will not|won't|do not) accept (?:e-?mails?|mails?|messages?) "
+            r"from (?:this|the|your|you)",
+            r"recipient'?s? (?:mailbox |mail )?rules?",
+            r"受信拒否",
             r"(?:refused|rejected) due to (?:the )?recipient(?:'s)? preferences?",
             r"(?:recipient|user)'s (?:mail )?filter",
             r"user reject",
@@ -69,6 +96,20 @@ _STRONG_TEXT: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
             r"sender (?:verify|verification|address verification) (?:failed|failure)",
             r"\bsender rejected",
             r"envelope (?:sender|from) .{0,30}(?:not allowed|rejected|invalid|denied)",
+            # Our envelope address named as the thing refused (not our IP or host: those
+            # are blocked, below; "sender ip" and "sender reputation" are excluded here).
+            r"\bsender(?=[ ']|$)(?! ?(?:ip|host|server|mta|network|reputation|score|policy))"
+            r"(?:'s)?(?: e-?mail)?(?: address| domain)?\b.{0,40}"
+            r"(?:not accepted|not allowed|refused|rejected|denied|black ?list|block ?list"
+            r"|deny ?list|is unknown|unknown|invalid|not valid)",
+            r"mail from address .{0,80}(?:black|block|deny) ?list",
+            r"(?:envelope|return)[ -]path .{0,60}(?:rejected|refused|invalid|not accepted)",
+            r"absender(?:adresse|domain)?\b.{0,40}(?:unbekannt|abgelehnt|unzul[äa]ssig|ung[üu]ltig"
+            r"|gesperrt|existiert nicht)",
+            r"exp[ée]diteur.{0,30}(?:refus|rejet|inconnu|invalide|interdit)",
+            r"remitente.{0,30}(?:rechazad|desconocid|inv[áa]lid|no v[áa]lid|no permitid)",
+            r"remetente.{0,30}(?:rejeitad|recusad|desconhecid|inv[áa]lid)",
+            r"отправител[ья].{0,30}(?:отклон|запрещ|неизвест|не существ)",
         ),
     ),
     # Narrow phrases that would otherwise be taken for a broader class below.
@@ -122,9 +163,50 @@ _STRONG_TEXT: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
             r"\bdomain ?keys\b",
         ),
     ),
+    # Credentials and send-as permissions (Sisimai: securityerror), before the broad user
+    # and block words ("invalid user name or password" is not an unknown user).
+    (
+        "securityerror",
+        _rx(
+            r"(?:permission|permissions|not permitted|not allowed|not authori[sz]ed) to send as",
+            r"send ?as (?:denied|permission)",
+            r"authentication (?:unsuccessful|failed|failure|required|is required)",
+            r"authentication credentials",
+            r"invalid (?:user ?name|login|credentials)(?: or password)?",
+            r"client (?:was |is )?not authenticated",
+            r"must (?:authenticate|be authenticated)",
+        ),
+    ),
+    # A policy the *message* breaks (its attachments, content, the receiver's mail or
+    # security policy) is policyviolation, before the block words it often carries
+    # ("attachments ... are blocked by company policy"). A policy about the connecting
+    # client ("connection ... refused by policy") is a block of our host: next group.
+    (
+        "policyviolation",
+        _rx(
+            r"(?:attachment|file (?:type|extension)|file|extension)s?\b.{0,50}"
+            r"(?:not (?:allowed|permitted)|forbidden|prohibited|blocked|banned|polic)",
+            r"(?:forbidden|prohibited|banned|blocked|dangerous|illegal|disallowed) "
+            r"(?:file|attachment|extension|content)",
+            r"(?:security|content|mail|e-?mail|company|corporate|organi[sz]ation'?s?|"
+            r"data loss prevention|dlp|acceptable use|usage) (?:e-?mail |mail )?polic(?:y|ies)",
+            r"polic(?:y|ies) violation",
+            r"violat(?:es|ed|ion of|ing) .{0,40}(?:polic|richtlinie|politique|pol[íi]tica)",
+            r"content .{0,30}not (?:permitted|allowed)",
+            r"verst[öo](?:ß|ss)t gegen|richtlinie",
+            r"enfreint|politique de s[ée]curit[ée]",
+        ),
+    ),
     (
         "blocked",
         _rx(
+            r"connection (?:from|of) .{0,40}(?:rejected|refused|denied|blocked|not accepted)",
+            r"(?:client|sending|your) (?:ip|host|server)(?: address)? .{0,40}"
+            r"(?:on|in) (?:our|the|a) .{0,20}(?:deny|block|black) ?list",
+            r"liste noire|sperrliste|lista negra|lista nera|черн(?:ый|ом) списк",
+            r"ip-adresse .{0,30}(?:abgelehnt|gesperrt|blockiert)",
+            r"adresse ip .{0,30}(?:bloqu|refus|rejet)",
+            r"ip-адрес .{0,30}(?:заблокирован|отклон)",
             r"spamhaus",
             r"spamcop",
             r"barracuda(?:central)?",
@@ -205,6 +287,8 @@ _STRONG_TEXT: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
             r"(?:multiple|duplicate|more than one) (?:from|to|subject|date|message-id|sender)"
             r"(?: header)?",
             r"header (?:is )?(?:missing|required)",
+            r"missing (?:the |a )?(?:mandatory |required |valid )*[\w-]+ header",
+            r"(?:duplicate|multiple|repeated) [\w-]+ header",
             r"missing (?:required )?(?:header|date|from|message-id)",
             r"missing (?:a )?(?:valid )?(?:required )?(?:message-id|date|from|header)",
             r"bare (?:lf|line ?feed|cr)",
@@ -290,6 +374,18 @@ _STRONG_TEXT: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
             r"mailbox (?:size )?limit",
             r"would exceed .{0,20}(?:mailbox|quota|storage)",
             r"mailbox .{0,20}(?:exceeded|exceeds) .{0,20}(?:size|limit)",
+            r"(?:no|not enough|insufficient|out of) (?:storage |disk |free )?(?:space|storage)\b"
+            r".{0,40}(?:mailbox|inbox|user|account|recipient)",
+            r"(?:mailbox|inbox)\b.{0,40}(?:full|exceeded|over ?quota|allotted space|size limit"
+            r"|storage limit|out of (?:storage|space)|saturated)",
+            r"(?:reached|exceeded|over) (?:its|the|their|his|her) (?:size|storage) "
+            r"(?:limit|allocation)",
+            r"storage allocation exceeded",
+            r"ящик.{0,30}(?:полон|переполнен)",
+            r"(?:邮箱|信箱).{0,6}(?:已满|满了|空间不足|容量不足)",
+            r"メールボックス.{0,10}(?:いっぱい|容量|満杯)|容量を超え|容量オーバー",
+            r"casilla.{0,40}llena",
+            r"(?:bo[iî]te|messagerie).{0,40}satur[ée]e?",
             r"postfach (?:ist )?voll",
             r"bo[iî]te (?:aux lettres|de r[ée]ception|mail).{0,40}pleine",
             r"buz[oó]n.{0,40}(?:lleno|excede)",
@@ -339,7 +435,11 @@ _STRONG_TEXT: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
             r"no such (?:domain|host)",
             r"name service error",
             r"unrout(?:e)?able (?:mail )?domain",
-            r"\bunrout(?:e)?able address",
+            r"\bdomain\b(?! part)[^,;.]{0,60}(?:does not|doesn't|did not) exist",
+            r"domain .{0,60}(?:could not|couldn't|cannot) be found",
+            r"domaine .{0,60}(?:n'existe pas|inexistant|introuvable)",
+            r"dominio .{0,60}(?:no existe|inexistente)|dom[íi]nio .{0,60}n[ãa]o existe",
+            r"domain .{0,60}existiert nicht|домен .{0,40}не существует",
             r"no (?:valid )?mx (?:record|host|or a)",
             r"mx .{0,30}(?:non-?existent|does not exist|not found)",
             r"(?:invalid|bad|unknown) (?:recipient )?domain",
@@ -384,6 +484,17 @@ _STRONG_TEXT: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
             r"(?:mailbox|user) unavailable",
             r"undeliverable address",
             r"(?:is not|isn't) a (?:known|valid) (?:user|recipient|mailbox)",
+            r"\bunrout(?:e)?able address",
+            r"no mailbox by that name",
+            r"(?:адресат|пользовател[ья]|получател[ья]) .{0,20}(?:не существует|не найден|нет)",
+            r"такого (?:пользователя|адресата|ящика) нет",
+            r"destinat[aá]rio (?:inv[aá]lido|inexistente)",
+            r"endere[çc]o .{0,40}n[ãa]o (?:existe|encontrado|foi encontrado)",
+            r"dirección .{0,60}no (?:existe|está registrada)",
+            r"indirizzo .{0,60}(?:inesistente|non esiste)",
+            r"ist hier nicht bekannt|nicht bekannt",
+            r"n'est pas attribu[ée]e",
+            r"用户不存在|帐号不存在|账号不存在|收件人不存在|ユーザーが存在しません|アドレスは存在しません",
             r"addressee unknown",
             r"unbekannt(?:er)? (?:empf[aä]nger|benutzer|user)",
             r"(?:empf[aä]nger|benutzer|adresse).{0,30}(?:unbekannt|existiert nicht)",
@@ -418,9 +529,12 @@ _STRONG_TEXT: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
         "systemfull",
         _rx(
             r"insufficient (?:system )?(?:storage|disk|space)",
-            r"(?:disk|file ?system|spool|queue|system) (?:is )?full",
+            r"(?:disk|file ?system|spool|queue|system)(?: directory)? (?:is )?full",
             r"no space left",
             r"out of (?:disk|storage|space)",
+            r"(?:server|system|disk) storage",
+            r"storage (?:is )?exhausted|disk space",
+            r"(?:server|file system|disk) .{0,20}out of space",
         ),
     ),
     (
@@ -451,12 +565,17 @@ _STRONG_TEXT: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
         _rx(
             r"(?:delivery|retry) time(?:out)? (?:has )?(?:expired|exceeded|reached)",
             r"retry timeout exceeded",
+            r"(?:gave|giving|given) up after|[-;] giving up\b",
+            r"(?:retry|retries|queue) (?:period|time|lifetime) (?:exceeded|expired|reached)",
+            r"not (?:deliverable|delivered) within \d",
+            r"failing for a long time|long failure period|retry time not reached",
+            r"after (?:multiple|several|many|repeated) (?:retries|attempts|failures)",
             r"(?:message|mail) (?:has )?(?:expired|timed out)",
             r"(?:queue|queued|in queue) (?:for )?too long",
             r"(?:could not|couldn't|was not|wasn't|has not been|cannot) (?:be )?delivered "
             r"(?:with)?in \d",
             r"undeliver(?:able|ed) (?:for|after) (?:more than )?\d",
-            r"(?:after|for) (?:more than )?\d+ (?:hours|days|seconds|minutes)",
+            r"(?:after|for|over) (?:more than )?\d+ (?:hours|days|seconds|minutes)",
             r"time(?:d)? ?out .{0,30}(?:deliver|queue)",
             r"maximum (?:time|delivery time|retry)",
             r"\bexpired\b",
@@ -515,7 +634,7 @@ _STRONG_TEXT: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
             r"must (?:authenticate|be authenticated)",
             r"\bnot authenticated\b",
             r"auth(?:entication)? (?:needed|credentials)",
-            r"\bsecurity\b",
+            r"security (?:check|violation|error|failure)",
             r"certificate",
         ),
     ),
@@ -547,7 +666,8 @@ _STRONG_TEXT: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
             r"system (?:error|failure|problem)",
             r"internal (?:server )?error",
             r"local error",
-            r"server (?:error|failure|busy)",
+            r"server (?:error|failure)",
+            r"internal (?:\w+ )?error",
             r"(?:configuration|config) (?:error|problem)",
             r"\bi/o error\b",
             r"mail transport unavailable",
@@ -571,6 +691,7 @@ _STRONG_TEXT: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
             r"resources? (?:temporarily )?unavailable",
             r"(?:service|system) (?:is )?(?:currently )?(?:not )?(?:available|unavailable)",
             r"(?:please )?try (?:again )?later",
+            r"(?:server|system) (?:is )?(?:too )?busy",
             r"closing (?:transmission )?channel",
         ),
     ),

@@ -52,9 +52,24 @@ def build_fresh(out: Path, seed: int = 2) -> list[Label]:
     return labels
 
 
+def build_extra(out: Path) -> list[Label]:
+    import tuned_extra
+
+    labels = tuned_extra.render_extra(out / "extra") + tuned_extra.render_hidden(out / "extra")
+    write_labels(out / "extra", labels)
+    return labels
+
+
 def written_stamp() -> int:
     """Changes whenever a written part's source changes (the cache is then rendered again)."""
-    names = ("formats.py", "replies.py", "fresh_formats.py", "fresh_replies.py", "cases.py")
+    names = (
+        "formats.py",
+        "replies.py",
+        "fresh_formats.py",
+        "fresh_replies.py",
+        "cases.py",
+        "tuned_extra.py",
+    )
     return sum((HERE / name).stat().st_mtime_ns for name in names) % 10**12
 
 
@@ -92,6 +107,7 @@ def main() -> None:
         labels += build_written(args.out, args.seed)
     if args.fresh:
         labels += build_fresh(args.out)
+        labels += build_extra(args.out)
     if not labels:
         for folder in sorted(p for p in args.out.iterdir() if (p / "labels.jsonl").exists()):
             labels += read_labels(folder)
