@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -61,19 +60,12 @@ def classify(
     ] = False,
 ) -> None:
     """Print one JSON object per message (JSON Lines): category, reason, recipients, ..."""
-    from raymail.returns import iter_classified  # lazy: keeps --help fast
+    from raymail.cli.fast import write_verdicts  # lazy: keeps --help fast
 
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise ReturnsError(f"no such file or directory: {', '.join(missing)}")
-    out = sys.stdout
-    for verdict in iter_classified(paths):
-        row = verdict.as_dict()
-        if not details:
-            row.pop("per_recipient", None)
-            row.pop("notes", None)
-        out.write(json.dumps(row, ensure_ascii=False) + "\n")
-    out.flush()
+    write_verdicts(paths, details, sys.stdout)
 
 
 @returns_app.command("serve")

@@ -8,7 +8,6 @@ file never stops a run (the classifier reports it as ``unknown``, "empty message
 
 from __future__ import annotations
 
-import mailbox
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -49,6 +48,8 @@ def _read(path: Path) -> bytes:
 
 def _maildir(path: Path) -> Iterator[tuple[str, bytes]]:
     """Messages of a Maildir in key order."""
+    import mailbox  # only for mailboxes: it pulls in socket, selectors, ...
+
     box = mailbox.Maildir(str(path), factory=None, create=False)
     for key in sorted(box.iterkeys()):
         try:
@@ -60,6 +61,8 @@ def _maildir(path: Path) -> Iterator[tuple[str, bytes]]:
 
 def _mbox(path: Path) -> Iterator[tuple[str, bytes]]:
     """Messages of an mbox file; the whole file as one message if unreadable."""
+    import mailbox
+
     try:
         box = mailbox.mbox(str(path), factory=None, create=False)
         keys = list(box.iterkeys())
