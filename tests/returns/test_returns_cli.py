@@ -79,3 +79,32 @@ def test_classify_paths_empty() -> None:
     frame = classify_paths([])
     assert frame.height == 0
     assert set(frame.columns) >= COLUMNS
+
+
+def test_cli_classify_loads_no_cli_framework(tmp_path: Path) -> None:
+    """`raymail returns classify` skips typer, rich, pydantic, pyarrow and polars (start-up)."""
+    import subprocess
+    import sys
+
+    shutil.copy(DATA / "dsn_postfix_userunknown.eml", tmp_path / "a.eml")
+    probe = (
+        "import sys\nfrom raymail.cli import main\n"
+        f"sys.argv = ['raymail', 'returns', 'classify', {str(tmp_path)!r}]\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'typer', 'rich', 'pydantic', 'pyarrow', 'polars', 'click'})\n"
+        "print(code, heavy, file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stderr.strip().splitlines()[-1] == "0 []", done.stderr
+    row = json.loads(done.stdout.splitlines()[0])
+    assert row["reason"] == "userunknown" and row["recipients"]
+    missing = subprocess.run(
+        [sys.executable, "-m", "raymail.cli", "returns", "classify", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert missing.returncode == 2 and "no such file or directory" in missing.stderr

@@ -1,8 +1,10 @@
 """The generated corpus (tests/returns/corpus): real Postfix/Exim bounces and written formats.
 
 Scored per split: "tuned" is what the rules were developed on, "heldout" are formats and
-reply phrasings never tuned on. The floors below are behaviour, checked on both splits
-(the held-out ones lower: they measure generalisation, and were never tuned to pass).
+reply phrasings never tuned on, "heldout2" (fresh_formats.py) layouts and phrasings written
+after held-out 1 had been looked at, scored once as a baseline before any rule change and
+never tuned on. The floors below are behaviour, checked on every split (the held-out ones
+lower: they measure generalisation). A floor may rise, never fall.
 Also: ``reclassify`` on an archive whose events the previous classifier wrote reports
 exactly the verdicts this one changed.
 """
@@ -33,8 +35,9 @@ import build
 import score
 
 FLOORS = {  # split: (recipients found, reason agreement, category agreement)
-    "tuned": (0.99, 0.95, 0.98),
-    "heldout": (0.95, 0.85, 0.88),
+    "tuned": (0.995, 0.98, 0.99),
+    "heldout": (0.99, 0.93, 0.95),
+    "heldout2": (0.99, 0.92, 0.95),  # baseline before the rules were revised: 0.93/0.72/0.80
 }
 
 
@@ -55,13 +58,14 @@ def test_corpus_size_formats_and_labels(cases: list[score.Case]) -> None:
     sources = collections.Counter(c.label.source for c in cases)
     assert sources["postfix"] >= 150 and sources["exim"] >= 150
     splits = collections.Counter(c.label.split for c in cases)
-    assert splits["heldout"] >= 300 and splits["tuned"] >= 300
+    assert splits["heldout"] >= 300 and splits["tuned"] >= 300 and splits["heldout2"] >= 500
+    assert len({c.label.format for c in cases if c.label.split == "heldout2"}) >= 25
     for case in cases:
         assert case.label.reason in REASON_CATEGORY, case.label
         assert case.label.recipients, case.label
 
 
-@pytest.mark.parametrize("split", ["tuned", "heldout"])
+@pytest.mark.parametrize("split", score.SPLITS)
 def test_split_floors(cases: list[score.Case], split: str) -> None:
     chosen = [c for c in cases if c.label.split == split]
     figures = score.score(chosen, [_verdict(c.raw) for c in chosen])

@@ -131,3 +131,18 @@ def test_taxonomy_is_closed() -> None:
     assert set(REASON_CATEGORY.values()) <= set(CATEGORIES)
     assert category_of("no-such-reason") == "unknown"
     assert len(CATEGORIES) == 12
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        ("bounces+anna.berg=example.com@raymail.test", "anna.berg@example.com"),
+        ("news-mary-ann=mail.example.org@bounces.example", "mary-ann@mail.example.org"),
+        ("news@raymail.test", None),
+        ("bounces+token123@raymail.test", None),
+    ],
+)
+def test_generic_verp_paths(address: str, expected: str | None) -> None:
+    from raymail.returns.hidden import verp_recipient
+
+    assert verp_recipient(address) == expected

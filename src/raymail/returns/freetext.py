@@ -174,7 +174,7 @@ _SENTENCE_RES: Final = (
         rf"(?:failed|delivery failure|undeliverable|not delivered|rejected|unknown|deliver(?:y)? "
         rf"to|recipient|user|address(?:ee)?|mailbox|destinatario|empf[aä]nger|destinataire"
         rf"|destinat[aá]rio|получатель|адресат|收件人|宛先|あて先|受信者|odbiorca|ontvanger)"
-        rf"[ \t]*(?:address)?[ \t]*[:=：][ \t]*[\"'<(]?({_ADDR})[\"'>)]?(.*)$",
+        rf"[ \t]*(?:address)?[ \t]*[:=\uff1a][ \t]*[\"'<(]?({_ADDR})[\"'>)]?(.*)$",
         re.I,
     ),
     re.compile(

@@ -123,9 +123,9 @@ def render_extra(out: Path, seed: int = 3, per_reply: int = 6) -> list[Label]:
             file = f"{name}-x{serial:05d}.eml"
             (out / file).write_bytes(formats.FORMATS[name](b).encode("utf-8"))
             reason = reply.reason
-            if reply.phase in {"MAIL", "DATA"} and name not in formats.SHOWS_PHASE:
-                if reply.text in {"Command rejected", "Not acceptable"}:
-                    continue  # without the phase nothing says what these mean
+            hidden_phase = reply.phase in {"MAIL", "DATA"} and name not in formats.SHOWS_PHASE
+            if hidden_phase and reply.text in {"Command rejected", "Not acceptable"}:
+                continue  # without the phase nothing says what these mean
             labels.append(
                 Label(
                     file=f"{out.name}/{file}",
