@@ -25,35 +25,19 @@ from email.header import Header
 from pathlib import Path
 
 from cases import Label, category_for
+from formats import B
 from fresh_replies import FRESH_REPLIES, FreshReply, fresh_text
 
 SPLIT = "heldout2"
 
 
 @dataclass
-class F:
-    """One bounce to render."""
-
-    rcpts: list[tuple[str, FreshReply]]
-    sender: str
-    host: str  # the reporting host
-    remote: str  # the receiving server that answered
-    date: str
-    msgid: str
-    rng: random.Random
-    delayed: bool = False
-
-    @property
-    def rcpt(self) -> str:
-        return self.rcpts[0][0]
-
-    @property
-    def reply(self) -> FreshReply:
-        return self.rcpts[0][1]
+class F(B):
+    """One bounce to render (formats.B's fields; replies from the fresh bank)."""
 
     def line(self, i: int = 0) -> str:
         rcpt, reply = self.rcpts[i]
-        return fresh_text(reply, rcpt, self.sender, self.remote)
+        return fresh_text(reply, rcpt, self.sender, self.remote)  # type: ignore[arg-type]
 
     def status(self, i: int = 0) -> str:
         reply = self.rcpts[i][1]
@@ -136,6 +120,16 @@ def _report(
     return _multipart(f, head, parts, subtype)
 
 
+def _dsn_report(f: F, head: str, first: tuple[str, str], dsn: str) -> str:
+    """A multipart/report: the given human part, the DSN, the returned message."""
+    parts = [
+        first,
+        ("Content-Type: message/delivery-status", dsn),
+        ("Content-Type: message/rfc822", _copy(f)),
+    ]
+    return _multipart(f, head, parts, "report; report-type=delivery-status")
+
+
 def _encoded(text: str, charset: str, cte: str) -> tuple[str, str]:
     """(Content-Type/CTE header lines, body) of ``text`` in ``charset``."""
     try:
@@ -188,15 +182,8 @@ def exchange2010(f: F) -> str:
     for i, (rcpt, _) in enumerate(f.rcpts):
         lines += [rcpt, f"#< #{f.status(i)} smtp;{f.line(i)}> #SMTP#", ""]
     lines += ["Original message headers:", "", _copy(f, headers_only=True)]
-    return _multipart(
-        f,
-        head,
-        [
-            ("Content-Type: text/plain; charset=us-ascii", "\n".join(lines)),
-            ("Content-Type: message/delivery-status", _dsn(f)),
-            ("Content-Type: message/rfc822", _copy(f)),
-        ],
-        "report; report-type=delivery-status",
+    return _dsn_report(
+        f, head, ("Content-Type: text/plain; charset=us-ascii", "\n".join(lines)), _dsn(f)
     )
 
 
@@ -225,16 +212,7 @@ def m365_2023(f: F) -> str:
         [("Content-Type: text/html; charset=utf-8", html)],
         "alternative",
     ).split("\n\n", 1)
-    return _multipart(
-        f,
-        head,
-        [
-            (alt[0].strip(), alt[1]),
-            ("Content-Type: message/delivery-status", _dsn(f, original=False)),
-            ("Content-Type: message/rfc822", _copy(f)),
-        ],
-        "report; report-type=delivery-status",
-    )
+    return _dsn_report(f, head, (alt[0].strip(), alt[1]), _dsn(f, original=False))
 
 
 def google_workspace(f: F) -> str:
@@ -258,15 +236,11 @@ def google_workspace(f: F) -> str:
         f"--{alt_boundary}\nContent-Type: text/plain; charset=UTF-8\n\n{text}\n"
         f"--{alt_boundary}\nContent-Type: text/html; charset=UTF-8\n\n{html}\n--{alt_boundary}--"
     )
-    return _multipart(
+    return _dsn_report(
         f,
         head,
-        [
-            (f'Content-Type: multipart/alternative; boundary="{alt_boundary}"', alt),
-            ("Content-Type: message/delivery-status", _dsn(f, mta="mx.google.com")),
-            ("Content-Type: message/rfc822", _copy(f)),
-        ],
-        "report; report-type=delivery-status",
+        (f'Content-Type: multipart/alternative; boundary="{alt_boundary}"', alt),
+        _dsn(f, mta="mx.google.com"),
     )
 
 
