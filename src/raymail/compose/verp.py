@@ -9,6 +9,10 @@ that change the case of local parts, and needs no escaping in a URL::
     bytes 5-12   recipient tag: keyed hash of the lower-cased address (zero: campaign only)
     bytes 13-18  MAC over bytes 0-12
 
+Click tokens (:meth:`TokenSigner.link_token`) carry two more bytes before the MAC, the
+link's index in the campaign's link table (42 hex characters), or, for a target rendered
+per recipient, the index 0xFFFF and the URL after a dot (URL-safe base64, inside the MAC).
+
 The address itself is not in the token: a reversible encoding does not fit 64 characters
 for long addresses, and two schemes (reversible when short, hashed when long) would mean
 two code paths for every consumer. The C servers (returns processing) resolve a recipient
