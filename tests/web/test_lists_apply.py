@@ -137,8 +137,17 @@ def test_lists_cli_show_history_and_bad_version(tmp_path: Path) -> None:
     assert shown.exit_code == 0 and json.loads(shown.output)["members"][0]["email"] == "a@x.test"
     every = runner.invoke(cli_app, ["lists", "show", "--home", str(tmp_path)])
     assert "news: 1 members, 1 versions" in every.output
+    table = tmp_path / "recipients.parquet"
+    store.upsert("news", [Member("b@x.test", "subscribed", {"name": "B"}, datetime.now(UTC), "c2")])
+    store.upsert("news", [Member("a@x.test", "unsubscribed", {}, datetime.now(UTC), "c3")])
+    written = runner.invoke(
+        cli_app, ["lists", "show", "news", "--home", str(tmp_path), "--to", str(table)]
+    )
+    assert written.exit_code == 0, written.output
+    assert pq.read_table(table).to_pylist() == [{"email": "b@x.test", "name": "B"}]
     history = runner.invoke(cli_app, ["lists", "history", "news", "--home", str(tmp_path)])
     assert history.exit_code == 0 and history.output.startswith("v1 ")
+    assert len(history.output.splitlines()) == 3
     missing = runner.invoke(
         cli_app, ["lists", "show", "news", "--version", "7", "--home", str(tmp_path)]
     )

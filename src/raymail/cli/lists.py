@@ -47,7 +47,8 @@ def show(
     list_id: Annotated[str | None, typer.Argument(help="List id; without it, every list.")] = None,
     version: Annotated[int | None, typer.Option(help="A version (default: latest).")] = None,
     to: Annotated[
-        Path | None, typer.Option("--to", help="Write the members as Parquet here.")
+        Path | None,
+        typer.Option("--to", help="Write the subscribed members as a recipient table (Parquet)."),
     ] = None,
     home: HomeOption = None,
     spec: OptionalSpec = None,
@@ -72,10 +73,12 @@ def show(
                     f"{row['list']}: {row['members']} members, {row['versions']} versions"
                 )
         return
-    table = store.read(list_id, version)
+    members = store.read(list_id, version).to_pylist()
     if to is not None:
-        pq.write_table(table, to)
-    members = table.to_pylist()
+        recipients = store.recipients(list_id, version)
+        pq.write_table(recipients, to)
+        console.print(f"{recipients.num_rows} subscribed members written to {to}")
+        return
     if json_output:
         print_json({"list": list_id, "members": members})
         return

@@ -10,7 +10,8 @@ A version is written only when an apply changes something, so applying the same 
 again (after a crash between the write and the log offset's save) makes no new version:
 :meth:`ListStore.upsert` compares by address and content first. Readers take the highest
 version and never see a half-written one; writers take turns through ``<list>/.lock``.
-A campaign reads a version as its recipient table (``raymail lists show ID --to FILE``).
+A campaign reads a version as its recipient table: ``raymail lists show ID --to FILE``
+writes the subscribed members with their merge fields as columns (:meth:`recipients`).
 """
 
 from __future__ import annotations
@@ -105,6 +106,17 @@ class ListStore:
         if version is None:
             return LIST_SCHEMA.empty_table()
         return pq.read_table(self.folder(list_id) / f"v{version:06d}.parquet", schema=LIST_SCHEMA)
+
+    def recipients(self, list_id: str, version: int | None = None) -> pa.Table:
+        """The subscribed members as a campaign's recipient table: email plus one column
+        per merge field (empty where a member has none)."""
+        rows = [r for r in self.read(list_id, version).to_pylist() if r["status"] == "subscribed"]
+        fields = [json.loads(r["fields"]) for r in rows]
+        names = sorted({k for f in fields for k in f} - {"email"})
+        columns: dict[str, list[str]] = {"email": [r["email"] for r in rows]}
+        for name in names:
+            columns[name] = [str(f.get(name, "")) for f in fields]
+        return pa.table(columns, schema=pa.schema([(n, pa.string()) for n in columns]))
 
     def history(self, list_id: str) -> list[ListVersion]:
         path = self.folder(list_id) / "history.jsonl"
