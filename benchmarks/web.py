@@ -91,37 +91,39 @@ async def _connection(
     deadline: float,
     out: dict[str, Any],
 ) -> None:
-    """One keep-alive connection sending requests until the deadline (bounded by time)."""
-    try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        out["errors"] += 1
-        return
-    n = 0
-    try:
-        while time.monotonic() < deadline:
-            path, _ = requests[(out["next"]) % len(requests)]
-            out["next"] += 1
-            agent = f"{tag}-{out['next']}"
-            body = ONE_CLICK if method == "POST" else b""
-            head = (
-                f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: {agent}\r\n"
-                + ("Content-Type: application/x-www-form-urlencoded\r\n" if body else "")
-                + f"Content-Length: {len(body)}\r\n\r\n"
-            )
-            started = time.perf_counter()
-            writer.write(head.encode() + body)
-            status = await asyncio.wait_for(_response(reader), 30)
-            out["latency"].append(time.perf_counter() - started)
-            if status == 200:
-                out["acked"].append(agent)
-            else:
-                out["errors"] += 1
-            n += 1
-    except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
-        out["errors"] += 1
-    finally:
-        writer.close()
+    """Keep-alive requests until the deadline (bounded by time); a connection that fails
+    (the server closed it, or died) counts one error and is opened again after 50 ms."""
+    while time.monotonic() < deadline:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            out["errors"] += 1
+            await asyncio.sleep(0.05)
+            continue
+        try:
+            while time.monotonic() < deadline:
+                path, _ = requests[out["next"] % len(requests)]
+                out["next"] += 1
+                agent = f"{tag}-{out['next']}"
+                body = ONE_CLICK if method == "POST" else b""
+                head = (
+                    f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: {agent}\r\n"
+                    + ("Content-Type: application/x-www-form-urlencoded\r\n" if body else "")
+                    + f"Content-Length: {len(body)}\r\n\r\n"
+                )
+                started = time.perf_counter()
+                writer.write(head.encode() + body)
+                status = await asyncio.wait_for(_response(reader), 30)
+                out["latency"].append(time.perf_counter() - started)
+                if status == 200:
+                    out["acked"].append(agent)
+                else:
+                    out["errors"] += 1
+        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
+            out["errors"] += 1
+            await asyncio.sleep(0.05)
+        finally:
+            writer.close()
 
 
 async def _response(reader: asyncio.StreamReader) -> int:
@@ -239,8 +241,9 @@ def start_service(
         "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "src"),
     }
     env.pop("RAY_ADDRESS", None)
-    if haproxy:
-        env["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+    if haproxy:  # its metrics and stats ports are fixed by default: take free ones
+        env["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(free_port())
+        env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port())
     cmd = [
         sys.executable,
         "-m",
@@ -253,11 +256,35 @@ def start_service(
         str(tmp / "no-runs"),
         "--port",
         str(port),
+        *(["--haproxy"] if haproxy else []),
     ]
-    logs = (tmp / f"service-{port}.log").open("wb")
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=logs, stderr=logs)
-    wait_healthy(port, proc)
+    log_path = tmp / f"service-{port}.log"
+    with log_path.open("wb") as logs:
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=logs, stderr=logs)
+    try:
+        wait_healthy(port, proc)
+    except RuntimeError as exc:
+        stop(proc, signal.SIGKILL)
+        tail = log_path.read_text(errors="replace")[-1500:]
+        raise RuntimeError(f"{exc}; its output ends with:\n{tail}") from None
     return proc, tmp / f"home-{port}"
+
+
+def start_service_retrying(
+    tmp: Path, replicas: int, haproxy: bool, attempts: int = 3
+) -> tuple[subprocess.Popen[bytes], Path, int]:
+    """A service on a fresh port; another try when one does not start (a port taken in the
+    meantime by another process on this shared machine, a Ray start that timed out)."""
+    for attempt in range(1, attempts + 1):
+        port = free_port()
+        try:
+            proc, home = start_service(tmp, port, replicas, haproxy)
+            return proc, home, port
+        except RuntimeError as exc:
+            log(f"service start {attempt} failed: {exc}")
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
 
 
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
@@ -313,11 +340,11 @@ def main() -> int:
         for n in range(args.rounds):
             round_result: dict[str, Any] = {}
             for system in ("bare_fastapi", "raymail_web"):
-                port = free_port()
                 if system == "bare_fastapi":
+                    port = free_port()
                     proc, home = start_bare(tmp, port), None
                 else:
-                    proc, home = start_service(tmp, port, args.replicas, args.haproxy)
+                    proc, home, port = start_service_retrying(tmp, args.replicas, args.haproxy)
                 try:
                     for load, (requests, method) in loads.items():
                         run_load(port, requests, method, 2.0, args.concurrency, "warm")
@@ -345,20 +372,21 @@ def main() -> int:
             result["rounds"].append(round_result)
         for load in loads:
             ratios = [r[load]["vs_bare_fastapi"] for r in result["rounds"]]
+            rounds = result["rounds"]
+
+            def median(
+                system: str, key: str, load: str = load, rounds: list[Any] = rounds
+            ) -> float:
+                return round(statistics.median(r[load][system][key] for r in rounds), 2)
+
             result[load] = {
-                "raymail_web_requests_per_s": statistics.median(
-                    r[load]["raymail_web"]["requests_per_s"] for r in result["rounds"]
-                ),
-                "bare_fastapi_requests_per_s": statistics.median(
-                    r[load]["bare_fastapi"]["requests_per_s"] for r in result["rounds"]
-                ),
-                "raymail_web_p50_ms": statistics.median(
-                    r[load]["raymail_web"]["p50_ms"] for r in result["rounds"]
-                ),
-                "raymail_web_p99_ms": statistics.median(
-                    r[load]["raymail_web"]["p99_ms"] for r in result["rounds"]
-                ),
-                "vs_bare_fastapi": statistics.median(ratios),
+                "raymail_web_requests_per_s": median("raymail_web", "requests_per_s"),
+                "bare_fastapi_requests_per_s": median("bare_fastapi", "requests_per_s"),
+                "raymail_web_p50_ms": median("raymail_web", "p50_ms"),
+                "raymail_web_p99_ms": median("raymail_web", "p99_ms"),
+                "bare_fastapi_p50_ms": median("bare_fastapi", "p50_ms"),
+                "bare_fastapi_p99_ms": median("bare_fastapi", "p99_ms"),
+                "vs_bare_fastapi": round(statistics.median(ratios), 3),
             }
         result["kill_trials"] = kill_trials(tmp, args, unsub, pixel)
         result["lost_acknowledged"] = sum(t["lost_acknowledged"] for t in result["kill_trials"])
@@ -374,8 +402,7 @@ def kill_trials(
 ) -> list[dict[str, Any]]:
     trials = []
     for n in range(args.kill_trials):
-        port = free_port()
-        proc, home = start_service(tmp, port, args.replicas, args.haproxy)
+        proc, home, port = start_service_retrying(tmp, args.replicas, args.haproxy)
         requests, method = (unsub, "POST") if n % 2 == 0 else (pixel, "GET")
         group = os.getpgid(proc.pid)
         delay = 1.0 + n * 0.7

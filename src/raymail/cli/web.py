@@ -34,15 +34,32 @@ def serve(
     runs: RunsOption = None,
     host: Annotated[str, typer.Option(help="Address Serve's proxy listens on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port Serve's proxy listens on.")] = 8000,
+    haproxy: Annotated[
+        bool,
+        typer.Option(
+            "--haproxy",
+            help="Serve's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1) for the local Ray it "
+            "starts: several times the rate of the Python proxy; opens stats ports 8404 and "
+            "9101 on all interfaces. On a cluster, set the variable on every node instead.",
+        ),
+    ] = False,
 ) -> None:
     """Start local Ray (or join RAY_ADDRESS) and serve until interrupted."""
     import os
 
     import ray
 
+    from raymail.errors import WebError
     from raymail.web.serve import config_from_paths, run_local, shutdown, wait_forever
 
     config = config_from_paths(spec, runs)
+    if haproxy:
+        if os.environ.get("RAY_ADDRESS"):
+            raise WebError(
+                "--haproxy applies to a local Ray; on a cluster set "
+                "RAY_SERVE_ENABLE_HA_PROXY=1 on every node before ray start"
+            )
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"])
     url = run_local(config, host=host, port=port)
