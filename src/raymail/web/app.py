@@ -124,7 +124,7 @@ class WebIngress:
         hit = self.book.verify(token, TokenKind.UNSUBSCRIBE)
         if hit is None:
             return _refusal(BadRequest(400, "This unsubscribe link is not valid."), html=True)
-        return HTMLResponse(landing_page(f"/u/{token}", hit.campaign), headers=NO_STORE)
+        return HTMLResponse(landing_page(hit.campaign), headers=NO_STORE)
 
     @api.post("/u/{token}")
     async def unsubscribe(self, token: str, request: Request) -> Response:

@@ -23,13 +23,16 @@ def _page(title: str, body: str) -> str:
     )
 
 
-def landing_page(action: str, campaign: str) -> str:
-    """GET /u/TOKEN: one button; nothing happens until it is pressed (scanners follow links)."""
+def landing_page(campaign: str) -> str:
+    """GET /u/TOKEN: one button; nothing happens until it is pressed (scanners follow links).
+
+    The form has no action: it posts back to the page's own URL, whatever path prefix a
+    load balancer puts in front of the service."""
     return _page(
         "Unsubscribe",
         "<h1>Unsubscribe</h1>"
         f"<p>Stop receiving messages of <b>{html.escape(campaign)}</b>?</p>"
-        f'<form method="post" action="{html.escape(action)}">'
+        '<form method="post">'
         '<input type="hidden" name="List-Unsubscribe" value="One-Click">'
         '<button type="submit" id="unsubscribe">Unsubscribe</button></form>',
     )
