@@ -288,18 +288,16 @@ def start_service_retrying(
 
 
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    try:
-        os.killpg(os.getpgid(proc.pid), sig)
-    except ProcessLookupError:
-        return
-    try:
+    """End a server and everything in its process group (Ray's processes, HAProxy), even
+    those that outlive the group's leader."""
+    group = proc.pid  # start_new_session: the leader's pid is the group id
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(group, sig)
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(os.getpgid(proc.pid), signal.SIGKILL)
-        proc.wait(timeout=30)
-    if sig != signal.SIGKILL:  # make sure Ray's processes of the group are gone too
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(os.getpgid(proc.pid), signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(group, signal.SIGKILL)
+    proc.wait(timeout=30)
 
 
 def logged_agents(home: Path) -> set[str]:
