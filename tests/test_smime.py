@@ -177,3 +177,19 @@ def test_encrypted_campaign_through_the_sink(openssl: str, ca: SmimeCA, tmp_path
         assert f"Hi {rcpt.split('@')[0].title()}," in content.get_content()
     rejects = pl.read_parquet(tmp_path / "run" / "rejects.parquet")
     assert rejects["value"].to_list() == ["old@x.test"] and "expired" in rejects["reason"][0]
+
+
+def test_dkim_signs_the_encrypted_message(openssl: str, ca: SmimeCA, tmp_path: Path) -> None:
+    """S/MIME comes first, DKIM last: the signature covers the bytes that travel, and a
+    verifier (dkimpy, keys from real DNS) accepts the encrypted message."""
+    from dkim_dns import dkim_dns, records_for, verify_all, write_key
+
+    key_path, key = write_key(tmp_path, "rsa", "rsa-sha256")
+    dkim = [{"domain": "sender.test", "selector": "s1", "key_file": str(key_path)}]
+    spec = make_spec(tmp_path / "l.csv", 25, smime=_smime(ca, "sign_and_encrypt"), dkim=dkim)
+    raw = MessageTemplate(spec).render("ann@x.test", {"name": "Ann"})
+    assert raw.startswith(b"DKIM-Signature:")
+    with dkim_dns(tmp_path, records_for("sender.test", {"s1": key})) as dnsfunc:
+        assert verify_all(raw, dnsfunc) == [True]
+    content = _parse(_verify(openssl, ca, _decrypt(openssl, ca, "ann@x.test", raw)))
+    assert "Hi Ann," in content.get_content()
