@@ -22,6 +22,11 @@ capturing SMTP sink on loopback that runs in its own process, so it outlives eve
                servers go on with the portions they hold until the next resume fences
                them off (the session is killed once that resume ended);
 
+   ``scheduler``, ``scheduler_run``, ``scheduler_all`` (only when asked for with
+               ``--kinds``): the campaign goes through the queue and a scheduler instead,
+               and the kill hits the scheduler, its run process, or both; new schedulers
+               are started until the queue says done (see ``chaos_scheduler.py``);
+
 3. ``raymail resume D`` (a subprocess in a new session) until the run's report says
    complete; with probability ``--rekill-prob`` a resume is itself killed (a random kind)
    once it has sent some more, at most ``--max-rekills`` times per trial.
@@ -88,7 +93,8 @@ from raymail.run.rundir import RunDir
 from raymail.sink import SinkConfig, SinkProcess, read_capture
 
 KINDS = ("driver", "actor", "ray")  # the default mix
-ALL_KINDS = (*KINDS, "head")
+SCHEDULER_KINDS = ("scheduler", "scheduler_run", "scheduler_all")  # chaos_scheduler.py
+ALL_KINDS = (*KINDS, "head", *SCHEDULER_KINDS)
 DOMAINS = 20
 RUN_TIMEOUT_S = 900.0  # one send or resume subprocess, start to exit
 KILL_WAIT_S = 600.0  # longest wait for the kill moment
@@ -164,7 +170,9 @@ def write_spec(
 # carry it: pids wrap quickly on a busy machine (pid_max may be 32768), and a session id
 # left over from a dead driver may since belong to somebody else's process.
 OWNER_VAR = "RAYMAIL_CHAOS_OWNER"
-OWNER = f"{os.getpid()}-{uuid.uuid4().hex}"
+# setdefault: chaos_scheduler.py imports this file again as ``chaos`` (it runs as __main__),
+# and both copies must mark and recognise the same processes.
+OWNER = os.environ.setdefault(OWNER_VAR, f"{os.getpid()}-{uuid.uuid4().hex}")
 _OWNER_ENTRY = f"{OWNER_VAR}={OWNER}".encode()
 
 
@@ -909,7 +917,12 @@ def main(argv: list[str] | None = None) -> int:
             for i, kind in enumerate(order):
                 folder = work / f"trial-{i:02d}"
                 try:
-                    trial = Trial(i, rng, settings, folder, env).run(kind, recipients)
+                    if kind in SCHEDULER_KINDS:
+                        from chaos_scheduler import SchedulerTrial  # needs this module
+
+                        trial = SchedulerTrial(i, rng, settings, folder, env).run(kind, recipients)
+                    else:
+                        trial = Trial(i, rng, settings, folder, env).run(kind, recipients)
                 except Exception as exc:  # a broken trial is a finding, not a crash
                     trial = failed_trial(i, kind, exc)
                 trial["folder"] = str(folder)
