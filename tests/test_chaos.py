@@ -111,3 +111,33 @@ def test_chaos_driver_and_whole_ray_kills(tmp_path: Path) -> None:
     assert driver["kills"][0]["orphans"].startswith("left"), driver["kills"]
     assert result["all_ok"] is True
     assert proc.returncode == 0, stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_chaos_scheduler_kills(tmp_path: Path) -> None:
+    """Through the queue: the scheduler and its run are killed; the next scheduler resumes."""
+    out = tmp_path / "chaos.json"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run(
+        [
+            sys.executable, str(CHAOS), "--trials", "2", "--recipients", str(RECIPIENTS),
+            "--kinds", "scheduler_all,scheduler_run", "--rekill-prob", "0", "--latency-ms", "5",
+            "--kill-from", "0.2", "--kill-to", "0.6", "--seed", "4", "--json-out", str(out),
+            "--work-dir", str(tmp_path / "work"),
+        ],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=540,
+    )  # fmt: skip
+    assert out.exists(), proc.stderr[-3000:]
+    result = json.loads(out.read_text(encoding="utf-8"))
+    assert result["trials_by_kind"] == {"scheduler_all": 1, "scheduler_run": 1}
+    for trial in result["per_trial"]:
+        where = f"trial {trial['trial']} ({trial['kind']}), folder {trial.get('folder')}"
+        assert trial["kill_count"] == 1 and trial["kills"][0]["processes_killed"] >= 1, where
+        assert trial["status"] == "complete" and trial["queue_status"] == "done", where
+        assert trial["queue_starts"] == 2 and trial["resumes"] == 1, where
+        assert trial["missed"] == 0 and trial["duplicates_not_in_doubt"] == 0, where
+        assert trial["in_doubt"] <= trial["in_flight_bound"], where
+        assert trial["distinct_recipients"] == RECIPIENTS, where
+    assert result["all_ok"]
