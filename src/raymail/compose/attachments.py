@@ -85,17 +85,26 @@ def _size(path: Path) -> int:
     return info.st_size
 
 
+def list_folder(spec: CampaignSpec) -> Path:
+    """Where relative paths in recipient columns are taken from: the list's folder."""
+    return Path(spec.recipients).parent if "://" not in spec.recipients else Path.cwd()
+
+
+def base64_lines(data: bytes) -> bytes:
+    """Base64 in lines of 76 characters, each ending with CRLF (RFC 2045 6.8)."""
+    encoded = base64.b64encode(data)
+    return b"\r\n".join(encoded[i : i + _LINE] for i in range(0, len(encoded), _LINE)) + b"\r\n"
+
+
 def encode_part(name: str, data: bytes) -> bytes:
     """One attachment as a MIME part: headers, blank line, base64 in 76-character lines."""
     content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
-    encoded = base64.b64encode(data)
-    lines = b"\r\n".join(encoded[i : i + _LINE] for i in range(0, len(encoded), _LINE))
     head = (
         f"Content-Type: {content_type};\r\n {_parameter('name', name)}\r\n"
         f"Content-Disposition: attachment;\r\n {_parameter('filename', name)}\r\n"
         "Content-Transfer-Encoding: base64\r\n\r\n"
     )
-    return head.encode("ascii") + lines + b"\r\n"
+    return head.encode("ascii") + base64_lines(data)
 
 
 def _parameter(key: str, value: str) -> str:
@@ -128,9 +137,8 @@ class Attachments:
     def for_spec(cls, spec: CampaignSpec, boundary: str) -> Attachments | None:
         if spec.attachments is None or not (spec.attachments.files or spec.attachments.column):
             return None
-        folder = Path(spec.recipients).parent if "://" not in spec.recipients else Path.cwd()
         try:
-            return cls(spec.attachments, folder, boundary)
+            return cls(spec.attachments, list_folder(spec), boundary)
         except AttachmentError as exc:
             raise TemplateError(str(exc)) from None
 

@@ -10,7 +10,6 @@ stays and is sent unencrypted.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import pyarrow as pa
 
@@ -29,7 +28,7 @@ def recipient_checks(spec: CampaignSpec) -> RowCheck | None:
     secure = spec.smime if spec.smime and spec.smime.mode != "sign" else None
     if not (files and files.column) and secure is None:
         return None
-    folder = Path(spec.recipients).parent if "://" not in spec.recipients else Path.cwd()
+    folder = attachments.list_folder(spec)
 
     def check(batch: pa.Table) -> list[Problem]:
         emails = batch.column("email").to_pylist()

@@ -23,7 +23,6 @@ recipient (never a silent plain send unless the policy says ``plain``).
 
 from __future__ import annotations
 
-import base64
 from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -37,10 +36,10 @@ from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 
+from raymail.compose.attachments import base64_lines, list_folder
 from raymail.errors import SmimeError, TemplateError
 from raymail.spec import CampaignSpec, SmimeSettings
 
-_LINE: Final = 76
 _CACHE: Final = 4096  # recipient certificates kept parsed per delivery server
 
 
@@ -114,11 +113,6 @@ def check_row(
     return None
 
 
-def _b64_lines(data: bytes) -> bytes:
-    encoded = base64.b64encode(data)
-    return b"\r\n".join(encoded[i : i + _LINE] for i in range(0, len(encoded), _LINE)) + b"\r\n"
-
-
 class SmimeProtector:
     """Signs and/or encrypts body entities for one campaign (one per delivery server)."""
 
@@ -136,9 +130,8 @@ class SmimeProtector:
     def for_spec(cls, spec: CampaignSpec, boundary: str) -> SmimeProtector | None:
         if spec.smime is None:
             return None
-        folder = Path(spec.recipients).parent if "://" not in spec.recipients else Path.cwd()
         try:
-            return cls(spec.smime, folder, boundary)
+            return cls(spec.smime, list_folder(spec), boundary)
         except SmimeError as exc:
             raise TemplateError(str(exc)) from None
 
@@ -198,7 +191,7 @@ class SmimeProtector:
                 'Content-Type: application/pkcs7-signature; name="smime.p7s"\r\n'
                 "Content-Transfer-Encoding: base64\r\n"
                 'Content-Disposition: attachment; filename="smime.p7s"\r\n\r\n'.encode("ascii"),
-                _b64_lines(signature),
+                base64_lines(signature),
                 f"--{b}--\r\n".encode("ascii"),
             )
         )
@@ -216,7 +209,7 @@ class SmimeProtector:
             "Content-Transfer-Encoding: base64\r\n"
             'Content-Disposition: attachment; filename="smime.p7m"\r\n\r\n'
         )
-        return head.encode("ascii") + _b64_lines(envelope)
+        return head.encode("ascii") + base64_lines(envelope)
 
 
 def _load_signer(settings: SmimeSettings) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
