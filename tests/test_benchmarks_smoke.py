@@ -104,3 +104,16 @@ def test_resume_benchmark_small_run(tmp_path: Path) -> None:
     assert round_["missed"] == 0
     assert printed["sent_only_the_rest"] is True
     assert round_["seconds_to_first_send"] is not None
+
+
+def test_smime_render_benchmark_small_run() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "smime_render.py"), "--number", "20",
+         "--repeat", "1"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    for mode in ("sign", "encrypt", "sign_and_encrypt"):
+        assert result[f"{mode}_best_us"] > 0 and result[f"{mode}_vs_plain"] > 0
+    assert result["message_bytes"]["sign_and_encrypt"] > result["message_bytes"]["plain"]
