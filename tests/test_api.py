@@ -70,7 +70,7 @@ def test_importing_raymail_does_not_import_ray_or_polars() -> None:
 def test_scan_outcomes_reads_a_runs_ledger_lazily(tmp_path: Path) -> None:
     from raymail.delivery.records import OutcomeBuilder, now
     from raymail.run.ledger import Ledger
-    from raymail.schema import ACCEPTED, DEFERRED
+    from raymail.status import ACCEPTED, DEFERRED
 
     out = OutcomeBuilder("c", "ds0", None, 3, 1, "a.test")
     for row, status in [(1, ACCEPTED), (2, DEFERRED), (5, ACCEPTED)]:

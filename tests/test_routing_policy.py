@@ -24,8 +24,8 @@ from raymail.routing.policy_state import (
     Presence,
     Schedule,
 )
-from raymail.schema import ACCEPTED
 from raymail.spec import CampaignSpec, parse_spec
+from raymail.status import ACCEPTED
 
 PORTION = 20
 

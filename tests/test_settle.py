@@ -21,8 +21,8 @@ from raymail.driver.settle import (
     settle_failed_call,
     settle_outcomes,
 )
-from raymail.schema import ACCEPTED, DEFERRED, FAILED, IN_DOUBT
 from raymail.spec import RetrySettings, parse_spec
+from raymail.status import ACCEPTED, DEFERRED, FAILED, IN_DOUBT
 
 RETRY = RetrySettings(max_attempts=3, initial_backoff_s=2.0, multiplier=3.0, max_backoff_s=10.0)
 SPEC: dict[str, Any] = {

@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from raymail.schema import OBSERVATION_SCHEMA, OUTCOME_SCHEMA
+from raymail.status import FAILED
 
 
 class _ColumnBuilder:
@@ -92,6 +93,10 @@ class OutcomeBuilder(_ColumnBuilder):
         c[7].append(message_id)
         c[8].append(started_at)
         c[9].append(finished_at or now())
+
+    def add_failed(self, row: int, email: str, response: str, started_at: datetime) -> None:
+        """A recipient failed before any SMTP exchange (a template or internal error)."""
+        self.add(row, email, FAILED, None, None, response, None, None, started_at)
 
 
 class ObservationBuilder(_ColumnBuilder):

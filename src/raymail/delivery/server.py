@@ -223,17 +223,7 @@ class DeliveryServer:
             try:
                 message = template.render(email, values)
             except TemplateError as exc:
-                out.add(
-                    row=row,
-                    email=email,
-                    status=FAILED,
-                    smtp_code=None,
-                    enhanced_status=None,
-                    response=f"template: {exc}",
-                    mx_host=None,
-                    message_id=None,
-                    started_at=started,
-                )
+                out.add_failed(row, email, f"template: {exc}", started)
                 continue
             jobs.append(
                 _Job(

@@ -127,17 +127,7 @@ def failed_outcomes(
     for row, email in zip(
         rows.column("row").to_pylist(), rows.column("email").to_pylist(), strict=True
     ):
-        out.add(
-            row=row,
-            email=email,
-            status=FAILED,
-            smtp_code=None,
-            enhanced_status=None,
-            response=reason,
-            mx_host=None,
-            message_id=None,
-            started_at=started,
-        )
+        out.add_failed(row, email, reason, started)
     return out.table()
 
 
