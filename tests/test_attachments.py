@@ -15,7 +15,7 @@ from raymail.compose.checks import recipient_checks
 from raymail.compose.message import MessageTemplate
 from raymail.driver.campaign import run_campaign
 from raymail.errors import SpecError
-from raymail.intake.stream import intake_recipients
+from raymail.intake.recipients import intake_recipients
 from raymail.sink import SinkConfig, read_capture, run_sink
 from raymail.spec import load_spec
 

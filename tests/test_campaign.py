@@ -103,16 +103,6 @@ def test_tempfail_then_success_on_retry(tmp_path: Path) -> None:
     assert read_capture(tmp_path / "cap").group_by("rcpt_to").len()["len"].max() == 1
 
 
-def test_missing_merge_field_fails_recipients_not_the_run(tmp_path: Path) -> None:
-    csv = _recipients(tmp_path / "list.csv", 20, ("a.test",))
-    with run_sink(SinkConfig(), capture_dir=tmp_path / "cap") as sink:
-        spec = make_spec(csv, sink.port, text="Hi {{ name }}, your code {{ coupon }}")
-        report = run_campaign(spec, tmp_path / "run", live_progress=False)
-    assert report.failed == 20 and report.accepted == 0
-    final = _every_row_accounted(tmp_path / "run", 20)
-    assert all("coupon" in r for r in final["response"].to_list())
-
-
 def test_shared_content_uses_many_rcpt_per_transaction(tmp_path: Path) -> None:
     csv = _recipients(tmp_path / "list.csv", 300, ("big.test",))
     with run_sink(SinkConfig(), capture_dir=tmp_path / "cap") as sink:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from raymail.compose.message import MessageTemplate
+from raymail.compose.message import PROVIDED, MessageTemplate
 from raymail.compose.verp import TOKEN_LENGTH, TokenKind, decode_token, decode_verp, recipient_tag
 from raymail.errors import TemplateError
 from raymail.spec import CampaignSpec, parse_spec
@@ -207,15 +207,16 @@ def test_missing_merge_field_names_field_and_recipient() -> None:
     assert parse(optional.render("ann@example.com", {"name": "Ann"}))["Subject"] == "Hello Ann"
 
 
-def test_render_many_returns_errors_in_place() -> None:
+def test_a_recipient_missing_a_field_gets_an_error_naming_them() -> None:
     template = MessageTemplate(make_spec())
     rows = [
         {"email": "ann@example.com", "name": "Ann", "city": "Oslo"},
         {"email": "bob@example.com", "name": "Bob"},
     ]
-    first, second = template.render_many(rows)
-    assert isinstance(first, bytes) and parse(first)["To"] == "ann@example.com"
-    assert isinstance(second, TemplateError) and "bob@example.com" in str(second)
+    first = template.render(rows[0]["email"], rows[0])
+    assert parse(first)["To"] == "ann@example.com"
+    with pytest.raises(TemplateError, match="bob@example.com"):
+        template.render(rows[1]["email"], rows[1])
 
 
 def test_html_gives_multipart_alternative() -> None:
@@ -255,7 +256,7 @@ def test_merge_field_discovery() -> None:
     )
     assert template.merge_fields == frozenset({"name", "email", "unsubscribe_url"})
     assert template.uses_merge_fields
-    assert template.missing_fields(["row", "email", "domain"]) == frozenset({"name"})
+    assert template.merge_fields - {"row", "email", "domain"} - PROVIDED == frozenset({"name"})
     static = MessageTemplate(make_spec(subject="News from {{ campaign }}", text="Hello\n"))
     assert not static.uses_merge_fields
     assert static.merge_fields == frozenset()

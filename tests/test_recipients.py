@@ -11,7 +11,7 @@ import pytest
 
 from raymail.errors import RecipientError
 from raymail.intake.address import check_address
-from raymail.intake.recipients import load_recipients, write_rejects
+from raymail.intake.recipients import load_recipients
 from raymail.schema import REJECTS_SCHEMA
 
 
@@ -308,9 +308,6 @@ def test_missing_file_unknown_type_and_bad_encoding(tmp_path: Path) -> None:
     with pytest.raises(RecipientError, match=r"unknown file type '\.xlsx'"):
         load_recipients(tmp_path / "list.xlsx")
     latin = tmp_path / "latin.csv"
-    latin.write_bytes(b"email,name\na@x.com,J\xf6rg\n")
-    with pytest.raises(RecipientError, match=r"latin\.csv: cannot read CSV: .*must be UTF-8"):
-        load_recipients(latin)
     latin.write_bytes(b"email,n\xe4me\na@x.com,J\n")
     with pytest.raises(RecipientError, match=r"latin\.csv: cannot read CSV: .*must be UTF-8"):
         load_recipients(latin)
@@ -334,11 +331,24 @@ def test_header_only_file_gives_empty_table(tmp_path: Path) -> None:
     assert load.rejects.num_rows == 0
 
 
-def test_write_rejects_round_trips(tmp_path: Path) -> None:
-    load = load_recipients(one_column(tmp_path, ["a@x.com", "nope", "a@x.com"]))
-    target = write_rejects(load.rejects, tmp_path)
-    assert target == tmp_path / "rejects.parquet"
-    back = pq.read_table(target)
-    assert back.schema == REJECTS_SCHEMA
-    assert back.to_pylist() == load.rejects.to_pylist()
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+def test_a_row_with_invalid_utf8_is_rejected_alone(tmp_path: Path) -> None:
+    """A list exported from a spreadsheet in cp1252: one bad row, the rest loads."""
+    path = tmp_path / "export.csv"
+    rows = [b"email,name", b"a@x.com,Ann", b"b@x.com,J\xf6rg", b"c@x.com,Cy", b"d@x.com,Dee"]
+    path.write_bytes(b"\n".join(rows) + b"\n")
+    load = load_recipients(path)
+    assert load.table.column("email").to_pylist() == ["a@x.com", "c@x.com", "d@x.com"]
+    assert load.table.column("row").to_pylist() == [1, 3, 4]
+    (reject,) = load.rejects.to_pylist()
+    assert reject["row"] == 2 and reject["field"] == "name" and reject["file"] == str(path)
+    assert "not valid utf-8" in reject["reason"] and "byte 0xf6" in reject["reason"]
+    assert "recipients_encoding" in reject["reason"]
+    assert reject["value"] == "J\\xf6rg"
+
+
+def test_recipients_encoding_reads_such_a_list_whole(tmp_path: Path) -> None:
+    path = tmp_path / "export.csv"
+    path.write_bytes("email,name\na@x.com,Jörg\nb@x.com,Zoë “Z”\n".encode("cp1252"))
+    load = load_recipients(path, encoding="cp1252")
+    assert load.rejects.num_rows == 0
+    assert load.table.column("name").to_pylist() == ["Jörg", "Zoë “Z”"]

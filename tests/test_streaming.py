@@ -18,8 +18,7 @@ import pytest
 from conftest import make_spec, write_csv
 from raymail.driver.campaign import run_campaign
 from raymail.driver.portions import PortionStream
-from raymail.intake.recipients import load_recipients
-from raymail.intake.stream import intake_recipients
+from raymail.intake.recipients import intake_recipients, load_recipients
 from raymail.run.ledger import COMPACT_PARTS, Ledger, final_outcomes, ledger_parts, read_outcomes
 from raymail.run.rundir import RunDir
 from raymail.schema import OUTCOME_SCHEMA

@@ -141,3 +141,11 @@ class ListStoreError(RaymailError, ValueError):
 
 class WebError(RaymailError, ValueError):
     """The web service cannot start with this configuration (names the setting)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its class name if it has none).
+
+    Library errors (pyarrow, botocore) often span many lines; raymail's messages are one.
+    """
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -6,9 +6,11 @@ Every model forbids unknown keys, so a typo in a spec file is an error that name
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import os
 import re
+import secrets
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -78,6 +80,34 @@ def raymail_home() -> Path:
     """Where raymail keeps state that outlives a run: $RAYMAIL_HOME, else ~/.raymail."""
     configured = os.environ.get("RAYMAIL_HOME")
     return Path(configured).expanduser() if configured else Path.home() / ".raymail"
+
+
+VERP_SECRET_FILE = "verp_secret"  # in raymail_home(): the secret of specs that set none
+_PUBLIC_SECRET = "change-me"  # the old default: public, so it must never sign anything
+MAKE_SECRET = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
+
+
+def home_verp_secret() -> str:
+    """The secret kept in $RAYMAIL_HOME/verp_secret, made (0600) on first use.
+
+    A spec without ``verp_secret`` signs with it; the returns server and the web service on
+    the same RAYMAIL_HOME load the same spec and so verify with the same key.
+    """
+    path = raymail_home() / VERP_SECRET_FILE
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it meanwhile: use theirs
+        return path.read_text(encoding="utf-8").strip()
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(secrets.token_urlsafe(32) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    return path.read_text(encoding="utf-8").strip()
 
 
 class SuppressionRules(StrictModel):
@@ -643,6 +673,11 @@ class CampaignSpec(StrictModel):
         ...,
         description="Path or s3:// URL of a .csv or .parquet recipient table.",
     )
+    recipients_encoding: str = Field(
+        "utf-8",
+        description="Character encoding of a CSV recipient list (utf-8, cp1252, latin-1, ...); "
+        "a row not valid in it is rejected with its row number, the rest is sent.",
+    )
     s3: S3Settings | None = Field(
         None, description="Endpoint and credentials for s3:// URLs (default: environment)."
     )
@@ -700,7 +735,11 @@ class CampaignSpec(StrictModel):
         "replaced by the recipient's token.",
     )
     verp_secret: str = Field(
-        "change-me", min_length=1, description="Key that signs VERP and unsubscribe tokens."
+        default_factory=home_verp_secret,
+        min_length=1,
+        description="Key that signs VERP and unsubscribe tokens; default: one generated on "
+        "first use and kept in $RAYMAIL_HOME/verp_secret (where the returns server finds it). "
+        f"Make one with: {MAKE_SECRET}",
     )
     portion_size: int = Field(100, ge=1, le=10000, description="Recipients per portion.")
     batch_rows: int = Field(
@@ -821,6 +860,26 @@ class CampaignSpec(StrictModel):
         for key in seen:
             if seen.count(key) > 1:
                 raise ValueError(f"two signatures with domain {key[0]} and selector {key[1]}")
+        return value
+
+    @field_validator("verp_secret")
+    @classmethod
+    def _not_public(cls, value: str) -> str:
+        if value == _PUBLIC_SECRET:
+            raise ValueError(
+                f"{_PUBLIC_SECRET!r} is a public example, not a secret: anyone could forge "
+                f"unsubscribe and bounce tokens. Make one with {MAKE_SECRET} (or leave "
+                "verp_secret out to use the one raymail keeps in $RAYMAIL_HOME/verp_secret)"
+            )
+        return value
+
+    @field_validator("recipients_encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown encoding {value!r} (e.g. utf-8, cp1252, latin-1)") from None
         return value
 
     @field_validator("sender")

@@ -10,9 +10,10 @@ from typing import Any
 
 import pyarrow as pa
 
+from raymail._io import write_json_atomic
 from raymail.returns.events import EventStore
 from raymail.run.ledger import Ledger
-from raymail.run.rundir import MANIFEST, write_json_atomic
+from raymail.run.rundir import MANIFEST
 from raymail.schema import OBSERVATION_SCHEMA, OUTCOME_SCHEMA
 from raymail.tracking import EventWriter, flag_hit
 

@@ -174,16 +174,6 @@ class MessageTemplate:
         message = head.encode("ascii") + body
         return message if self._dkim is None else self._dkim.sign(message)
 
-    def render_many(self, rows: Sequence[Mapping[str, str]]) -> list[bytes | TemplateError]:
-        """Render a portion: each row holds ``email`` and its fields; errors are returned."""
-        out: list[bytes | TemplateError] = []
-        for row in rows:
-            try:
-                out.append(self.render(row["email"], row))
-            except TemplateError as exc:
-                out.append(exc)
-        return out
-
     def message_id(self, email: str) -> str:
         """``<rcpt-tag.campaign-tag@sender-domain>``: the same for a recipient, always."""
         tag = self._signer.recipient_tag(email).hex()
@@ -199,10 +189,6 @@ class MessageTemplate:
     def unsubscribe_token(self, email: str | None) -> str:
         """The token in this recipient's List-Unsubscribe mailto and one-click URL."""
         return self._signer.token(TokenKind.UNSUBSCRIBE, email)
-
-    def missing_fields(self, columns: Sequence[str]) -> frozenset[str]:
-        """Merge fields the templates use that neither ``columns`` nor render provide."""
-        return self.merge_fields - set(columns) - PROVIDED
 
     # --- shared content ---------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from typing import Final
 
 import polars as pl
 
+from raymail._io import write_bytes_atomic
 from raymail.errors import RaymailError
 from raymail.status import Status
 
@@ -68,9 +69,7 @@ class Fenced(RaymailError):
 def write_fence(folder: Path, epoch: int) -> None:
     """Raise the fence: delivery servers of older epochs stop before their next message."""
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{FENCE_FILE}.tmp"
-    tmp.write_text(str(epoch))
-    os.replace(tmp, folder / FENCE_FILE)
+    write_bytes_atomic(folder / FENCE_FILE, str(epoch).encode())
 
 
 class FenceGuard:

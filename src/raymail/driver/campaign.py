@@ -21,7 +21,9 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from raymail._io import write_json_atomic
 from raymail.compose.checks import recipient_checks
+from raymail.compose.preflight import check_templates
 from raymail.delivery.envelope import sender_setup_warnings
 from raymail.delivery.journal import FENCE_WAIT_S, JOURNAL_DIR, journal_files, write_fence
 from raymail.driver.dispatch import Router, WorkQueue
@@ -30,15 +32,15 @@ from raymail.driver.loop import DispatchLoop, DispatchState
 from raymail.driver.portions import PortionStream
 from raymail.driver.progress import ProgressReporter, Tally
 from raymail.driver.sizing import TargetSizer
+from raymail.intake.recipients import intake_recipients
 from raymail.intake.staging import stage_recipients
-from raymail.intake.stream import intake_recipients
 from raymail.returns.ledger_import import record_run_rejections
 from raymail.routing import make_router
 from raymail.run.export import start_export
 from raymail.run.ledger import Ledger
 from raymail.run.recovery import run_state
 from raymail.run.report import RunReport, build_report
-from raymail.run.rundir import RECIPIENTS, REPORT, RunDir, write_json_atomic
+from raymail.run.rundir import RECIPIENTS, REPORT, RunDir
 from raymail.runtime import ensure_ray
 from raymail.spec import CampaignSpec
 from raymail.status import ACCEPTED, FAILED, IN_DOUBT, SUPPRESSED, InDoubtPolicy
@@ -148,8 +150,10 @@ class CampaignDriver:
             on_batch=suppress,
             label=str(spec.recipients),
             row_check=recipient_checks(spec),  # attachments and certificates it will need
+            encoding=spec.recipients_encoding,
         )
         ledger.flush()
+        check_templates(spec, rd.path / RECIPIENTS)  # before the plan: nothing is sent
         self._stage(
             PLANNED,
             recipients=intake.accepted,
@@ -171,6 +175,7 @@ class CampaignDriver:
         if not (rd.path / RECIPIENTS).exists():  # killed before the list was saved
             rd.manifest_path.unlink()
             return self._start()
+        check_templates(self.spec, rd.path / RECIPIENTS)
         # Fence off delivery servers of earlier drivers that may outlive them, and give
         # them time to notice, before the journals are read as final. The new epoch is
         # recorded before any server of it starts, so the next resume fences those too.

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raymail.driver.plan import PortionTask
-from raymail.intake.stream import BATCH_ROWS
+from raymail.intake.recipients import BATCH_ROWS
 from raymail.schema import DOMAIN, ROW
 
 __all__ = ["PREV_ATTEMPT", "PortionStream"]

@@ -31,12 +31,12 @@ from typing import Any, Final
 import polars as pl
 import pyarrow as pa
 
+from raymail._io import fsync_path
 from raymail.errors import RaymailError
 from raymail.lists.changelog import DAMAGED, ChangeLog, changes_dir
 from raymail.lists.effects import Effects, RecordError, Resolver, effects_of
 from raymail.lists.mail import ListMailer, render_text
 from raymail.lists.store import ListStore
-from raymail.returns.parts import fsync_path
 from raymail.returns.suppression import SUPPRESSION_SCHEMA, SuppressionList
 from raymail.spec import WebSettings
 from raymail.tracking.events import EventWriter

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from raymail.returns.parts import fsync_path
+from raymail._io import fsync_path
 
 __all__ = ["Change", "ChangeLog", "LogDamage", "SegmentWriter", "changes_dir"]
 

@@ -32,8 +32,9 @@ from typing import BinaryIO, Final
 import polars as pl
 import pyarrow as pa
 
+from raymail._io import fsync_path
 from raymail.errors import ReturnsError
-from raymail.returns.parts import fsync_path, write_table_atomic
+from raymail.returns.parts import write_table_atomic
 
 MAGIC: Final = b"RMA1"
 SEGMENT_GLOB: Final = "seg-*.rma"

@@ -14,7 +14,6 @@ twice (a crash between forwarding and writing the event) never forwards it twice
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -26,7 +25,7 @@ from typing import Any, Final
 
 import aiosmtplib
 
-from raymail.returns.parts import fsync_path
+from raymail._io import flocked, fsync_path, write_bytes_atomic
 from raymail.spec import ReturnsSettings
 
 FORWARDED_LOG: Final = "forwarded.jsonl"
@@ -67,15 +66,6 @@ def _item_id(archive_ref: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "-", archive_ref)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 class Outbox:
     """The outbox folder: one ``.eml`` and one ``.json`` per waiting message."""
 
@@ -105,14 +95,16 @@ class Outbox:
         meta = self.folder / f"{item_id}.json"
         if item_id in self._forwarded or meta.exists():
             return False
-        _write_atomic(self.folder / f"{item_id}.eml", raw)
+        write_bytes_atomic(self.folder / f"{item_id}.eml", raw)
         item = OutboxItem(item_id, archive_ref, recipient, campaign, category, time.time())
         self.save(item)
         fsync_path(self.folder)
         return True
 
     def save(self, item: OutboxItem) -> None:
-        _write_atomic(self.folder / f"{item.id}.json", json.dumps(asdict(item)).encode("utf-8"))
+        write_bytes_atomic(
+            self.folder / f"{item.id}.json", json.dumps(asdict(item)).encode("utf-8")
+        )
 
     def items(self) -> list[OutboxItem]:
         """Everything waiting, oldest first."""
@@ -187,17 +179,12 @@ class Forwarder:
         Passes of different processes (the server, the CLI) take turns through an flock,
         so no item is sent by both.
         """
-        with (self.outbox.folder / ".lock").open("a") as lock:
-            try:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+        with flocked(self.outbox.folder / ".lock", wait=False) as mine:
+            if not mine:
                 return ForwardResult(
                     waiting=len(self.outbox.items()), note="another process is forwarding"
                 )
-            try:
-                return await self._pass(include_parked)
-            finally:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+            return await self._pass(include_parked)
 
     async def _pass(self, include_parked: bool) -> ForwardResult:
         result = ForwardResult()

@@ -8,7 +8,6 @@ fsync'd and renamed, so a reader never sees half a file.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import secrets
 from datetime import UTC, datetime
@@ -18,26 +17,14 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from raymail._io import flocked, fsync_path, write_atomic
+
 PART_GLOB = "part-*.parquet"
-
-
-def fsync_path(path: Path) -> None:
-    """fsync a file or a folder (a folder: so a new or renamed entry survives a crash)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_table_atomic(table: pa.Table, path: Path) -> None:
     """Write Parquet to ``path`` via a temporary file, fsync'd, then renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    fsync_path(tmp)
-    os.replace(tmp, path)
-    fsync_path(path.parent)
+    write_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
 class PartWriter:
@@ -93,21 +80,14 @@ def compact_parts(
     small = [p for p in sorted(folder.glob(PART_GLOB)) if p.stat().st_size < small_bytes]
     if len(small) < min_parts:
         return 0
-    with (folder / ".compact.lock").open("a") as lock:
-        try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with flocked(folder / ".compact.lock", wait=False) as mine:
+        if not mine:
             return 0  # another process is compacting
-        try:
-            small = [p for p in small if p.exists()]
-            merged = pa.concat_tables([pq.read_table(p, schema=schema) for p in small])
-            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-            write_table_atomic(
-                merged, folder / f"part-{stamp}-merged-{secrets.token_hex(3)}.parquet"
-            )
-            for path in small:
-                path.unlink(missing_ok=True)
-            fsync_path(folder)
-            return len(small)
-        finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+        small = [p for p in small if p.exists()]
+        merged = pa.concat_tables([pq.read_table(p, schema=schema) for p in small])
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        write_table_atomic(merged, folder / f"part-{stamp}-merged-{secrets.token_hex(3)}.parquet")
+        for path in small:
+            path.unlink(missing_ok=True)
+        fsync_path(folder)
+        return len(small)

@@ -16,7 +16,6 @@ the rules then count only returns that arrived after ``changed_at``.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +25,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from raymail._io import flocked
 from raymail.errors import ReturnsError
 from raymail.returns.parts import write_table_atomic
 from raymail.schema import OUTCOME_SCHEMA
@@ -76,12 +76,8 @@ class SuppressionList:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.with_name(self.path.name + ".lock").open("a") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        with flocked(self.path.with_name(self.path.name + ".lock")):
+            yield
 
     def upsert(self, changes: pl.DataFrame) -> None:
         """Replace (or add) the rows of the addresses in ``changes``."""

@@ -62,7 +62,7 @@ def _domains(spec: CampaignSpec, domains: Sequence[str] | None) -> list[str]:
         return list(dict.fromkeys(cleaned))
     from raymail.intake.recipients import load_recipients
 
-    loaded = load_recipients(spec.recipients)
+    loaded = load_recipients(spec.recipients, spec.s3, encoding=spec.recipients_encoding)
     counts = pl.from_arrow(loaded.table.select(["domain"]))
     assert isinstance(counts, pl.DataFrame)
     ranked = counts.group_by("domain").len().sort(["len", "domain"], descending=[True, False])

@@ -15,8 +15,6 @@ each other's evidence instead of overwriting it.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,6 +24,7 @@ from typing import Any
 
 import polars as pl
 
+from raymail._io import flocked, write_atomic
 from raymail.routing.model import PAIR, SUMS, network_of
 from raymail.spec import raymail_home
 
@@ -188,12 +187,8 @@ class RoutingTable:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        with open(self.path / _LOCK, "a+b") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        with flocked(self.path / _LOCK):
+            yield
 
 
 def _add(current: pl.DataFrame, evidence: pl.DataFrame, now: datetime) -> pl.DataFrame:
@@ -252,8 +247,4 @@ def _with_probes(table: pl.DataFrame, probes: pl.DataFrame, now: datetime) -> pl
 
 
 def _write_atomic(frame: pl.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    frame.write_parquet(tmp, compression="zstd")
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    tmp.replace(path)
+    write_atomic(path, lambda tmp: frame.write_parquet(tmp, compression="zstd"))

@@ -7,7 +7,6 @@ killed driver loses at most the interval's buffer and never leaves half a file.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from raymail._io import write_atomic
 from raymail.run.rundir import OBSERVATIONS, OUTCOMES
 from raymail.schema import OBSERVATION_SCHEMA, OUTCOME_SCHEMA
 
@@ -64,14 +64,7 @@ class _PartWriter:
 
     def _write(self, table: pa.Table, name: str) -> Path:
         path = self.folder / f"part-{name}.parquet"
-        tmp = self.folder / f".part-{name}.parquet.tmp"
-        pq.write_table(table, tmp, compression="zstd")
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        write_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
         return path
 
     def _compact(self) -> None:

@@ -24,6 +24,7 @@ from typing import IO, Any
 
 import yaml
 
+from raymail._io import write_json_atomic
 from raymail.errors import RunDirError, RunLockedError
 from raymail.spec import CampaignSpec, parse_spec
 
@@ -35,16 +36,6 @@ RECIPIENTS = "recipients.parquet"  # the validated list, so a resume plans the s
 OUTCOMES = "outcomes"
 OBSERVATIONS = "observations"
 REPORT = "report.json"
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON so a reader (or a crash) never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True, default=str)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 class RunDir:

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from raymail._io import fsync_path, write_json_atomic
 from raymail.errors import StorageError, TrackingError
-from raymail.returns.parts import fsync_path
 from raymail.run.ledger import ledger_parts
-from raymail.run.rundir import MANIFEST, OUTCOMES, write_json_atomic
+from raymail.run.rundir import MANIFEST, OUTCOMES
 from raymail.spec import ArchiveSettings, S3Settings
 from raymail.tracking.catalog import ArchivedObject, Catalog, now_iso
 from raymail.tracking.dataset import local_files

@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
+from raymail._io import write_json_atomic
 from raymail.errors import TrackingError
-from raymail.run.rundir import write_json_atomic
 
 CATALOG_DIR: Final = "_archive"
 CATALOG_FILE: Final = "catalog.json"
