@@ -153,7 +153,7 @@ def main(sink_port: int, capture: Path, work: Path) -> dict[str, Any]:
 
         def run() -> None:
             try:
-                outcome["report"] = driver.run()
+                outcome["report"] = driver.run().model_dump(mode="json")
             except BaseException as exc:  # reported to the test, never swallowed
                 outcome["error"] = f"{type(exc).__name__}: {exc}"
 
