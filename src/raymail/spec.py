@@ -12,7 +12,7 @@ import os
 import re
 import secrets
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -28,9 +28,9 @@ from pydantic import (
 from raymail._strict import StrictModel
 from raymail.compose.dkim_keys import load_private_key, read_key_source
 from raymail.errors import DkimError, SpecError
+from raymail.hostport import HostPort, ListenAddress
 from raymail.status import InDoubtPolicy
 
-HostPort = Annotated[str, Field(pattern=r"^\[?[A-Za-z0-9.:_-]+\]?:\d{1,5}$")]
 _ADDRESS_RE = re.compile(r"^[^@\s<>]+@[^@\s<>]+$")
 
 
@@ -141,7 +141,7 @@ class ReturnsSettings(StrictModel):
     the driver and the server agree on the suppression list and its rules.
     """
 
-    listen: HostPort = Field(
+    listen: ListenAddress = Field(
         "127.0.0.1:2526",
         description="host:port the returns server (the MX of the return domain) listens on.",
     )

@@ -78,6 +78,7 @@ def serve(
     ] = None,
 ) -> None:
     """Run the returns server (SMTP for the return domain) until Ctrl-C."""
+    from raymail.hostport import split_host_port
     from raymail.returns.runner import serve_returns
     from raymail.returns.server import ReturnsServer
 
@@ -85,10 +86,10 @@ def serve(
     host: str | None = None
     port: int | None = None
     if listen is not None:
-        raw_host, _, raw_port = listen.rpartition(":")
-        if not raw_host or not raw_port.isdigit():
-            raise typer.BadParameter(f"expected host:port, got {listen!r}", param_hint="--listen")
-        host, port = raw_host.strip("[]"), int(raw_port)
+        try:
+            host, port = split_host_port(listen, listen=True)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--listen") from None
 
     def ready(server: ReturnsServer) -> None:
         domains = ", ".join(sorted(server.registry.domains)) or "none yet"

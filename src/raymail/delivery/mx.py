@@ -33,6 +33,7 @@ from raymail.errors import (
     MXTemporaryError,
     SpecError,
 )
+from raymail.hostport import split_host_port
 
 __all__ = [
     "MXPermanentError",
@@ -368,11 +369,9 @@ def _address_literal(domain: str) -> str | None:
 
 
 def _parse_host_port(domain: str, value: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` from mx_override into (host, port)."""
-    host, sep, port_text = value.strip().rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    host = host.rstrip(".").lower()
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise SpecError(f"mx_override[{domain!r}]: expected host:port, got {value!r}")
-    return host, int(port_text)
+    """``host:port`` or ``[v6]:port`` from mx_override into (host, port), host normalized."""
+    try:
+        host, port = split_host_port(value)
+    except ValueError as exc:
+        raise SpecError(f"mx_override[{domain!r}]: {exc}") from None
+    return host.rstrip(".").lower(), port

@@ -31,6 +31,7 @@ from raymail.delivery.server import DeliveryServerActor, ServerStats
 from raymail.driver.dispatch import Router, ServerView
 from raymail.driver.settle import count
 from raymail.errors import DeliveryError
+from raymail.hostport import split_host_port
 from raymail.runtime import DELIVERY_RESOURCE, delivery_slots
 from raymail.spec import CampaignSpec
 from raymail.status import ACCEPTED, FAILED
@@ -115,7 +116,7 @@ class Fleet:
                 "them (see cluster.yaml)",
                 DELIVERY_RESOURCE,
             )
-        nameservers = [_host_port(ns) for ns in spec.nameservers] or None
+        nameservers = [split_host_port(ns) for ns in spec.nameservers] or None
         journal_dir = str((self.run_dir / JOURNAL_DIR).resolve())
         for _ in range(count):
             i = len(self.servers)
@@ -289,8 +290,3 @@ class Fleet:
             cached = (key, journal_states(files))
             self._journals[server] = cached
         return cached[1]
-
-
-def _host_port(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    return host.strip("[]"), int(port)

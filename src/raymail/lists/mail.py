@@ -22,6 +22,7 @@ from raymail.delivery.envelope import helo_name
 from raymail.delivery.mx import MXResolver
 from raymail.delivery.smtp_client import SmtpConnection
 from raymail.errors import DeliveryError, RaymailError, TemplateError
+from raymail.hostport import split_host_port
 from raymail.spec import CampaignSpec
 
 __all__ = ["ListMailer"]
@@ -42,7 +43,7 @@ class ListMailer:
 
     def __init__(self, spec: CampaignSpec) -> None:
         self.spec = spec
-        nameservers = [_host_port(ns) for ns in spec.nameservers] or None
+        nameservers = [split_host_port(ns) for ns in spec.nameservers] or None
         self._resolver = MXResolver(
             nameservers=nameservers, overrides=spec.mx_override, port=spec.smtp.port
         )
@@ -104,8 +105,3 @@ class ListMailer:
             if final.klass == 5:
                 break
         raise DeliveryError(f"{to}: not delivered ({'; '.join(errors) or 'no exchanger'})")
-
-
-def _host_port(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    return host.strip("[]"), int(port)

@@ -26,6 +26,7 @@ from typing import Any, Final
 import aiosmtplib
 
 from raymail._io import flocked, fsync_path, write_bytes_atomic
+from raymail.hostport import split_host_port
 from raymail.spec import ReturnsSettings
 
 FORWARDED_LOG: Final = "forwarded.jsonl"
@@ -195,7 +196,7 @@ class Forwarder:
             result.waiting = len(items)
             result.note = "no customer_service configured: messages wait in the outbox"
             return result
-        host, _, port = target.rpartition(":")
+        host, port = split_host_port(target)
         now = self.clock()
         for item in items:
             if not item.archive_ref or (item.parked and not include_parked):
@@ -204,9 +205,7 @@ class Forwarder:
                 continue
             try:
                 message = forwarded_message(self.outbox.raw(item), item)
-                reply = await _deliver(
-                    host.strip("[]"), int(port), self.settings.forward_sender, to, message
-                )
+                reply = await _deliver(host, port, self.settings.forward_sender, to, message)
             except (aiosmtplib.SMTPException, OSError) as exc:
                 self._failed(item, exc, result)
                 continue

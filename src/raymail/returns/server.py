@@ -24,6 +24,7 @@ from typing import Any, Final
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from raymail.errors import ReturnsError
+from raymail.hostport import split_host_port
 from raymail.returns.archive import ArchivedMessage
 from raymail.returns.config import ReturnsConfig
 from raymail.returns.forward import Forwarder
@@ -135,10 +136,10 @@ class ReturnsServer:
         flush_interval_s: float = 2.0,
         forward_interval_s: float = 1.0,
     ) -> None:
-        listen_host, _, listen_port = config.settings.listen.rpartition(":")
+        listen_host, listen_port = split_host_port(config.settings.listen, listen=True)
         self.config = config
-        self.host = host if host is not None else listen_host.strip("[]")
-        self.port = port if port is not None else int(listen_port)
+        self.host = host if host is not None else listen_host
+        self.port = port if port is not None else listen_port
         self.hostname = hostname
         self.registry = registry or config.registry()
         self.store = ReturnsStore(config.settings)

@@ -38,6 +38,7 @@ import polars as pl
 from numpy.typing import NDArray
 
 from raymail.driver.dispatch import ServerView, Work, WorkQueue
+from raymail.hostport import split_host_port
 from raymail.routing.base import BaseRouter, Given, ServerHandles, expected_keys
 from raymail.routing.demotion import Demotions
 from raymail.routing.estimates import (
@@ -87,7 +88,7 @@ class LearnedRouter(BaseRouter):
         self.plans = 0
         self._start_recorded = False
         for domain, target in (spec.mx_override or {}).items():  # MX hosts known up front
-            host = target.rpartition(":")[0].strip("[]").lower()
+            host = split_host_port(target)[0].lower()
             if domain != "*" and host:
                 self.stats.set_groups(self.stats.domain(domain), host, network_of(host))
 

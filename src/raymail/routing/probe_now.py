@@ -19,6 +19,7 @@ import polars as pl
 import pyarrow as pa
 
 from raymail.errors import RoutingError
+from raymail.hostport import split_host_port
 from raymail.routing.model import Evidence
 from raymail.routing.probes import PROBE_SCHEMA, probe_domains
 from raymail.routing.table import RoutingTable, probes_by_route
@@ -82,7 +83,7 @@ def _probe_here(spec: CampaignSpec, i: int, domains: list[str]) -> pa.Table:
     from raymail.delivery.mx import MXResolver
 
     settings = spec.routing
-    nameservers = [_host_port(ns) for ns in spec.nameservers] or None
+    nameservers = [split_host_port(ns) for ns in spec.nameservers] or None
 
     async def run() -> pa.Table:
         resolver = MXResolver(
@@ -113,7 +114,7 @@ def _probe_with_ray(spec: CampaignSpec, domains: list[str]) -> list[pa.Table]:
     options: dict[str, Any] = {"num_cpus": 0}
     if delivery_slots() > 0:
         options["resources"] = {DELIVERY_RESOURCE: 1}
-    nameservers = [_host_port(ns) for ns in spec.nameservers] or None
+    nameservers = [split_host_port(ns) for ns in spec.nameservers] or None
     names = [f"ds{i}" for i in range(_servers(spec))]
     handles = [
         DeliveryServerActor.options(**options).remote(name, spec, _source(spec, i), nameservers)
@@ -139,8 +140,3 @@ def _probe_with_ray(spec: CampaignSpec, domains: list[str]) -> list[pa.Table]:
         for handle in handles:
             ray.kill(handle)
     return tables
-
-
-def _host_port(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    return host.strip("[]"), int(port)

@@ -31,9 +31,9 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from raymail._strict import StrictModel
 from raymail.errors import SinkConfigError
+from raymail.hostport import HostPort
 
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
-HostPort = Annotated[str, Field(pattern=r"^\[?[A-Za-z0-9.:_-]+\]?:\d{1,5}$")]
 
 
 class Behaviour(StrEnum):

@@ -16,6 +16,7 @@ from typing import Final
 
 import aiosmtplib
 
+from raymail.hostport import split_host_port
 from raymail.sink.config import Behaviour, Rule, SinkConfig
 from raymail.sink.returns import build_return
 from raymail.sink.stats import SinkStats
@@ -57,7 +58,7 @@ class ReturnSender:
         self, kind: Behaviour, raw: bytes, mail_from: str, recipient: str, reply: str
     ) -> None:
         assert self.config.returns_server is not None
-        host, _, port = self.config.returns_server.rpartition(":")
+        host, port = split_host_port(self.config.returns_server)
         arrived = datetime.now(UTC)
         if self.config.returns_delay_ms:
             await asyncio.sleep(self.config.returns_delay_ms / 1000.0)
@@ -73,7 +74,7 @@ class ReturnSender:
         for attempt in range(_ATTEMPTS):
             try:
                 client = aiosmtplib.SMTP(
-                    hostname=host.strip("[]"), port=int(port), timeout=_TIMEOUT_S, start_tls=False
+                    hostname=host, port=port, timeout=_TIMEOUT_S, start_tls=False
                 )
                 async with client:  # not aiosmtplib.send: it refuses the null sender
                     await client.sendmail(sender, [mail_from], message)
