@@ -1,19 +1,14 @@
-"""Delivery portions and capacity sizing (the seed's delivery lists and process count).
+"""What a portion is, and capacity sizing (the seed's delivery lists and process count).
 
 A portion is about ``portion_size`` recipients of one domain: the unit of an actor call, of
-routing and of retry, like the seed's one queue file per 100 addresses.
+routing and of retry, like the seed's one queue file per 100 addresses. The portions are cut
+by :class:`raymail.driver.portions.PortionStream` as the list is read.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
-
-import pyarrow as pa
-import pyarrow.compute as pc
-
-from raymail.schema import DOMAIN
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,34 +19,6 @@ class PortionTask:
     domain: str
     attempt: int
     size: int
-
-
-def split_portions(
-    table: pa.Table, portion_size: int, first_id: int = 0
-) -> Iterator[tuple[PortionTask, pa.Table]]:
-    """Yield (task, rows) portions: rows of one domain, at most ``portion_size`` each.
-
-    Large domains are cut into equal-sized portions (no tiny tail), so the work per call
-    stays even. Portion ids are dense, starting at ``first_id``, in a deterministic order
-    (domain, then row) so a resumed run plans the same portions.
-    """
-    if table.num_rows == 0:
-        return
-    ordered = table.sort_by([(DOMAIN, "ascending"), ("row", "ascending")])
-    domains = ordered.column(DOMAIN)
-    counts = pc.value_counts(domains)  # in order of first appearance = sorted order
-    offset = 0
-    next_id = first_id
-    for item in counts.to_pylist():
-        domain, count = str(item["values"]), int(item["counts"])
-        pieces = max(1, math.ceil(count / portion_size))
-        base, extra = divmod(count, pieces)
-        for i in range(pieces):
-            length = base + (1 if i < extra else 0)
-            rows = ordered.slice(offset, length)
-            yield PortionTask(next_id, domain, 1, length), rows
-            offset += length
-            next_id += 1
 
 
 @dataclass(frozen=True, slots=True)

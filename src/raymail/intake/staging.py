@@ -100,7 +100,7 @@ def stage_recipients(url: str | Path, s3: S3Settings | None, run_dir: Path) -> P
     URL a copy under ``run_dir/input`` (streamed by pyarrow, so memory stays flat). The
     intake reads local files a batch at a time, and a resume must read the same list again
     even if the object changed or the store is unreachable."""
-    from raymail.errors import RecipientError
+    from raymail.errors import RecipientError, first_line
 
     if not is_remote(url):
         return Path(url)
@@ -108,7 +108,7 @@ def stage_recipients(url: str | Path, s3: S3Settings | None, run_dir: Path) -> P
         loc = locate(url, s3)
         kind = loc.info().type
     except (OSError, pa.ArrowException) as exc:  # unreachable store, access denied
-        raise RecipientError(f"{url}: cannot open: {_first_line(exc)}") from None
+        raise RecipientError(f"{url}: cannot open: {first_line(exc)}") from None
     if kind == pafs.FileType.NotFound:
         raise RecipientError(f"{url}: file not found")
     dest = run_dir / "input" / loc.name
@@ -121,9 +121,5 @@ def stage_recipients(url: str | Path, s3: S3Settings | None, run_dir: Path) -> P
             destination_filesystem=pafs.LocalFileSystem(),
         )
     except (OSError, pa.ArrowException) as exc:
-        raise RecipientError(f"{url}: cannot copy: {_first_line(exc)}") from None
+        raise RecipientError(f"{url}: cannot copy: {first_line(exc)}") from None
     return dest
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -25,7 +25,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from raymail.errors import StorageError
+from raymail.errors import StorageError, first_line
 from raymail.intake.staging import Location, locate
 from raymail.run.rundir import MANIFEST, OBSERVATIONS, OUTCOMES, RECIPIENTS, REJECTS, REPORT
 from raymail.spec import CampaignSpec, S3Settings
@@ -56,7 +56,7 @@ class RunExport:
         try:
             self.dest = locate(dest, s3)
         except (OSError, pa.ArrowException) as exc:
-            raise StorageError(f"export {dest}: {_first_line(exc)}") from None
+            raise StorageError(f"export {dest}: {first_line(exc)}") from None
         self._sent: dict[str, tuple[int, int]] = {}  # relative name -> (size, mtime_ns)
         self._listed = False
         self._lock = threading.Lock()
@@ -72,7 +72,7 @@ class RunExport:
             try:
                 return self._sync()
             except (OSError, pa.ArrowException) as exc:
-                self.last_error = f"export to {self.dest_url} failed: {_first_line(exc)}"
+                self.last_error = f"export to {self.dest_url} failed: {first_line(exc)}"
                 raise StorageError(self.last_error) from None
 
     def _sync(self) -> int:
@@ -143,7 +143,7 @@ class RunExport:
         except (OSError, pa.ArrowException) as exc:
             if isinstance(exc, StorageError):
                 raise
-            raise StorageError(f"export {self.dest_url}: {_first_line(exc)}") from None
+            raise StorageError(f"export {self.dest_url}: {first_line(exc)}") from None
 
     def start(self) -> RunExport:
         """Check the destination now (a bad bucket fails before anything is sent), then
@@ -189,7 +189,3 @@ def start_export(spec: CampaignSpec, run_dir: Path) -> RunExport | None:
     if not spec.export:
         return None
     return RunExport(run_dir, spec.export, spec.s3, spec.export_interval_s).start()
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
