@@ -705,6 +705,23 @@ class CampaignSpec(StrictModel):
         description="DNS servers (host:port) for MX lookups; default: the system resolver.",
     )
     delivery_servers: int = Field(2, ge=1, le=1024, description="Delivery server actors.")
+    delivery_pool: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="Name of a set of shared, long-lived delivery servers (named detached "
+        "Ray actors) this campaign sends through, together with every other campaign naming "
+        "it: priority decides who gets their connections. Absent: the run starts delivery "
+        "servers of its own and ends them when it ends.",
+    )
+    priority: int = Field(
+        100,
+        ge=0,
+        le=1_000_000,
+        description="Lower is more urgent (0: transactional). On shared delivery servers "
+        "(delivery_pool) a more urgent campaign's messages get the connections first, bulk "
+        "campaigns giving theirs up at the next message boundary. 'raymail schedule "
+        "--priority' sets it.",
+    )
     concurrency: int = Field(25, ge=1, le=2000, description="SMTP connections per server.")
     target_minutes: float | None = Field(
         None, gt=0, description="Size servers and concurrency to finish within this time."

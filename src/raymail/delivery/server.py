@@ -21,6 +21,7 @@ import pyarrow as pa
 import ray
 
 from raymail.compose.message import MessageTemplate
+from raymail.delivery.admission import PriorityGate
 from raymail.delivery.envelope import helo_name
 from raymail.delivery.journal import (
     STATE_OF_STATUS,
@@ -120,6 +121,7 @@ class DeliveryServer:
         nameservers: list[tuple[str, int]] | None = None,
         journal_dir: str | None = None,
         epoch: int = 0,
+        gate: PriorityGate | None = None,
     ) -> None:
         self.name = name
         self.spec = spec
@@ -134,6 +136,10 @@ class DeliveryServer:
         self.metrics = DeliveryMetrics(spec.campaign, name, spec.metrics_domains)
         self.journal = Journal(Path(journal_dir), name) if journal_dir else None
         self.fence = FenceGuard(Path(journal_dir), epoch) if journal_dir else None
+        # Shared with the other campaigns of a shared delivery server (priority lanes):
+        # a connection is used only while holding one of its slots.
+        self.gate = gate
+        self.priority = spec.priority
         # Signed messages are rendered in one thread of their own: the private-key operation
         # releases the GIL, so SMTP on the event loop goes on meanwhile. One thread, so the
         # template's caches are never used by two portions at once.
@@ -267,17 +273,23 @@ class DeliveryServer:
         pending = deque(jobs)
         reconnects = 0
         while pending:
+            if self.gate is not None:
+                await self.gate.acquire(self.priority)
             try:
-                conn, fresh, target = await self._connect(targets, pool)
-            except SmtpProtocolError as exc:
-                reply = exc.reply if isinstance(exc, SmtpRefused) else None
-                status = _status_of(reply) if reply else DEFERRED
-                self._settle(list(pending), task, out, status, reply, exc)
-                return
-            try:
-                dropped = await self._run_jobs(conn, fresh, target, pending, task, out, obs)
+                try:
+                    conn, fresh, target = await self._connect(targets, pool)
+                except SmtpProtocolError as exc:
+                    reply = exc.reply if isinstance(exc, SmtpRefused) else None
+                    status = _status_of(reply) if reply else DEFERRED
+                    self._settle(list(pending), task, out, status, reply, exc)
+                    return
+                try:
+                    dropped = await self._run_jobs(conn, fresh, target, pending, task, out, obs)
+                finally:
+                    await pool.release(conn)
             finally:
-                await pool.release(conn)
+                if self.gate is not None:
+                    self.gate.release()
             if dropped:
                 reconnects += 1
                 if reconnects > _MAX_RECONNECTS and pending:
@@ -317,10 +329,14 @@ class DeliveryServer:
         while pending:
             if self.fence is not None:
                 self.fence.check()
+            urgent = self._urgent_waits()
+            if urgent and not first and not conn.prefetched:
+                self.gate.preemptions += 1  # type: ignore[union-attr]
+                return False  # a more urgent campaign waits: its turn at this boundary
             job = pending[0]
             rcpts = [email for _, email in job.recipients]
             then = None
-            if len(pending) > 1 and conn.transactions + 1 < max_tx:
+            if len(pending) > 1 and conn.transactions + 1 < max_tx and not urgent:
                 nxt = pending[1]
                 then = (nxt.mail_from, [email for _, email in nxt.recipients], nxt.message)
             try:
@@ -361,6 +377,10 @@ class DeliveryServer:
                 conn.broken = conn.broken or conn.transactions < max_tx
                 return False
         return False
+
+    def _urgent_waits(self) -> bool:
+        """A more urgent campaign waits for a slot of the shared gate (priority lanes)."""
+        return self.gate is not None and self.gate.contended(self.priority)
 
     def _in_flight(self, task: PortionTask, job: _Job) -> Callable[[], None] | None:
         """The journal write that must precede the message body (None without a journal)."""

@@ -245,6 +245,11 @@ class SmtpConnection:
         await self._drain()
         return await self.read_reply()
 
+    @property
+    def prefetched(self) -> bool:
+        """The next transaction's envelope is already open on this connection."""
+        return self._prefetched is not None
+
     async def send(
         self,
         mail_from: str,

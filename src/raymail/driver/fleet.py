@@ -28,6 +28,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from raymail.delivery.journal import JOURNAL_DIR, journal_files, journal_states
 from raymail.delivery.server import DeliveryServerActor, ServerStats
+from raymail.delivery.shared import CampaignHandle, open_shared_server
 from raymail.driver.dispatch import Router, ServerView
 from raymail.driver.settle import count
 from raymail.errors import DeliveryError
@@ -132,10 +133,32 @@ class Fleet:
             }
             if use_resource:
                 options["resources"] = {DELIVERY_RESOURCE: 1}
-            handle = DeliveryServerActor.options(**options).remote(
-                name, spec, source, nameservers, journal_dir, self.epoch
-            )
+            if spec.delivery_pool is not None:
+                handle: Any = self._attach(i, name, source, nameservers, journal_dir, options)
+            else:
+                handle = DeliveryServerActor.options(**options).remote(
+                    name, spec, source, nameservers, journal_dir, self.epoch
+                )
             self.servers.append(Server(i, name, handle, source))
+
+    def _attach(
+        self,
+        index: int,
+        name: str,
+        source: str | None,
+        nameservers: list[tuple[str, int]] | None,
+        journal_dir: str,
+        options: dict[str, Any],
+    ) -> CampaignHandle:
+        """This campaign on the pool's ``index``-th shared server (started if absent)."""
+        spec = self.spec
+        assert spec.delivery_pool is not None
+        del options["max_concurrency"]  # a shared server admits by its gate instead
+        actor = open_shared_server(spec.delivery_pool, index, spec.concurrency, options)
+        key = f"{spec.campaign}:{self.run_dir.resolve()}:{self.epoch}:{name}"
+        # Not waited for: the first call queues behind it, and the heartbeat says it is up.
+        actor.attach.remote(key, name, spec, source, nameservers, journal_dir, self.epoch)
+        return CampaignHandle(actor, key)
 
     def stop(self) -> None:
         """Close connections politely where possible, then end every server."""
@@ -147,7 +170,8 @@ class Fleet:
         except Exception:  # a dead actor cannot shut down politely; it is killed below
             log.debug("delivery server shutdown failed", exc_info=True)
         for handle in handles:
-            ray.kill(handle)
+            if not isinstance(handle, CampaignHandle):  # shared servers outlive the run
+                ray.kill(handle)
         self.servers.clear()
 
     def handles(self) -> dict[str, Any]:
@@ -279,6 +303,11 @@ class Fleet:
         log.warning("delivery server %s stalled (%s); reassigning its portions", server.name, why)
         server.failures = FAILURE_LIMIT
         self.router.server_gone(server.name)
+        if isinstance(server.handle, CampaignHandle):
+            # Shared: Ray restarts it for the others (whose calls fail and are settled from
+            # their journals); this campaign gives it up.
+            ray.kill(server.handle.actor, no_restart=False)
+            return
         ray.kill(server.handle, no_restart=True)
 
     def journal(self, server: str) -> pl.DataFrame:

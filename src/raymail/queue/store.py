@@ -152,6 +152,7 @@ class CampaignQueue:
     ) -> Entry:
         """Queue one run of ``spec`` due at ``due_at`` (Unix seconds)."""
         group = group or new_group_id(spec.campaign)
+        spec = spec.model_copy(update={"priority": int(priority)})  # the lanes read it
         entry_id = group if part is None else f"{group}.{part}"
         where = Path(run_dir) if run_dir else default_runs_root() / entry_id
         now = time.time()
