@@ -151,17 +151,30 @@ def _free_port() -> int:
 class SmtpSink:
     """Postfix's smtp-sink on 127.0.0.1 at a free port; discards mail, offers PIPELINING."""
 
-    def __init__(self, binary: str, log_path: Path, *, backlog: int = 256) -> None:
+    def __init__(
+        self,
+        binary: str,
+        log_path: Path,
+        *,
+        backlog: int = 256,
+        max_sessions: int = 512,
+        data_delay_s: int = 0,
+    ) -> None:
         self.binary = binary
         self.log_path = log_path
         self.backlog = backlog
+        self.max_sessions = max_sessions
+        self.data_delay_s = data_delay_s  # -w: seconds before answering DATA (a slow MX)
         self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> SmtpSink:
         for _ in range(3):  # another process may grab the free port before the sink binds it
             port = _free_port()
-            command = [self.binary, "-4", "-h", "sink.localhost", "-m", "512", "-t", "100"]
+            command = [self.binary, "-4", "-h", "sink.localhost", "-m", str(self.max_sessions)]
+            command += ["-t", "100"]
+            if self.data_delay_s:
+                command += ["-w", str(self.data_delay_s)]
             if os.geteuid() == 0:
                 command += ["-u", "nobody"]  # required as root: drops privileges after bind
             command += [f"127.0.0.1:{port}", str(self.backlog)]
@@ -236,15 +249,15 @@ class Workload:
         return round(sum(len(m) for _, _, m in self.jobs) / len(self.jobs))
 
 
-def write_recipients(path: Path, count: int, *, first_row: int = 0) -> Path:
-    """``count`` unique recipients spread evenly over DOMAINS domains, with merge fields."""
+def write_recipients(path: Path, count: int, *, first_row: int = 0, domains: int = DOMAINS) -> Path:
+    """``count`` unique recipients spread evenly over ``domains`` domains, with merge fields."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     ids = range(first_row, first_row + count)
     table = pa.table(
         {
-            "email": [f"user{i}@d{i % DOMAINS:02d}.bench.example" for i in ids],
+            "email": [f"user{i}@d{i % domains:02d}.bench.example" for i in ids],
             "first_name": [FIRST_NAMES[i % len(FIRST_NAMES)] for i in ids],
             "last_name": [LAST_NAMES[(i // 7) % len(LAST_NAMES)] for i in ids],
             "city": [CITIES[(i * 5) % len(CITIES)] for i in ids],

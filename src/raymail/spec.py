@@ -61,6 +61,14 @@ class SmtpSettings(StrictModel):
     max_rcpt_per_transaction: int = Field(
         100, ge=1, le=1000, description="RCPT TO per transaction when content is shared."
     )
+    max_connections_per_mx: int | None = Field(
+        None,
+        ge=1,
+        le=2000,
+        description="Connections one delivery server spreads portions over per mail "
+        "exchanger (host and port); default: its concurrency. Each portion always gets one "
+        "connection; with a slow receiver its messages go out over more, up to this limit.",
+    )
 
 
 class RetrySettings(StrictModel):

@@ -35,6 +35,7 @@ class ConnectionPool:
         self._idle: dict[Destination, list[SmtpConnection]] = {}
         self._open = 0
         self._cond = asyncio.Condition()
+        self._waiting = 0  # callers blocked in acquire()
         self.opened_total = 0
 
     @property
@@ -53,7 +54,11 @@ class ConnectionPool:
                     self._open += 1
                     break
                 if not self._evict_one_idle():
-                    await self._cond.wait()
+                    self._waiting += 1
+                    try:
+                        await self._cond.wait()
+                    finally:
+                        self._waiting -= 1
         try:
             conn = await self._opener(host, port)
         except BaseException:
@@ -63,6 +68,15 @@ class ConnectionPool:
             raise
         self.opened_total += 1
         return conn, True
+
+    def ready(self, host: str, port: int) -> bool:
+        """Whether ``acquire(host, port)`` would get a connection without waiting: nobody
+        waits already and a slot is free, or an idle connection can be reused or evicted.
+        A delivery server asks before spreading a portion over one more connection, so
+        extra connections only take slots that no one else is waiting for."""
+        if self._waiting:
+            return False
+        return self._open < self._limit or any(self._idle.values())
 
     def _take_idle(self, key: Destination) -> SmtpConnection | None:
         idle = self._idle.get(key)

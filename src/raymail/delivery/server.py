@@ -12,7 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -100,6 +100,21 @@ class _Job:
     in_flight: bool = False  # the journal says "in flight": its fate must follow
 
 
+@dataclass(slots=True)
+class _Portion:
+    """A portion being sent: its job queue, shared by the lanes (connections) sending it."""
+
+    task: PortionTask
+    targets: list[MXTarget]
+    out: OutcomeBuilder
+    obs: ObservationBuilder
+    pending: deque[_Job]
+    lanes: int = 0  # lanes started and not ended
+    connected: int = 0  # lanes holding a connection now
+    reconnects: int = 0  # dropped connections, all lanes together
+    lanes_running: set[asyncio.Task[None]] = field(default_factory=set)
+
+
 # A connection lost after the whole body was written: the server may have accepted it.
 DROPPED_IN_DATA = Reply(0, "connection dropped after the message was sent (in doubt)")
 
@@ -131,6 +146,9 @@ class DeliveryServer:
         self._nameservers = nameservers
         self._resolver: MXResolver | None = None
         self._pool: ConnectionPool | None = None
+        # Lanes holding a connection, per mail exchanger (address, port), all portions.
+        self._mx_lanes: dict[tuple[str, int], int] = {}
+        self._per_mx_cap = spec.smtp.max_connections_per_mx or spec.concurrency
         self.stats = ServerStats(name, node_id=_node_id())
         self._progress_at = time.monotonic()  # the last SMTP transaction or portion done
         self.metrics = DeliveryMetrics(spec.campaign, name, spec.metrics_domains)
@@ -270,31 +288,92 @@ class DeliveryServer:
         out: OutcomeBuilder,
         obs: ObservationBuilder,
     ) -> None:
-        pending = deque(jobs)
-        reconnects = 0
-        while pending:
-            if self.gate is not None:
-                await self.gate.acquire(self.priority)
-            try:
-                try:
-                    conn, fresh, target = await self._connect(targets, pool)
-                except SmtpProtocolError as exc:
-                    reply = exc.reply if isinstance(exc, SmtpRefused) else None
-                    status = _status_of(reply) if reply else DEFERRED
-                    self._settle(list(pending), task, out, status, reply, exc)
-                    return
-                try:
-                    dropped = await self._run_jobs(conn, fresh, target, pending, task, out, obs)
-                finally:
-                    await pool.release(conn)
-            finally:
+        """Send the portion's jobs over one connection, and over more while the receiver is
+        slow and the pool has free slots (see ``_spread``): with 1 s per message, a portion
+        of 100 then takes seconds, not 100 s. The jobs form one queue that every lane takes
+        from, so each job is sent by exactly one connection."""
+        portion = _Portion(task, targets, out, obs, deque(jobs))
+        self._add_lane(portion, pool)
+        try:
+            while portion.lanes_running:
+                done, _ = await asyncio.wait(
+                    portion.lanes_running, return_when=asyncio.FIRST_EXCEPTION
+                )
+                for lane in done:
+                    portion.lanes_running.discard(lane)
+                    lane.result()  # re-raises a lane's exception (Fenced, a bug)
+        finally:
+            for lane in portion.lanes_running:
+                lane.cancel()
+            if portion.lanes_running:
+                await asyncio.gather(*portion.lanes_running, return_exceptions=True)
+        if portion.pending:  # every lane ended without them (cannot happen; never lost)
+            self._settle(list(portion.pending), task, out, DEFERRED, DROPPED, None)
+
+    def _add_lane(self, portion: _Portion, pool: ConnectionPool) -> None:
+        portion.lanes += 1
+        lane = asyncio.get_running_loop().create_task(self._lane(portion, pool))
+        portion.lanes_running.add(lane)
+
+    def _spread(self, portion: _Portion, pool: ConnectionPool, target: MXTarget) -> None:
+        """Open one more lane (connection) for this portion when jobs wait, no lane of it
+        is already waiting for a connection, the MX is under its per-server cap and the
+        pool has a slot nobody waits for: connections, not portions, set the pace."""
+        if not portion.pending or portion.lanes > portion.connected:
+            return
+        key = (target.address, target.port)
+        if self._mx_lanes.get(key, 0) >= self._per_mx_cap:
+            return
+        gate = self.gate
+        if gate is not None and (gate.busy >= gate.slots or self._urgent_waits()):
+            return  # a shared server's slots are the campaigns' to share, by priority
+        if pool.ready(target.address, target.port):
+            self._add_lane(portion, pool)
+
+    async def _lane(self, portion: _Portion, pool: ConnectionPool) -> None:
+        """One connection's share of a portion: take jobs until none is left; reconnect
+        after a drop (bounded per portion)."""
+        task, out, pending = portion.task, portion.out, portion.pending
+        try:
+            while pending:
                 if self.gate is not None:
-                    self.gate.release()
-            if dropped:
-                reconnects += 1
-                if reconnects > _MAX_RECONNECTS and pending:
-                    self._settle(list(pending), task, out, DEFERRED, DROPPED, None)
-                    return
+                    await self.gate.acquire(self.priority)
+                try:
+                    try:
+                        conn, fresh, target = await self._connect(portion.targets, pool)
+                    except SmtpProtocolError as exc:
+                        if portion.connected or not pending:
+                            return  # other lanes of this portion carry on with the jobs
+                        reply = exc.reply if isinstance(exc, SmtpRefused) else None
+                        status = _status_of(reply) if reply else DEFERRED
+                        jobs = list(pending)
+                        pending.clear()
+                        self._settle(jobs, task, out, status, reply, exc)
+                        return
+                    key = (target.address, target.port)
+                    portion.connected += 1
+                    self._mx_lanes[key] = self._mx_lanes.get(key, 0) + 1
+                    try:
+                        dropped = await self._run_jobs(conn, fresh, target, portion, pool)
+                    except BaseException:
+                        conn.broken = True  # left mid-transaction (Fenced, cancelled)
+                        raise
+                    finally:
+                        portion.connected -= 1
+                        self._mx_lanes[key] -= 1
+                        await pool.release(conn)
+                finally:
+                    if self.gate is not None:
+                        self.gate.release()
+                if dropped:
+                    portion.reconnects += 1
+                    if portion.reconnects > _MAX_RECONNECTS and pending:
+                        jobs = list(pending)
+                        pending.clear()
+                        self._settle(jobs, task, out, DEFERRED, DROPPED, None)
+                        return
+        finally:
+            portion.lanes -= 1
 
     async def _connect(
         self, targets: list[MXTarget], pool: ConnectionPool
@@ -318,65 +397,84 @@ class DeliveryServer:
         conn: SmtpConnection,
         fresh: bool,
         target: MXTarget,
-        pending: deque[_Job],
-        task: PortionTask,
-        out: OutcomeBuilder,
-        obs: ObservationBuilder,
+        portion: _Portion,
+        pool: ConnectionPool,
     ) -> bool:
-        """Send jobs on one connection until done or it breaks; True if it dropped."""
+        """Send jobs on one connection until none is left or it breaks; True if it dropped.
+
+        A job is taken off the shared queue when this connection starts it, and the next
+        one too when its envelope rides in the same write (``ahead``); jobs not sent go
+        back to the front of the queue for another lane.
+        """
+        task, out, obs, pending = portion.task, portion.out, portion.obs, portion.pending
         first = True
         max_tx = self.spec.smtp.max_messages_per_connection
-        while pending:
-            if self.fence is not None:
-                self.fence.check()
-            urgent = self._urgent_waits()
-            if urgent and not first and not conn.prefetched:
-                self.gate.preemptions += 1  # type: ignore[union-attr]
-                return False  # a more urgent campaign waits: its turn at this boundary
-            job = pending[0]
-            rcpts = [email for _, email in job.recipients]
-            then = None
-            if len(pending) > 1 and conn.transactions + 1 < max_tx and not urgent:
-                nxt = pending[1]
-                then = (nxt.mail_from, [email for _, email in nxt.recipients], nxt.message)
-            try:
-                tx = await conn.send(
-                    job.mail_from,
-                    rcpts,
-                    job.message,
-                    before_data=self._in_flight(task, job),
-                    then=then,
+        ahead: _Job | None = None  # taken; its envelope may already be on this connection
+        try:
+            while ahead is not None or pending:
+                if self.fence is not None:
+                    self.fence.check()
+                urgent = self._urgent_waits()
+                if urgent and not first and ahead is None and not conn.prefetched:
+                    self.gate.preemptions += 1  # type: ignore[union-attr]
+                    return False  # a more urgent campaign waits: its turn at this boundary
+                self._spread(portion, pool, target)
+                job = ahead if ahead is not None else pending.popleft()
+                ahead = None
+                rcpts = [email for _, email in job.recipients]
+                then = None
+                if pending and conn.transactions + 1 < max_tx and not urgent:
+                    ahead = pending.popleft()
+                    then = (
+                        ahead.mail_from,
+                        [email for _, email in ahead.recipients],
+                        ahead.message,
+                    )
+                try:
+                    tx = await conn.send(
+                        job.mail_from,
+                        rcpts,
+                        job.message,
+                        before_data=self._in_flight(task, job),
+                        then=then,
+                    )
+                except Fenced:
+                    conn.broken = True  # left after DATA's 354: never reuse
+                    raise
+                except ConnectionDropped as exc:
+                    if first and not fresh and not exc.data_sent:
+                        # A stale pooled connection: the job goes again on a new one.
+                        if ahead is not None:
+                            pending.appendleft(ahead)
+                            ahead = None
+                        pending.appendleft(job)
+                        return True
+                    if exc.data_sent:  # the server may have taken it: in doubt, never "deferred"
+                        self._settle([job], task, out, IN_DOUBT, DROPPED_IN_DATA, exc)
+                    else:
+                        self._settle([job], task, out, DEFERRED, DROPPED, exc)
+                    self._observe(obs, conn, target, fresh and first, 0.0, len(rcpts), 0, job)
+                    return True
+                except ValueError as exc:  # an address unsafe for the envelope
+                    self._settle([job], task, out, FAILED, None, exc)
+                    continue
+                self._record(job, tx, task, target, out)
+                self._progress_at = time.monotonic()
+                worst = max((r.klass for r in (tx.mail, *tx.rcpts)), default=2)
+                if tx.data is not None:
+                    worst = max(worst, tx.data.klass)
+                self._observe(
+                    obs, conn, target, fresh and first, tx.seconds, len(rcpts), worst, job
                 )
-            except Fenced:
-                conn.broken = True  # left after DATA's 354: never reuse
-                raise
-            except ConnectionDropped as exc:
-                if first and not fresh and not exc.data_sent:
-                    return True  # a stale pooled connection: retry the job on a new one
-                pending.popleft()
-                if exc.data_sent:  # the server may have taken it: in doubt, never "deferred"
-                    self._settle([job], task, out, IN_DOUBT, DROPPED_IN_DATA, exc)
-                else:
-                    self._settle([job], task, out, DEFERRED, DROPPED, exc)
-                self._observe(obs, conn, target, fresh and first, 0.0, len(rcpts), 0, job)
-                return True
-            except ValueError as exc:  # an address unsafe for the envelope
-                pending.popleft()
-                self._settle([job], task, out, FAILED, None, exc)
-                continue
-            pending.popleft()
-            self._record(job, tx, task, target, out)
-            self._progress_at = time.monotonic()
-            worst = max((r.klass for r in (tx.mail, *tx.rcpts)), default=2)
-            if tx.data is not None:
-                worst = max(worst, tx.data.klass)
-            self._observe(obs, conn, target, fresh and first, tx.seconds, len(rcpts), worst, job)
-            self.metrics.transaction(task.domain, tx.seconds)
-            first = False
-            if any(r.code == 421 for r in (tx.mail, *tx.rcpts)) or conn.transactions >= max_tx:
-                conn.broken = conn.broken or conn.transactions < max_tx
-                return False
-        return False
+                self.metrics.transaction(task.domain, tx.seconds)
+                first = False
+                if any(r.code == 421 for r in (tx.mail, *tx.rcpts)) or conn.transactions >= max_tx:
+                    conn.broken = conn.broken or conn.transactions < max_tx
+                    return False
+            return False
+        finally:
+            if ahead is not None:  # taken but not sent here: first in line for another lane
+                pending.appendleft(ahead)
 
     def _urgent_waits(self) -> bool:
         """A more urgent campaign waits for a slot of the shared gate (priority lanes)."""

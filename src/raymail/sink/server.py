@@ -106,6 +106,7 @@ class _Handler:
         self._queue_id = 0
         self._sessions: dict[tuple[str, str], int] = {}  # open transactions per slot
         self._last_reply: dict[int, float] = {}  # loop time of each connection's last DATA reply
+        self._in_data = 0  # transactions waiting for their DATA reply now
 
     def _hold_slot(self, envelope: _SinkEnvelope, peer_ip: str, pick: Pick, address: str) -> bool:
         """Take a (client, domain) session slot for this transaction; False when full."""
@@ -199,9 +200,12 @@ class _Handler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: _SinkEnvelope) -> str:
         """Wait the rule's latency (and pace), then drop the connection or accept (capture)."""
+        self._in_data += 1
+        self.stats.peak_in_data = max(self.stats.peak_in_data, self._in_data)
         try:
             return await self._data(server, session, envelope)
         finally:
+            self._in_data -= 1
             self.release(envelope)
 
     async def _data(self, server: SMTP, session: Session, envelope: _SinkEnvelope) -> str:
@@ -324,8 +328,10 @@ class _SinkSMTP(SMTP):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._original_transport is None:  # not the STARTTLS re-entry
-            self._sink_handler.stats.connections += 1
+            stats = self._sink_handler.stats
+            stats.connections += 1
             self._sessions.add(self)
+            stats.peak_connections = max(stats.peak_connections, len(self._sessions))
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
