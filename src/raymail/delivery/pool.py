@@ -2,6 +2,16 @@
 
 The total number of open connections never exceeds the delivery server's concurrency;
 idle connections to one destination are closed when another destination needs the slot.
+
+Per-MX limits (traffic shaping) come in through one small seam, :class:`HostLimiter`: a
+permit per connection *in use*, keyed by the MX host name, so domains that share an MX
+share its limit. :meth:`ConnectionPool.acquire` takes a permit before it hands out a
+connection (idle or new) and :meth:`ConnectionPool.release` gives it back. A new one is
+opened only when no idle one to that destination exists, so the connections open to an MX
+never exceed its permits; when the limiter lowers them, a connection given back while the
+MX is over its limit is closed instead of kept idle. Anything that opens connections
+to an MX (one portion's messages spread over several connections, say) goes through
+:meth:`ConnectionPool.acquire` and so stays within the MX's limit.
 """
 
 from __future__ import annotations
@@ -9,12 +19,55 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 from raymail.delivery.smtp_client import SmtpConnection
 
 Destination = tuple[str, int]
 Opener = Callable[[str, int], Coroutine[Any, Any, SmtpConnection]]
+
+
+class HostLimiter(Protocol):
+    """Connection permits per MX host (see ``raymail.shaping``)."""
+
+    async def acquire(self, key: str) -> None:
+        """Wait for a permit to open one more connection to MX ``key``."""
+        ...
+
+    def release(self, key: str) -> None:
+        """A connection to MX ``key`` closed (or never opened): its permit is free."""
+        ...
+
+    def free(self, key: str) -> bool:
+        """A permit for ``key`` would be granted now, without waiting."""
+        ...
+
+    def over(self, key: str) -> bool:
+        """More connections to ``key`` are in use than it allows now: close, do not keep."""
+        ...
+
+    def messages_per_connection(self, key: str) -> int | None:
+        """Most transactions one connection to ``key`` should carry (None: no limit)."""
+        ...
+
+
+class NoLimit:
+    """The limiter of an unshaped pool: every permit granted at once."""
+
+    async def acquire(self, key: str) -> None:
+        return None
+
+    def release(self, key: str) -> None:
+        return None
+
+    def free(self, key: str) -> bool:
+        return True
+
+    def over(self, key: str) -> bool:
+        return False
+
+    def messages_per_connection(self, key: str) -> int | None:
+        return None
 
 
 class ConnectionPool:
@@ -27,11 +80,13 @@ class ConnectionPool:
         *,
         max_transactions: int = 1000,
         idle_timeout_s: float = 30.0,
+        limiter: HostLimiter | None = None,
     ) -> None:
         self._limit = limit
         self._opener = opener
         self._max_transactions = max_transactions
         self._idle_timeout_s = idle_timeout_s
+        self.limiter: HostLimiter = limiter or NoLimit()
         self._idle: dict[Destination, list[SmtpConnection]] = {}
         self._open = 0
         self._cond = asyncio.Condition()
@@ -42,44 +97,65 @@ class ConnectionPool:
     def open_connections(self) -> int:
         return self._open
 
-    async def acquire(self, host: str, port: int) -> tuple[SmtpConnection, bool]:
-        """A connection to (host, port) and whether it was newly opened."""
-        key = (host, port)
-        async with self._cond:
-            while True:
-                conn = self._take_idle(key)
-                if conn is not None:
-                    return conn, False
-                if self._open < self._limit:
-                    self._open += 1
-                    break
-                if not self._evict_one_idle():
-                    self._waiting += 1
-                    try:
-                        await self._cond.wait()
-                    finally:
-                        self._waiting -= 1
+    def max_transactions(self, key: str) -> int:
+        """Transactions per connection to MX ``key``: the spec's, or the limiter's if lower."""
+        shaped = self.limiter.messages_per_connection(key)
+        return self._max_transactions if shaped is None else min(shaped, self._max_transactions)
+
+    async def acquire(
+        self, host: str, port: int, key: str | None = None
+    ) -> tuple[SmtpConnection, bool]:
+        """A connection to (host, port) and whether it was newly opened.
+
+        ``key`` names the MX host whose limit the connection counts against (default: the
+        host itself); hold it until :meth:`release`, which frees the permit.
+        """
+        dest = (host, port)
+        key = key or host
+        await self.limiter.acquire(key)  # outside the lock: other MX hosts go on meanwhile
+        try:
+            async with self._cond:
+                while True:
+                    conn = self._take_idle(dest)
+                    if conn is not None:
+                        conn.limit_key = key
+                        return conn, False
+                    if self._open < self._limit:
+                        self._open += 1
+                        break
+                    if not self._evict_one_idle():
+                        self._waiting += 1
+                        try:
+                            await self._cond.wait()
+                        finally:
+                            self._waiting -= 1
+        except BaseException:
+            self.limiter.release(key)
+            raise
         try:
             conn = await self._opener(host, port)
         except BaseException:
+            self.limiter.release(key)
             async with self._cond:
                 self._open -= 1
                 self._cond.notify()
             raise
+        conn.limit_key = key
         self.opened_total += 1
         return conn, True
 
-    def ready(self, host: str, port: int) -> bool:
-        """Whether ``acquire(host, port)`` would get a connection without waiting: nobody
-        waits already and a slot is free, or an idle connection can be reused or evicted.
-        A delivery server asks before spreading a portion over one more connection, so
-        extra connections only take slots that no one else is waiting for."""
-        if self._waiting:
+    def ready(self, host: str, port: int, key: str | None = None) -> bool:
+        """Whether ``acquire(host, port, key)`` would get a connection without waiting:
+        nobody waits already, the MX's limiter has a permit free, and a slot is free or an
+        idle connection can be reused or evicted. A delivery server asks before spreading a
+        portion over one more connection, so extra connections only take slots (and MX
+        permits) that no one else is waiting for."""
+        if self._waiting or not self.limiter.free(key or host):
             return False
         return self._open < self._limit or any(self._idle.values())
 
-    def _take_idle(self, key: Destination) -> SmtpConnection | None:
-        idle = self._idle.get(key)
+    def _take_idle(self, dest: Destination) -> SmtpConnection | None:
+        idle = self._idle.get(dest)
         now = time.monotonic()
         while idle:
             conn = idle.pop()
@@ -105,13 +181,22 @@ class ConnectionPool:
         asyncio.get_running_loop().create_task(conn.quit())
 
     async def release(self, conn: SmtpConnection) -> None:
-        """Give a connection back: kept for reuse when healthy, else closed."""
-        async with self._cond:
-            if not conn.reusable or conn.transactions >= self._max_transactions:
-                self._discard(conn)
-            else:
-                self._idle.setdefault((conn.host, conn.port), []).append(conn)
-            self._cond.notify()
+        """Give a connection back: kept for reuse when healthy and allowed, else closed.
+        Its permit is freed either way."""
+        key = conn.limit_key or conn.host
+        try:
+            async with self._cond:
+                if (
+                    not conn.reusable
+                    or conn.transactions >= self.max_transactions(key)
+                    or self.limiter.over(key)
+                ):
+                    self._discard(conn)
+                else:
+                    self._idle.setdefault((conn.host, conn.port), []).append(conn)
+                self._cond.notify()
+        finally:
+            self.limiter.release(key)
 
     async def close(self) -> None:
         """Close every idle connection (QUIT, bounded)."""

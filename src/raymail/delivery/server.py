@@ -327,7 +327,7 @@ class DeliveryServer:
         gate = self.gate
         if gate is not None and (gate.busy >= gate.slots or self._urgent_waits()):
             return  # a shared server's slots are the campaigns' to share, by priority
-        if pool.ready(target.address, target.port):
+        if pool.ready(target.address, target.port, target.mx_host):
             self._add_lane(portion, pool)
 
     async def _lane(self, portion: _Portion, pool: ConnectionPool) -> None:
@@ -382,7 +382,7 @@ class DeliveryServer:
         last: SmtpProtocolError | None = None
         for target in targets:
             try:
-                conn, fresh = await pool.acquire(target.address, target.port)
+                conn, fresh = await pool.acquire(target.address, target.port, target.mx_host)
                 return conn, fresh, target
             except SmtpRefused as exc:
                 if exc.reply.klass == 5:
@@ -409,6 +409,8 @@ class DeliveryServer:
         task, out, obs, pending = portion.task, portion.out, portion.obs, portion.pending
         first = True
         max_tx = self.spec.smtp.max_messages_per_connection
+        if self._pool is not None:
+            max_tx = self._pool.max_transactions(conn.limit_key or conn.host)
         ahead: _Job | None = None  # taken; its envelope may already be on this connection
         try:
             while ahead is not None or pending:

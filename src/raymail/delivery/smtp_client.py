@@ -102,6 +102,7 @@ class SmtpConnection:
     tls: bool = False
     last_used: float = field(default_factory=time.monotonic)
     broken: bool = False
+    limit_key: str = ""  # the MX host whose connection permit this holds (the pool's)
     # The next transaction's envelope, already sent with the last body: (key, payload, tx).
     _prefetched: tuple[tuple[str, tuple[str, ...]], bytes, Transaction] | None = None
 
