@@ -29,6 +29,7 @@ from raymail._strict import StrictModel
 from raymail.compose.dkim_keys import load_private_key, read_key_source
 from raymail.errors import DkimError, SpecError
 from raymail.hostport import HostPort, ListenAddress
+from raymail.shaping.rules import ShapingSettings
 from raymail.status import InDoubtPolicy
 
 _ADDRESS_RE = re.compile(r"^[^@\s<>]+@[^@\s<>]+$")
@@ -796,6 +797,11 @@ class CampaignSpec(StrictModel):
         2.0, gt=0, description="Longest time outcomes stay only in memory before Parquet."
     )
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    shaping: ShapingSettings = Field(
+        default_factory=ShapingSettings,
+        description="Adaptive traffic shaping per MX host: rules for replies meaning "
+        "'slow down' (built-in ones in raymail/shaping/rules.yaml) and AIMD otherwise.",
+    )
     tracking: TrackingSettings = Field(
         default_factory=TrackingSettings,
         description="Open and click tracking in the HTML part (needs a web section).",
