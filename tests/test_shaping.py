@@ -116,3 +116,26 @@ def test_refused_connections_lower_the_limit_through_the_pool() -> None:
         assert peak == 12  # it started wide open
         assert sink.stats().accepted == 40
     assert SmtpRefused  # imported for the server's refusal path
+
+
+def test_sink_answers_421_beyond_max_connections_per_client() -> None:
+    config = SinkConfig(max_connections_per_client=2)
+    with run_sink(config) as sink:
+
+        async def go() -> tuple[int, int]:
+            kept = [
+                await SmtpConnection.open("127.0.0.1", sink.port, helo_name="c.test")
+                for _ in range(2)
+            ]
+            with pytest.raises(SmtpRefused) as refused:
+                await SmtpConnection.open("127.0.0.1", sink.port, helo_name="c.test")
+            code = refused.value.reply.code
+            await kept[0].quit()
+            await asyncio.sleep(0.1)
+            again = await SmtpConnection.open("127.0.0.1", sink.port, helo_name="c.test")
+            for conn in (kept[1], again):
+                await conn.quit()
+            return code, sink.stats().connections_refused
+
+        code, refused_count = asyncio.run(go())
+        assert code == 421 and refused_count == 1

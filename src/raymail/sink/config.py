@@ -144,6 +144,18 @@ class SinkConfig(StrictModel):
         32 * 1024 * 1024, ge=1024, description="SIZE advertised and enforced."
     )
     idle_timeout_s: float = Field(300.0, gt=0, description="Close a connection idle this long.")
+    max_connections_per_client: int | None = Field(
+        None,
+        ge=1,
+        description="Most connections one client address may hold open; beyond it the "
+        "banner is too_many_connections_reply and the connection closes (a receiver's "
+        "connection limit, like Postfix's smtpd_client_connection_count_limit).",
+    )
+    too_many_connections_reply: str = Field(
+        "421 4.7.0 Too many connections from your address (raymail sink)",
+        pattern=r"^4\d\d [^\r\n]+$",
+        description="The banner sent to a connection over max_connections_per_client.",
+    )
     default: Rule = Field(default_factory=Rule)
     domains: dict[str, Rule] = Field(
         default_factory=dict, description="Rules by recipient domain (exact, case-insensitive)."

@@ -105,7 +105,10 @@ class _Handler:
         self.returner = returner
         self._queue_id = 0
         self._sessions: dict[tuple[str, str], int] = {}  # open transactions per slot
-        self._last_reply: dict[int, float] = {}  # loop time of each connection's last DATA reply
+        self._last_reply: dict[int, float] = {}
+        self._clients: dict[str, int] = {}  # open connections per client address
+        self.max_connections: int | None = None  # per client address (config)
+        self.too_many_reply = "421 4.7.0 Too many connections from your address (raymail sink)"
         self._in_data = 0  # transactions waiting for their DATA reply now
 
     def _hold_slot(self, envelope: _SinkEnvelope, peer_ip: str, pick: Pick, address: str) -> bool:
@@ -144,6 +147,18 @@ class _Handler:
             if wait > 0.0:
                 await asyncio.sleep(wait)
         self._last_reply[connection] = loop.time()
+
+    def client_connected(self, ip: str) -> bool:
+        """Count a new connection from ``ip``; False when it is over the client limit."""
+        limit = self.max_connections
+        if limit is not None and self._clients.get(ip, 0) >= limit:
+            return False
+        self._clients[ip] = self._clients.get(ip, 0) + 1
+        return True
+
+    def client_gone(self, ip: str, *, counted: bool) -> None:
+        if counted:
+            self._clients[ip] = max(self._clients.get(ip, 1) - 1, 0)
 
     def forget(self, connection: int) -> None:
         self._last_reply.pop(connection, None)
@@ -332,9 +347,24 @@ class _SinkSMTP(SMTP):
             stats.connections += 1
             self._sessions.add(self)
             stats.peak_connections = max(stats.peak_connections, len(self._sessions))
+            peer = transport.get_extra_info("peername")
+            self._client_ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+            self._refused = not self._sink_handler.client_connected(self._client_ip)
         super().connection_made(transport)
 
+    async def _handle_client(self) -> None:
+        """Beyond the per-client connection limit: 421 instead of the banner, then close."""
+        if getattr(self, "_refused", False):
+            self._sink_handler.stats.connections_refused += 1
+            await self.push(self._sink_handler.too_many_reply)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        await super()._handle_client()
+
     def connection_lost(self, error: Exception | None) -> None:
+        if self in self._sessions and hasattr(self, "_client_ip"):
+            self._sink_handler.client_gone(self._client_ip, counted=not self._refused)
         self._sessions.discard(self)
         self._sink_handler.release(self.envelope)
         self._sink_handler.forget(id(self))
@@ -397,6 +427,8 @@ class SinkServer:
         )
         self._handler = handler
         cfg = self.config
+        handler.max_connections = cfg.max_connections_per_client
+        handler.too_many_reply = cfg.too_many_connections_reply
         loop = asyncio.get_running_loop()
 
         def factory() -> _SinkSMTP:

@@ -25,6 +25,7 @@ class SinkStats:
     returns_sent: int = 0  # generated bounces and replies the returns server accepted
     returns_failed: int = 0  # generated returns that could not be delivered
     returns_skipped: int = 0  # returns not generated: the message's sender was null
+    connections_refused: int = 0  # connections answered 421 over max_connections_per_client
     throttled: int = 0  # RCPT TO answered 4xx for exceeding a rule's max_sessions
     peak_connections: int = 0  # most connections open at once
     peak_in_data: int = 0  # most transactions at once between end of DATA and its reply
