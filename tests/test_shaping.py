@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from conftest import make_spec, write_csv
 from raymail.delivery.pool import ConnectionPool
 from raymail.delivery.smtp_client import SmtpConnection, SmtpRefused
+from raymail.driver.campaign import run_campaign
 from raymail.shaping import HostState, ShapingSettings, match_rule, rules_of
 from raymail.shaping.limiter import LocalShaper
-from raymail.sink import SinkConfig, run_sink
+from raymail.sink import SinkConfig, read_capture, run_sink
 
 
 def test_builtin_rules_name_the_usual_slow_down_replies() -> None:
@@ -139,3 +142,25 @@ def test_sink_answers_421_beyond_max_connections_per_client() -> None:
 
         code, refused_count = asyncio.run(go())
         assert code == 421 and refused_count == 1
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_campaign_at_2x25_against_a_receiver_allowing_5(tmp_path: Path) -> None:
+    """Real Ray, the real sink refusing connections beyond 5 with 421: nobody fails, each
+    recipient gets one copy, and the receiver never held more than its 5 plus refusals."""
+    rows = [f"u{i}@d{i % 7}.test,N{i}" for i in range(800)]
+    csv = write_csv(tmp_path / "list.csv", "email,name", rows)
+    config = SinkConfig.model_validate(
+        {"max_connections_per_client": 5, "default": {"latency_ms": 5}}
+    )
+    with run_sink(config, capture_dir=tmp_path / "cap") as sink:
+        spec = make_spec(csv, sink.port, delivery_servers=2, concurrency=25, portion_size=50)
+        report = run_campaign(spec, tmp_path / "run", live_progress=False)
+        stats = sink.stats()
+    assert report.failed == 0 and report.deferred == 0
+    assert report.accepted == 800
+    per_rcpt = read_capture(tmp_path / "cap").group_by("rcpt_to").len()
+    assert per_rcpt.height == 800 and per_rcpt["len"].max() == 1
+    assert stats.connections_refused > 0  # it did start too wide
+    # shaped: far fewer refusals than one per portion attempt at 50 connections
+    assert stats.connections_refused < 200, stats

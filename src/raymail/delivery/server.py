@@ -44,10 +44,12 @@ from raymail.delivery.smtp_client import (
 )
 from raymail.driver.plan import PortionTask
 from raymail.errors import MXResolutionError, SmtpProtocolError, TemplateError
+from raymail.shaping.limiter import LocalShaper
 from raymail.spec import CampaignSpec
 from raymail.status import ACCEPTED, DEFERRED, FAILED, IN_DOUBT
 
 _MAX_RECONNECTS = 3
+_MAX_REFUSALS = 20  # refused connections a shaped portion waits out before deferring
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +114,7 @@ class _Portion:
     lanes: int = 0  # lanes started and not ended
     connected: int = 0  # lanes holding a connection now
     reconnects: int = 0  # dropped connections, all lanes together
+    refusals: int = 0  # connections refused (shaped: tried again within the new limit)
     lanes_running: set[asyncio.Task[None]] = field(default_factory=set)
 
 
@@ -146,6 +149,7 @@ class DeliveryServer:
         self._nameservers = nameservers
         self._resolver: MXResolver | None = None
         self._pool: ConnectionPool | None = None
+        self._shaper: LocalShaper | None = None  # per-MX limits (raymail.shaping)
         # Lanes holding a connection, per mail exchanger (address, port), all portions.
         self._mx_lanes: dict[tuple[str, int], int] = {}
         self._per_mx_cap = spec.smtp.max_connections_per_mx or spec.concurrency
@@ -173,10 +177,13 @@ class DeliveryServer:
                 overrides=self.spec.mx_override,
                 port=self.spec.smtp.port,
             )
+            if self.spec.shaping.enabled:
+                self._shaper = LocalShaper(self.spec.shaping, self.spec.concurrency)
             self._pool = ConnectionPool(
                 self.spec.concurrency,
                 self._open,
                 max_transactions=self.spec.smtp.max_messages_per_connection,
+                limiter=self._shaper,
             )
         return self._resolver, self._pool
 
@@ -344,6 +351,9 @@ class DeliveryServer:
                     except SmtpProtocolError as exc:
                         if portion.connected or not pending:
                             return  # other lanes of this portion carry on with the jobs
+                        if self._shaper is not None and portion.refusals < _MAX_REFUSALS:
+                            portion.refusals += 1  # the MX's limit fell: wait for a permit
+                            continue
                         reply = exc.reply if isinstance(exc, SmtpRefused) else None
                         status = _status_of(reply) if reply else DEFERRED
                         jobs = list(pending)
@@ -387,10 +397,19 @@ class DeliveryServer:
             except SmtpRefused as exc:
                 if exc.reply.klass == 5:
                     raise
+                self._shaped(target, exc.reply.code, exc.reply.text)
                 last = exc
             except SmtpProtocolError as exc:
+                self._shaped(target, 421, str(exc))  # refused or cut off: a slow-down signal
                 last = exc
         raise last or ConnectionDropped("no mail exchanger to try")
+
+    def _shaped(self, target: MXTarget, code: int, text: str) -> None:
+        """A connection to ``target`` was refused: the MX's shaping state learns of it."""
+        shaper = self._shaper
+        if shaper is not None:
+            open_ok = shaper.in_use.get(target.mx_host, 0)  # its permit is already back
+            shaper.reply(target.mx_host, code, text, signal=True, open_ok=open_ok)
 
     async def _run_jobs(
         self,
@@ -470,6 +489,9 @@ class DeliveryServer:
                 )
                 self.metrics.transaction(task.domain, tx.seconds)
                 first = False
+                if self._shaper is not None and self._shape_reply(conn, target, tx, worst):
+                    conn.broken = True  # collecting errors: closed and replaced, not tarpitted
+                    return False
                 if any(r.code == 421 for r in (tx.mail, *tx.rcpts)) or conn.transactions >= max_tx:
                     conn.broken = conn.broken or conn.transactions < max_tx
                     return False
@@ -477,6 +499,30 @@ class DeliveryServer:
         finally:
             if ahead is not None:  # taken but not sent here: first in line for another lane
                 pending.appendleft(ahead)
+
+    def _shape_reply(
+        self, conn: SmtpConnection, target: MXTarget, tx: Transaction, worst: int
+    ) -> bool:
+        """Feed a transaction's replies to the MX's shaping state; True when this connection
+        should be replaced (several 5xx in a row, or a reply many times slower than usual)."""
+        shaper = self._shaper
+        assert shaper is not None
+        key = target.mx_host
+        settings = self.spec.shaping
+        if worst == 2:
+            shaper.success(key)
+            conn.errors_in_row = 0
+        else:
+            replies = [tx.mail, *tx.rcpts] + ([tx.data] if tx.data is not None else [])
+            bad = next(r for r in replies if r.klass != 2)
+            shaper.reply(key, bad.code, bad.text)
+            conn.errors_in_row = conn.errors_in_row + 1 if worst == 5 else 0
+        usual = conn.usual_s
+        conn.usual_s = tx.seconds if usual == 0.0 else 0.9 * usual + 0.1 * tx.seconds
+        slow = usual > 0.0 and tx.seconds > settings.slow_factor * max(usual, 0.05)
+        if slow:
+            shaper.reply(key, 421, f"reply slowed down to {tx.seconds:.2f} s", signal=True)
+        return slow or conn.errors_in_row >= settings.max_errors_per_connection
 
     def _urgent_waits(self) -> bool:
         """A more urgent campaign waits for a slot of the shared gate (priority lanes)."""

@@ -102,6 +102,8 @@ class SmtpConnection:
     tls: bool = False
     last_used: float = field(default_factory=time.monotonic)
     broken: bool = False
+    errors_in_row: int = 0  # 5xx transactions in a row (shaping replaces such connections)
+    usual_s: float = 0.0  # moving average of its transaction times (tarpit detection)
     limit_key: str = ""  # the MX host whose connection permit this holds (the pool's)
     # The next transaction's envelope, already sent with the last body: (key, payload, tx).
     _prefetched: tuple[tuple[str, tuple[str, ...]], bytes, Transaction] | None = None

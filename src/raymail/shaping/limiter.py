@@ -73,9 +73,15 @@ class LocalShaper:
         if int(self.state(key).limit) > before:
             self._wake()
 
-    def reply(self, key: str, code: int, text: str, *, signal: bool = False) -> bool:
-        """A non-2xx reply, or a refused connection (``signal``): True if it shaped."""
-        open_ok = self.in_use.get(key, 0) - (1 if signal else 0)
+    def reply(
+        self, key: str, code: int, text: str, *, signal: bool = False, open_ok: int | None = None
+    ) -> bool:
+        """A non-2xx reply, or a refused connection (``signal``): True if it shaped.
+
+        ``open_ok``: connections to ``key`` working when it came (default: those in use, less
+        the caller's own when ``signal``)."""
+        if open_ok is None:
+            open_ok = self.in_use.get(key, 0) - (1 if signal else 0)
         rule = self.state(key).on_reply(
             self.settings, self.rules, code, text, open_ok, time.monotonic(), signal=signal
         )
