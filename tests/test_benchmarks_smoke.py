@@ -117,3 +117,25 @@ def test_smime_render_benchmark_small_run() -> None:
     for mode in ("sign", "encrypt", "sign_and_encrypt"):
         assert result[f"{mode}_best_us"] > 0 and result[f"{mode}_vs_plain"] > 0
     assert result["message_bytes"]["sign_and_encrypt"] > result["message_bytes"]["plain"]
+
+
+def test_shaping_benchmark_small_run(tmp_path: Path) -> None:
+    """The shaping benchmark runs end to end on a small list: nobody fails, it reports the
+    convergence and the side-by-side ratio (its value is the full benchmark's to judge)."""
+    out = tmp_path / "shaping.json"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run(
+        [
+            sys.executable, str(ROOT / "benchmarks" / "shaping.py"), "--recipients", "600",
+            "--latency-ms", "5", "--json-out", str(out),
+        ],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert out.exists(), done.stderr[-3000:]
+    printed = json.loads(done.stdout)
+    assert printed["failed"] == 0
+    assert printed["shaped"]["accepted"] == printed["hand_tuned"]["accepted"] == 600
+    assert printed["shaped"]["refusals"] > 0  # it started above the receiver's limit
+    assert printed["hand_tuned"]["refusals"] == 0
+    assert printed["vs_hand_tuned"] > 0 and printed["converge_s"] >= 0
