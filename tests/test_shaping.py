@@ -12,6 +12,7 @@ from conftest import make_spec, write_csv
 from raymail.delivery.pool import ConnectionPool
 from raymail.delivery.smtp_client import SmtpConnection, SmtpRefused
 from raymail.driver.campaign import run_campaign
+from raymail.driver.progress import backoff_text
 from raymail.shaping import HostState, ShapingSettings, match_rule, rules_of
 from raymail.shaping.limiter import LocalShaper
 from raymail.sink import SinkConfig, read_capture, run_sink
@@ -164,3 +165,7 @@ def test_campaign_at_2x25_against_a_receiver_allowing_5(tmp_path: Path) -> None:
     assert stats.connections_refused > 0  # it did start too wide
     # shaped: far fewer refusals than one per portion attempt at 50 connections
     assert stats.connections_refused < 200, stats
+    # the report names the MX in backoff, the reply that put it there and the next try
+    (entry,) = report.backoff
+    assert entry["reason"].startswith("421") and entry["connections"] <= 6
+    assert "next try" in backoff_text(entry) and "backoff" in backoff_text(entry)

@@ -107,6 +107,10 @@ def status(
         soft_wrap=True,  # one line, whatever the width: scripts and logs read it
         highlight=False,
     )
+    from raymail.driver.progress import backoff_text
+
+    for entry in result.backoff:
+        console.print(f"  {backoff_text(entry)}", soft_wrap=True, highlight=False)
 
 
 @clean_errors

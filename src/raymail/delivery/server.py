@@ -88,6 +88,8 @@ class ServerStats:
     # the stats are read): the driver judges stalls from it, never from wall clocks.
     since_progress_s: float = 0.0
     node_id: str = ""  # the Ray node it runs on (placement, and what a node loss took)
+    # MX hosts in backoff: mx_host, connections, rate_per_s, suspended, reason, next_try_at
+    backoff: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -678,6 +680,8 @@ class DeliveryServer:
 
     def _current_stats(self) -> ServerStats:
         self.stats.since_progress_s = time.monotonic() - self._progress_at
+        if self._shaper is not None:
+            self.stats.backoff = self._shaper.backoff()
         return self.stats
 
     @ray.method(concurrency_group="control")

@@ -260,6 +260,7 @@ class CampaignDriver:
                 "peak_inflight_portions": state.peak_inflight,
             }
             rd.update(
+                backoff=fleet.final_backoff(),  # MX hosts in backoff at the end (report, status)
                 elapsed_s=float(manifest.get("elapsed_s") or 0.0) + elapsed,
                 attempts=int(manifest.get("attempts") or 0) + state.attempts,
                 stream=stream,

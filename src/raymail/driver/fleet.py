@@ -63,6 +63,7 @@ class Server:
     alive: bool = False  # answered a heartbeat: its actor has started
     unavailable_since: float | None = None  # Ray is restarting it (since this time)
     paused_until: float = 0.0  # no new work before this time (it is restarting)
+    backoff: list[dict[str, Any]] = field(default_factory=list)  # its MX hosts in backoff
 
     @property
     def healthy(self) -> bool:
@@ -297,6 +298,30 @@ class Fleet:
             seen = now
         server.unavailable_since, server.paused_until = None, 0.0  # back
         server.last_progress = max(server.last_progress, seen)
+        server.backoff = list(getattr(stats, "backoff", []))
+
+    def final_backoff(self, timeout_s: float = 2.0) -> list[dict[str, Any]]:
+        """Ask every healthy server once more (bounded): the backoff at the run's end."""
+        asked = {s.name: s.handle.heartbeat.remote() for s in self.servers if s.healthy}
+        for server in self.servers:
+            ref = asked.get(server.name)
+            if ref is None:
+                continue
+            ready, _ = ray.wait([ref], timeout=timeout_s)
+            if ready:
+                with contextlib.suppress(RayActorError, RayTaskError):
+                    server.backoff = list(getattr(ray.get(ready[0]), "backoff", []))
+        return self.backoff()
+
+    def backoff(self) -> list[dict[str, Any]]:
+        """MX hosts in backoff on any server (the latest word per MX: fewest connections)."""
+        merged: dict[str, dict[str, Any]] = {}
+        for server in self.servers:
+            for entry in server.backoff:
+                mx = str(entry["mx_host"])
+                if mx not in merged or entry["connections"] < merged[mx]["connections"]:
+                    merged[mx] = entry
+        return [merged[mx] for mx in sorted(merged)]
 
     def replace(self, server: Server, why: str) -> None:
         """Stop a stalled server; its portions come back as failed calls."""

@@ -122,6 +122,7 @@ class DispatchLoop:
                 self.router.tick(state.ready)
                 if self.ledger.due():
                     self.ledger.flush()
+                self.progress.backoff = self.fleet.backoff()
                 self.progress.update(state.tally)
                 self.each_round()
         finally:

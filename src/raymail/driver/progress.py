@@ -60,6 +60,7 @@ class ProgressReporter:
         self._console = Console(stderr=True)
         self._progress: Progress | None = None
         self._task = None
+        self.backoff: list[dict[str, object]] = []  # MX hosts in backoff (traffic shaping)
         if self.live:
             self._progress = Progress(
                 TextColumn("[bold]sending"),
@@ -97,10 +98,11 @@ class ProgressReporter:
         left = max(self.total - tally.settled, 0)
         eta = _clock(left / rate) if rate > 0 else ("0:00:00" if not left else "?")
         share = 100.0 * tally.settled / self.total if self.total else 100.0
-        return (
+        line = (
             f"raymail: sent {tally.settled}/{self.total} ({share:.1f}%) | "
             f"{self._detail(tally, rate)} | ETA {eta}"
         )
+        return line + "".join(f" | {backoff_text(b)}" for b in self.backoff[:3])
 
     def update(self, tally: Tally, *, force: bool = False) -> None:
         if self._progress is not None and self._task is not None:
@@ -119,6 +121,24 @@ class ProgressReporter:
         self.update(tally, force=True)
         if self._progress is not None:
             self._progress.stop()
+
+
+def backoff_text(entry: dict[str, object]) -> str:
+    """``backoff MX: N connections [rate R/s] [suspended] (reply), next try HH:MM:SS``."""
+    next_at = entry.get("next_try_at")
+    when = (
+        time.strftime("%H:%M:%S", time.gmtime(float(next_at)))
+        if isinstance(next_at, int | float)
+        else "?"
+    )
+    rate = entry.get("rate_per_s")
+    extra = (f" rate {rate}/s" if rate is not None else "") + (
+        " suspended" if entry.get("suspended") else ""
+    )
+    return (
+        f"backoff {entry.get('mx_host')}: {entry.get('connections')} connections{extra} "
+        f"({str(entry.get('reason', ''))[:80]}), next try {when} UTC"
+    )
 
 
 _WINDOW_S = 30.0

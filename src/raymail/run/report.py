@@ -72,6 +72,11 @@ class RunReport(StrictModel):
     delivery_servers: int | None = Field(description="Delivery servers running at the end.")
     capacity: CapacityPlan | None = Field(description="Sizing for target_minutes, if asked.")
     domains: dict[str, dict[str, int]] = Field(description="Final statuses per domain.")
+    backoff: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="MX hosts in backoff when sending stopped (traffic shaping): mx_host, "
+        "connections, rate_per_s, suspended, reason (the reply), next_try_at (Unix time).",
+    )
     note: str | None = Field(
         None, exclude_if=_unset, description="Why nothing happened (resume of a finished run)."
     )
@@ -124,6 +129,7 @@ def build_report(run_dir: str | Path) -> RunReport:
         delivery_servers=manifest.get("delivery_servers"),
         capacity=CapacityPlan.model_validate(capacity) if capacity else None,
         domains=_per_domain(by_domain),
+        backoff=list(manifest.get("backoff") or []),
     )
 
 
