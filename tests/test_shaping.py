@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from raymail.driver.campaign import run_campaign
 from raymail.driver.progress import backoff_text
 from raymail.shaping import HostState, ShapingSettings, match_rule, rules_of
 from raymail.shaping.limiter import LocalShaper
+from raymail.shaping.persist import load_limits
 from raymail.sink import SinkConfig, read_capture, run_sink
 
 
@@ -169,3 +172,24 @@ def test_campaign_at_2x25_against_a_receiver_allowing_5(tmp_path: Path) -> None:
     (entry,) = report.backoff
     assert entry["reason"].startswith("421") and entry["connections"] <= 6
     assert "next try" in backoff_text(entry) and "backoff" in backoff_text(entry)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_learned_limits_carry_over_to_the_next_run(tmp_path: Path) -> None:
+    """A run keeps the limit it learned beside the routing table (in the driver's
+    $RAYMAIL_HOME); the next run's servers start each MX from it, not from 25."""
+    csv = write_csv(tmp_path / "list.csv", "email,name", [f"u{i}@d.test,N{i}" for i in range(400)])
+    config = SinkConfig.model_validate(
+        {"max_connections_per_client": 4, "default": {"latency_ms": 5}}
+    )
+    with run_sink(config) as sink:
+        spec = make_spec(csv, sink.port, delivery_servers=1, concurrency=25, portion_size=20)
+        report = run_campaign(spec, tmp_path / "first", live_progress=False)
+        assert sink.stats().connections_refused > 0
+    assert report.accepted == 400 and report.failed == 0
+    folder = Path(os.environ["RAYMAIL_HOME"]) / "routing"
+    (entry,) = json.loads((folder / "shaping.json").read_text())["hosts"].values()
+    assert entry["connections"] in (3, 4)  # a connection still closing counts at the sink
+    shaper = LocalShaper(ShapingSettings(), 25, load_limits(folder))
+    assert shaper.state("127.0.0.1").limit == entry["connections"]
+    assert LocalShaper(ShapingSettings(), 25, {}).state("127.0.0.1").limit == 25

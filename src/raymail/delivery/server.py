@@ -8,6 +8,7 @@ returns one outcome row per recipient plus one observation row per SMTP transact
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -44,7 +45,9 @@ from raymail.delivery.smtp_client import (
 )
 from raymail.driver.plan import PortionTask
 from raymail.errors import MXResolutionError, SmtpProtocolError, TemplateError
+from raymail.routing.table import default_table_dir
 from raymail.shaping.limiter import LocalShaper
+from raymail.shaping.persist import load_limits, save_limits
 from raymail.spec import CampaignSpec
 from raymail.status import ACCEPTED, DEFERRED, FAILED, IN_DOUBT
 
@@ -180,7 +183,9 @@ class DeliveryServer:
                 port=self.spec.smtp.port,
             )
             if self.spec.shaping.enabled:
-                self._shaper = LocalShaper(self.spec.shaping, self.spec.concurrency)
+                self._shaper = LocalShaper(
+                    self.spec.shaping, self.spec.concurrency, load_limits(self._limits_dir())
+                )
             self._pool = ConnectionPool(
                 self.spec.concurrency,
                 self._open,
@@ -717,10 +722,20 @@ class DeliveryServer:
         )
         return to_ipc(table)
 
+    def _limits_dir(self) -> Path:
+        """Where learned per-MX limits are kept: beside the routing table."""
+        table = self.spec.routing.table
+        return Path(table).expanduser() if table else default_table_dir()
+
     async def shutdown(self) -> ServerStats:
-        """Close pooled connections politely."""
+        """Close pooled connections politely; keep what shaping learned for the next run."""
         if self._pool is not None:
             await self._pool.close()
+        if self._shaper is not None:
+            try:
+                save_limits(self._limits_dir(), list(self._shaper.hosts.values()))
+            except OSError as exc:  # learned limits are a help, never a reason to fail
+                logging.getLogger(__name__).warning("cannot save shaping limits: %s", exc)
         return self._current_stats()
 
 

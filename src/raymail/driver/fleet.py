@@ -33,6 +33,7 @@ from raymail.driver.dispatch import Router, ServerView
 from raymail.driver.settle import count
 from raymail.errors import DeliveryError
 from raymail.hostport import split_host_port
+from raymail.routing.table import default_table_dir
 from raymail.runtime import DELIVERY_RESOURCE, delivery_slots
 from raymail.spec import CampaignSpec
 from raymail.status import ACCEPTED, FAILED
@@ -111,6 +112,11 @@ class Fleet:
     def start(self, count: int) -> None:
         """Start ``count`` more delivery servers (placed on the delivery resource)."""
         spec = self.spec
+        if spec.routing.table is None:  # the driver's $RAYMAIL_HOME, not each worker's
+            table = str(default_table_dir())
+            spec = spec.model_copy(
+                update={"routing": spec.routing.model_copy(update={"table": table})}
+            )
         use_resource = delivery_slots() > 0
         if not use_resource:
             log.warning(

@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from typing import Any
 
+from raymail.shaping.persist import seed
 from raymail.shaping.rules import ShapingSettings, rules_of
 from raymail.shaping.state import HostState
 
@@ -23,19 +25,27 @@ from raymail.shaping.state import HostState
 class LocalShaper:
     """Per-MX permits for one event loop."""
 
-    def __init__(self, settings: ShapingSettings, start_connections: int) -> None:
+    def __init__(
+        self,
+        settings: ShapingSettings,
+        start_connections: int,
+        learned: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
         self.settings = settings
         self.rules = rules_of(settings)
         self.start = start_connections
         self.max = settings.max_connections or start_connections
         self.hosts: dict[str, HostState] = {}
+        self.learned = learned or {}  # from earlier runs (shaping/persist.py)
         self.in_use: dict[str, int] = {}
         self._cond = asyncio.Condition()
 
     def state(self, key: str) -> HostState:
         host = self.hosts.get(key)
         if host is None:
-            host = HostState(key, float(min(self.start, self.max)), self.max)
+            host = seed(
+                HostState(key, float(min(self.start, self.max)), self.max), self.learned.get(key)
+            )
             self.hosts[key] = host
         return host
 

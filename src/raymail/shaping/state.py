@@ -111,13 +111,15 @@ class HostState:
 
     def describe(self, now: float, wall_offset: float) -> dict[str, object]:
         """What status lines and the report show (times as wall-clock seconds)."""
-        next_try = max(self.suspended_until, self.backoff_at + self.quiet_s)
+        next_try: float | None = max(self.suspended_until, self.backoff_at + self.quiet_s)
+        if not self.backoff_at and not self.suspended_until:
+            next_try = None  # limits carried over from an earlier run: no backoff time here
         return {
             "mx_host": self.mx_host,
             "connections": int(self.limit),
             "rate_per_s": None if self.rate is None else round(self.rate, 2),
             "suspended": self.suspended_until > now,
             "reason": self.reason,
-            "next_try_at": next_try + wall_offset,
+            "next_try_at": None if next_try is None else next_try + wall_offset,
             "throttles": self.throttles,
         }
