@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import wait_for
 from system_packages import require_binary
 
 
@@ -57,13 +58,12 @@ class RelayPostfix:
         return not any(p.is_file() for q in queues for p in (spool / q).rglob("*"))
 
     def wait_idle(self, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:  # bounded
-            if self.queue_empty():
-                return
-            time.sleep(0.25)
-        log = self.maillog.read_text(errors="replace")[-3000:] if self.maillog.exists() else ""
-        raise AssertionError(f"Postfix queue not empty after {timeout_s} s; maillog:\n{log}")
+
+        def why() -> str:
+            log = self.maillog.read_text(errors="replace")[-3000:] if self.maillog.exists() else ""
+            return f"the Postfix queue to empty ({timeout_s} s); maillog:\n{log}"
+
+        wait_for(why, self.queue_empty, timeout_s, 0.25)
 
 
 def require_postfix() -> None:

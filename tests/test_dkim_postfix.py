@@ -7,7 +7,6 @@ fields) is signed once per transaction, so a transaction's recipients share one 
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytest
 
 from conftest import make_spec, write_csv
 from dkim_dns import dkim_dns, records_for, signatures, verify_all, write_key
+from helpers import wait_for
 from postfix_mta import relay_postfix
 from raymail.driver.campaign import run_campaign
 from raymail.sink import SinkConfig, iter_capture, run_sink
@@ -27,13 +27,12 @@ PASSED_POSTFIX = b"by relay.raymail.test (Postfix)"
 
 def _captured(capture: Path, campaign: str, expected: int) -> list[Any]:
     marker = f"X-Raymail-Campaign: {campaign}\r\n".encode()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # bounded
-        found = [m for m in iter_capture(capture) if marker in m.raw] if capture.exists() else []
-        if sum(len(m.rcpt_tos) for m in found) >= expected:
-            return found
-        time.sleep(0.25)
-    raise AssertionError(f"{campaign}: the sink did not get {expected} deliveries")
+
+    def found() -> list[Any]:
+        got = [m for m in iter_capture(capture) if marker in m.raw] if capture.exists() else []
+        return got if sum(len(m.rcpt_tos) for m in got) >= expected else []
+
+    return wait_for(f"{campaign}: {expected} deliveries at the sink", found, 60, 0.25)
 
 
 def test_signatures_survive_postfix_and_verify(tmp_path: Path) -> None:

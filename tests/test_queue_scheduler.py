@@ -10,8 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import ray
 from typer.testing import CliRunner
 
 from conftest import write_csv
+from helpers import wait_for
 from raymail.cli import app
 from raymail.cli.commands import register
 from raymail.queue.schedule import schedule_campaign
@@ -39,13 +39,6 @@ from raymail.spec import load_spec
 
 pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.slow]
 SECRET = "webhook-secret-0123456789"
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.25)
 
 
 def _spec_file(path: Path, campaign: str, port: int, recipients: Path, extra: str = "") -> Path:
@@ -127,10 +120,11 @@ def test_two_schedulers_start_each_due_campaign_once(tmp_path: Path) -> None:
         }
         later = schedule_campaign(queue, load_spec(specs["news"]), at="+1h")[0]
         with _schedulers(url, 2, max_running=2) as schedulers:
-            _wait_for(
+            wait_for(
+                "the three campaigns to be done",
                 lambda: all(queue.get(e.id).status == DONE for e in entries.values()),
                 300,
-                "the three campaigns to be done",
+                0.25,
             )
         started = [i for s in schedulers for i in s.stats.started]
         assert sorted(started) == sorted(e.id for e in entries.values())  # each once, in all
@@ -193,9 +187,9 @@ def test_status_webhook_is_signed_retried_and_complete(tmp_path: Path) -> None:
                 scheduler.webhooks.settings = type(scheduler.webhooks.settings)(
                     initial_backoff_s=0.2
                 )
-                _wait_for(lambda: queue.get(entry.id).status == DONE, 300, "the run")
+                wait_for("the run", lambda: queue.get(entry.id).status == DONE, 300, 0.25)
                 events = queue.events([entry.id])
-                _wait_for(lambda: len(_Receiver.received) >= len(events), 60, "all webhooks")
+                wait_for("all webhooks", lambda: len(_Receiver.received) >= len(events), 60, 0.25)
     finally:
         server.shutdown()
     assert _Receiver.calls == len(events) + 2  # two refused, then each event once
@@ -264,7 +258,7 @@ def test_killed_scheduler_and_run_are_resumed_by_another(tmp_path: Path) -> None
         )
         # The run process has a session of its own: kill the scheduler and the run both.
         try:
-            _wait_for(lambda: _captured(capture).height >= n // 4, 240, "a quarter sent")
+            wait_for("a quarter sent", lambda: _captured(capture).height >= n // 4, 240, 0.25)
         finally:
             first.kill()
             first.wait(timeout=30)
@@ -275,7 +269,7 @@ def test_killed_scheduler_and_run_are_resumed_by_another(tmp_path: Path) -> None
         assert sent_before < n, "finished before the kill: the test proves nothing"
         assert queue.get(entry.id).status == "running"
         with _schedulers(url, 1, lease_s=3) as (second,):
-            _wait_for(lambda: queue.get(entry.id).status == DONE, 300, "the resumed run")
+            wait_for("the resumed run", lambda: queue.get(entry.id).status == DONE, 300, 0.25)
         assert second.stats.started == [entry.id]
         assert queue.get(entry.id).starts == 2
         assert build_report(entry.run_dir).resumes == 1
@@ -305,7 +299,7 @@ def test_detached_scheduler_actor_runs_the_queue(tmp_path: Path) -> None:
         handle = start_scheduler("test-scheduler", url, home, review_s=0.5)
         try:
             assert find_scheduler("test-scheduler")  # named, found from another handle
-            _wait_for(lambda: queue.get(entry.id).status == DONE, 300, "the run")
+            wait_for("the run", lambda: queue.get(entry.id).status == DONE, 300, 0.25)
             status = ray.get(handle.status.remote())
             assert status["started"] == [entry.id] and status["finished"] == {entry.id: DONE}
         finally:

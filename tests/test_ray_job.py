@@ -22,6 +22,7 @@ import pytest
 
 from conftest import write_csv
 from dns_server import free_port
+from helpers import wait_for
 from raymail.sink import SinkConfig, read_capture, run_sink
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,17 +86,19 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Head]:
         )
     address = f"http://127.0.0.1:{dashboard}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
+
+        def up() -> bool:
             try:
                 with urllib.request.urlopen(f"{address}/api/version", timeout=2) as resp:
                     if resp.status == 200:
-                        break
+                        return True
             except OSError:
                 pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"ray head did not start: {log.read_text()[-2000:]}")
-            time.sleep(1)
+            if proc.poll() is not None:
+                pytest.fail(f"ray head exited: {log.read_text()[-2000:]}")
+            return False
+
+        wait_for(lambda: f"ray head to start: {log.read_text()[-2000:]}", up, 120, 1)
         yield Head(address, agent_ports["metrics-export-port"])
     finally:
         for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
@@ -331,7 +334,9 @@ def _captured(capture: Path) -> int:
 
 
 def _wait_status(client: Any, job_id: str, wanted: set[Any], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while client.get_job_status(job_id) not in wanted:
-        assert time.monotonic() < deadline, f"job {job_id} still {client.get_job_status(job_id)}"
-        time.sleep(0.5)
+    wait_for(
+        lambda: f"job {job_id} (still {client.get_job_status(job_id)})",
+        lambda: client.get_job_status(job_id) in wanted,
+        timeout,
+        0.5,
+    )

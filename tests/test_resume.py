@@ -8,8 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ import polars as pl
 import pytest
 
 from conftest import make_spec, write_csv
+from helpers import wait_for
 from raymail.driver.campaign import resume_campaign, run_campaign
 from raymail.run.report import RunReport
 from raymail.sink import SinkConfig, read_capture, run_sink
@@ -26,13 +25,6 @@ pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.slow]
 
 def _recipients(path: Path, n: int, domains: int = 4) -> Path:
     return write_csv(path, "email,name", [f"u{i}@d{i % domains}.test,N{i}" for i in range(n)])
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def _captured(capture: Path) -> int:
@@ -99,7 +91,7 @@ def test_whole_ray_kill_then_resume(tmp_path: Path) -> None:
         spec = _spec_file(tmp_path / "c.yaml", sink.port, csv)
         proc = _spawn_send(spec, tmp_path / "run")
         try:
-            _wait_for(lambda: _captured(capture) >= n // 4, 180, "a quarter to be delivered")
+            wait_for("a quarter to be delivered", lambda: _captured(capture) >= n // 4, 180)
         finally:
             _kill_session(proc.pid)  # the driver and all of its Ray, at once
             proc.wait(timeout=30)
@@ -122,10 +114,10 @@ def test_resume_with_in_doubt_skip_does_not_resend(tmp_path: Path) -> None:
         spec = _spec_file(tmp_path / "c.yaml", sink.port, csv, "smtp: {data_timeout_s: 600}\n")
         proc = _spawn_send(spec, tmp_path / "run")
         try:
-            _wait_for(
+            wait_for(
+                "u0 to hang while the rest goes on",
                 lambda: sink.stats().hung >= 1 and _captured(capture) >= n - 150,
                 180,
-                "u0 to hang while the rest goes on",
             )
         finally:
             _kill_session(proc.pid)
@@ -165,7 +157,7 @@ def test_killed_delivery_server_loses_nothing(tmp_path: Path) -> None:
 
         thread = threading.Thread(target=send)
         thread.start()
-        _wait_for(lambda: _captured(capture) >= n // 4, 180, "a quarter to be delivered")
+        wait_for("a quarter to be delivered", lambda: _captured(capture) >= n // 4, 180)
         pids = _delivery_pids()
         assert pids, "no delivery server process found"
         os.kill(pids[0], signal.SIGKILL)

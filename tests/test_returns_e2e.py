@@ -11,14 +11,13 @@ sink that plays customer service. Later campaigns must skip the suppressed addre
 from __future__ import annotations
 
 import smtplib
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
 import pytest
 
 from conftest import make_spec, write_csv
+from helpers import wait_for
 from raymail.compose.verp import TokenKind, TokenSigner
 from raymail.driver.campaign import run_campaign
 from raymail.returns.config import ReturnsConfig
@@ -41,15 +40,6 @@ REJECTED = ["refused@ok.test"]  # 550 at RCPT: no bounce message, only the ledge
 FINE = [f"user{i}@ok.test" for i in range(24)] + [f"user{i}@other.test" for i in range(12)]
 EVERYONE = HARD + DEAD_DOMAIN + SOFT + AUTO + HUMAN + REJECTED + FINE
 SECRET = "e2e-secret"
-
-
-def _wait(what: str, check: Callable[[], bool], timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:  # bounded
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _suppressed(settings: ReturnsSettings) -> set[str]:
@@ -160,8 +150,8 @@ def _campaigns(
     assert rejected["recipient"].to_list() == REJECTED
     assert rejected["category"].to_list() == ["hard_bounce_address"]
     assert REJECTED[0] in _suppressed(settings)
-    _wait("campaign 1 returns", lambda: _events(settings, "c1").height >= len(returned) + 1)
-    _wait("hard bounces suppressed", lambda: _suppressed(settings) >= hard)
+    wait_for("campaign 1 returns", lambda: _events(settings, "c1").height >= len(returned) + 1)
+    wait_for("hard bounces suppressed", lambda: _suppressed(settings) >= hard)
     events = _events(settings, "c1").filter(pl.col("source") != "ledger")
     by_recipient = dict(zip(events["recipient"], events["category"], strict=True))
     assert {by_recipient[a] for a in HARD} == {"hard_bounce_address"}
@@ -180,7 +170,7 @@ def _campaigns(
     def forwarded() -> list[bytes]:
         return [m.raw for m in iter_capture(cs_capture)] if cs_capture.exists() else []
 
-    _wait("forward to customer service", lambda: len(forwarded()) >= 1)
+    wait_for("forward to customer service", lambda: len(forwarded()) >= 1)
     message = forwarded()[0]
     assert f"X-Raymail-Recipient: {HUMAN[0]}\r\n".encode() in message
     assert b"X-Raymail-Campaign: c1\r\n" in message
@@ -193,12 +183,12 @@ def _campaigns(
     assert second.accepted == len(EVERYONE) - len(hard)
     assert not _delivered(sink_capture, "c2") & hard
     assert _delivered(sink_capture, "c2") == set(EVERYONE) - hard
-    _wait("soft bounce suppressed", lambda: SOFT[0] in _suppressed(settings))
+    wait_for("soft bounce suppressed", lambda: SOFT[0] in _suppressed(settings))
     assert _suppressed(settings) == hard | set(SOFT)
 
     # Campaign 3 skips the soft-bounced address too.
     third = _send(tmp, "c3", sink_port, settings)
     assert third.suppressed == len(hard) + len(SOFT)
     assert _delivered(sink_capture, "c3") == set(EVERYONE) - hard - set(SOFT)
-    _wait("campaign 3 returns", lambda: _events(settings, "c3").height >= len(AUTO + HUMAN))
+    wait_for("campaign 3 returns", lambda: _events(settings, "c3").height >= len(AUTO + HUMAN))
     assert rs.server.stats.store_errors == 0

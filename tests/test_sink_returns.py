@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import email
 import smtplib
-import time
 from email.message import Message
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from helpers import wait_for
 from raymail.sink import SinkConfig, SinkConfigError, iter_capture, parse_config, run_sink
 
 pytestmark = pytest.mark.timeout(60)
@@ -30,12 +31,12 @@ def _send(port: int, sender: str, rcpt: str) -> None:
 
 def _returns(capture: Path, n: int) -> dict[str, tuple[str, tuple[str, ...], Message]]:
     """Captured returns by the recipient they are about: (mail_from, rcpt_tos, parsed)."""
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:  # bounded
+
+    def captured() -> list[Any]:
         found = list(iter_capture(capture)) if capture.exists() else []
-        if len(found) >= n:
-            break
-        time.sleep(0.05)
+        return found if len(found) >= n else []
+
+    found = wait_for(f"{n} returns captured", captured, 15, 0.05)
     out = {}
     for captured in found:
         parsed = email.message_from_bytes(captured.raw)
@@ -64,9 +65,8 @@ def test_sink_generates_dsns_and_replies_to_the_envelope_sender(tmp_path: Path) 
                          "fine@a.test"):  # fmt: skip
                 _send(sink.port, verp, rcpt)
             got = _returns(tmp_path / "returns", 4)
-            deadline = time.monotonic() + 10
-            while sink.stats().returns_sent < 4 and time.monotonic() < deadline:
-                time.sleep(0.05)  # counted once the returns server's session has ended
+            # counted once the returns server's session has ended
+            wait_for("4 returns counted", lambda: sink.stats().returns_sent >= 4, 10, 0.05)
             stats = sink.stats()
         assert stats.accepted == 5 and stats.returns_sent == 4 and stats.returns_failed == 0
     assert set(got) == {"gone@a.test", "anyone@full.test", "away@a.test", "person@a.test"}

@@ -15,14 +15,14 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 import pytest
 
+from helpers import wait_for
 from raymail.returns import classify_paths
 from system_packages import require_binary
 
@@ -176,12 +176,12 @@ def bounce_all(postfix: Postfix) -> None:
     """Send one message per case and wait until every bounce is in the mailbox."""
     for recipient, *_ in CASES:
         postfix.send(recipient)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def bounced() -> bool:
         box = postfix.mailbox.read_bytes() if postfix.mailbox.exists() else b""
-        if box.count(b"From MAILER-DAEMON ") >= len(CASES):
-            return
-        time.sleep(0.5)
+        return box.count(b"From MAILER-DAEMON ") >= len(CASES)
+
+    wait_for(f"{len(CASES)} bounces in the mailbox", bounced, 60, 0.5)
 
 
 def check_mbox(mbox: Path) -> None:
@@ -209,15 +209,6 @@ FULL = ["full@full.test"]  # 552 5.2.2 at RCPT: a soft bounce, below the thresho
 BLOCKED = ["someone@blocked.test"]  # 550 5.7.1 at RCPT: about the sender, never suppressed
 DELIVERED = [f"user{i}@ok.test" for i in range(10)]
 EVERYONE = GONE + REFUSED + FULL + BLOCKED + DELIVERED
-
-
-def _until(what: str, check: Callable[[], bool], timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:  # bounded
-        if check():
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.usefixtures("ray_session")
@@ -285,7 +276,7 @@ def test_raymail_through_postfix_suppresses_dsns_and_rcpt_rejections(tmp_path: P
             }
             assert suppressed() >= set(REFUSED)
             # Postfix's DSNs for gone.test come back to the returns server.
-            _until("DSNs suppressed", lambda: suppressed() >= set(GONE))
+            wait_for("DSNs suppressed", lambda: suppressed() >= set(GONE), 60.0, 0.25)
             dsn = events("pf1").filter(pl.col("source") == "dsn")
             assert set(dsn["recipient"]) == set(GONE)
             assert set(dsn["category"]) == {"hard_bounce_address"}

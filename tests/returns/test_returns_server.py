@@ -9,7 +9,7 @@ import smtplib
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import pytest
 import yaml
 from returnruns import SECRET, make_run, verp
 
+from helpers import wait_for
 from raymail.compose.verp import TokenKind, TokenSigner
 from raymail.returns.archive import Archive
 from raymail.returns.config import ReturnsConfig
@@ -25,15 +26,6 @@ from raymail.returns.store import ReturnsStore
 from raymail.spec import ReturnsSettings
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _wait(what: str, check: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:  # bounded
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _config(tmp_path: Path, **settings: Any) -> ReturnsConfig:
@@ -68,7 +60,7 @@ def _send(rs: RunningReturnsServer, rcpt: str, message: bytes, sender: str = "")
 
 def _events(rs: RunningReturnsServer, n: int) -> list[dict[str, Any]]:
     store = ReturnsStore(rs.server.config.settings)
-    _wait(f"{n} events", lambda: store.events.read().height >= n)
+    wait_for(f"{n} events", lambda: store.events.read().height >= n, 20.0, 0.05)
     return store.events.read().to_dicts()
 
 
@@ -136,7 +128,7 @@ def test_dsn_to_verp_address_is_stored_classified_and_suppressed(
     assert event["recipient"] == "bob@b.test" and event["campaign"] == "spring"
     assert event["category"] == "hard_bounce_address" and event["archive_ref"] == ref
     store = ReturnsStore(server.server.config.settings)
-    _wait("suppression", lambda: store.suppression.active().height == 1)
+    wait_for("suppression", lambda: store.suppression.active().height == 1, 20.0, 0.05)
     assert store.suppression.active()["email"].to_list() == ["bob@b.test"]
 
 
@@ -149,7 +141,7 @@ def test_list_unsubscribe_mail_is_a_removal_request(server: RunningReturnsServer
         "list-unsubscribe",
     )
     store = ReturnsStore(server.server.config.settings)
-    _wait("suppression", lambda: store.suppression.active().height == 1)
+    wait_for("suppression", lambda: store.suppression.active().height == 1, 20.0, 0.05)
 
 
 def test_reply_is_tied_to_its_recipient_by_message_id(server: RunningReturnsServer) -> None:

@@ -11,8 +11,9 @@ import re
 from pathlib import Path
 
 import pytest
-from webhelpers import PEOPLE, Service, wait_for, web_service_fixture  # noqa: F401 (the fixture)
+from webhelpers import PEOPLE, Service, web_service_fixture  # noqa: F401 (the fixture)
 
+from helpers import wait_for
 from raymail.returns.suppression import SuppressionList
 from system_packages import require_binary
 

@@ -21,8 +21,9 @@ import polars as pl
 import pytest
 import yaml
 from typer.testing import CliRunner
-from webhelpers import PEOPLE, Service, free_port, wait_for, web_service_fixture  # noqa: F401 (the fixture)
+from webhelpers import PEOPLE, Service, free_port, web_service_fixture  # noqa: F401 (the fixture)
 
+from helpers import wait_for
 from raymail.cli import _register
 from raymail.cli import app as cli_app
 from raymail.returns.suppression import SuppressionList

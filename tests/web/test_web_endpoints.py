@@ -12,8 +12,9 @@ from pathlib import Path
 import httpx
 import polars as pl
 import pytest
-from webhelpers import INGEST_KEY, PEOPLE, Service, wait_for, web_service_fixture  # noqa: F401 (the fixture)
+from webhelpers import INGEST_KEY, PEOPLE, Service, web_service_fixture  # noqa: F401 (the fixture)
 
+from helpers import wait_for
 from raymail.compose.verp import TokenKind, TokenSigner
 from raymail.lists.store import ListStore
 from raymail.returns.suppression import SuppressionList

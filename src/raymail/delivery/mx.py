@@ -76,8 +76,9 @@ class _Entry(Generic[_T]):
 class _TTLCache:
     """LRU map with per-entry expiry plus in-flight sharing, so one name is queried once."""
 
-    def __init__(self, max_entries: int) -> None:
+    def __init__(self, max_entries: int, clock: Callable[[], float] = time.monotonic) -> None:
         self._max = max_entries
+        self._clock = clock
         self._entries: OrderedDict[tuple[str, str], _Entry[object]] = OrderedDict()
         self._inflight: dict[tuple[str, str], asyncio.Future[tuple[object, float]]] = {}
 
@@ -95,7 +96,7 @@ class _TTLCache:
         """Cached value for key, else the shared result of one ``fetch()`` (value, ttl)."""
         entry = self._entries.get(key)
         if entry is not None:
-            if entry.expires > time.monotonic():
+            if entry.expires > self._clock():
                 self._entries.move_to_end(key)
                 return entry.value  # type: ignore[return-value]
             del self._entries[key]
@@ -115,7 +116,7 @@ class _TTLCache:
         try:
             value, ttl = await fetch()
             if ttl > 0:
-                self._entries[key] = _Entry(value, time.monotonic() + ttl)
+                self._entries[key] = _Entry(value, self._clock() + ttl)
                 self._entries.move_to_end(key)
                 while len(self._entries) > self._max:
                     self._entries.popitem(last=False)
@@ -139,7 +140,8 @@ class MXResolver:
     orders them by name instead. Positive answers live for the smallest TTL involved,
     clamped to [``min_ttl``, ``max_ttl``]; negative ones for the SOA negative TTL (or
     ``default_negative_ttl``), clamped to [``min_ttl``, ``max_negative_ttl``]. Temporary
-    failures are not cached.
+    failures are not cached. ``clock`` (monotonic seconds) times the cache: tests inject
+    one to expire entries without waiting.
     """
 
     def __init__(
@@ -158,6 +160,7 @@ class MXResolver:
         default_negative_ttl: float = 60.0,
         max_negative_ttl: float = 900.0,
         max_entries: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if nameservers is None:
             try:
@@ -178,7 +181,7 @@ class MXResolver:
         self._max_ttl = max_ttl
         self._default_negative_ttl = default_negative_ttl
         self._max_negative_ttl = max_negative_ttl
-        self._cache = _TTLCache(max_entries)
+        self._cache = _TTLCache(max_entries, clock)
         self._overrides = {
             _normalize(domain) if domain != "*" else "*": _parse_host_port(domain, value)
             for domain, value in (overrides or {}).items()
