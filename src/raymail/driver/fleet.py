@@ -39,6 +39,7 @@ from raymail.spec import CampaignSpec
 from raymail.status import ACCEPTED, FAILED
 
 log = logging.getLogger(__name__)
+ATTACH_TIMEOUT_S = 300.0  # a shared server started cold on a busy node
 
 FAILURE_LIMIT = 3  # failed calls after which a server gets no more work
 _REPLACEMENTS = 3  # delivery servers started to replace dead or stalled ones
@@ -126,6 +127,7 @@ class Fleet:
             )
         nameservers = [split_host_port(ns) for ns in spec.nameservers] or None
         journal_dir = str((self.run_dir / JOURNAL_DIR).resolve())
+        attaching: list[Any] = []
         for _ in range(count):
             i = len(self.servers)
             # Names differ per resume, so a server's journal is never confused with the
@@ -141,12 +143,18 @@ class Fleet:
             if use_resource:
                 options["resources"] = {DELIVERY_RESOURCE: 1}
             if spec.delivery_pool is not None:
-                handle: Any = self._attach(i, name, source, nameservers, journal_dir, options)
+                handle: Any = self._attach(
+                    i, name, source, nameservers, journal_dir, options, attaching
+                )
             else:
                 handle = DeliveryServerActor.options(**options).remote(
                     name, spec, source, nameservers, journal_dir, self.epoch
                 )
             self.servers.append(Server(i, name, handle, source))
+        if attaching:
+            # Waited for: a shared server's heartbeat runs in its control group and its
+            # deliveries may arrive before an unwaited attach (seen: "not attached").
+            ray.get(attaching, timeout=ATTACH_TIMEOUT_S)
 
     def _attach(
         self,
@@ -156,6 +164,7 @@ class Fleet:
         nameservers: list[tuple[str, int]] | None,
         journal_dir: str,
         options: dict[str, Any],
+        attaching: list[Any],
     ) -> CampaignHandle:
         """This campaign on the pool's ``index``-th shared server (started if absent)."""
         spec = self.spec
@@ -163,8 +172,9 @@ class Fleet:
         del options["max_concurrency"]  # a shared server admits by its gate instead
         actor = open_shared_server(spec.delivery_pool, index, spec.concurrency, options)
         key = f"{spec.campaign}:{self.run_dir.resolve()}:{self.epoch}:{name}"
-        # Not waited for: the first call queues behind it, and the heartbeat says it is up.
-        actor.attach.remote(key, name, spec, source, nameservers, journal_dir, self.epoch)
+        attaching.append(
+            actor.attach.remote(key, name, spec, source, nameservers, journal_dir, self.epoch)
+        )
         return CampaignHandle(actor, key)
 
     def stop(self) -> None:
