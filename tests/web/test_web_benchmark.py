@@ -34,6 +34,7 @@ def test_web_benchmark_small_run(tmp_path: Path) -> None:
         assert figures["vs_bare_fastapi"] == pytest.approx(
             figures["raymail_web_requests_per_s"] / figures["bare_fastapi_requests_per_s"],
             rel=0.01,
+            abs=0.0006,  # the ratio is printed rounded to 3 decimals
         )
         (round_,) = printed["rounds"]
         assert round_[load]["raymail_web"]["acked_not_logged"] == 0
