@@ -314,19 +314,16 @@ class Fleet:
             seen = now
         server.unavailable_since, server.paused_until = None, 0.0  # back
         server.last_progress = max(server.last_progress, seen)
-        server.backoff = list(getattr(stats, "backoff", []))
+        server.backoff = list(stats.backoff)
 
     def final_backoff(self, timeout_s: float = 2.0) -> list[dict[str, Any]]:
         """Ask every healthy server once more (bounded): the backoff at the run's end."""
-        asked = {s.name: s.handle.heartbeat.remote() for s in self.servers if s.healthy}
-        for server in self.servers:
-            ref = asked.get(server.name)
-            if ref is None:
-                continue
-            ready, _ = ray.wait([ref], timeout=timeout_s)
-            if ready:
+        asked = {s.handle.heartbeat.remote(): s for s in self.servers if s.healthy}
+        if asked:  # one wait for all of them: the run's end waits timeout_s at most
+            ready, _ = ray.wait(list(asked), num_returns=len(asked), timeout=timeout_s)
+            for ref in ready:
                 with contextlib.suppress(RayActorError, RayTaskError):
-                    server.backoff = list(getattr(ray.get(ready[0]), "backoff", []))
+                    asked[ref].backoff = list(ray.get(ref).backoff)
         return self.backoff()
 
     def backoff(self) -> list[dict[str, Any]]:
