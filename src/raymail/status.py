@@ -20,6 +20,7 @@ class Status(StrEnum):
     FAILED = "failed"  # 5xx, or a permanent local reason (template, no MX)
     IN_DOUBT = "in_doubt"  # the body was sent but no reply came: maybe delivered
     SUPPRESSED = "suppressed"  # on the suppression list: never sent
+    EXPIRED = "expired"  # only temporary failures until retry.max_age since its first attempt
 
 
 # Short names for expressions such as ``pl.col("status") == ACCEPTED``.
@@ -28,6 +29,7 @@ DEFERRED: Final = Status.DEFERRED
 FAILED: Final = Status.FAILED
 IN_DOUBT: Final = Status.IN_DOUBT
 SUPPRESSED: Final = Status.SUPPRESSED
+EXPIRED: Final = Status.EXPIRED
 STATUSES: Final = tuple(Status)
 
 

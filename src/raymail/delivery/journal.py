@@ -12,7 +12,8 @@ Line format (tab separated)::
     STATE  PORTION  ATTEMPT  ROW,ROW,...
 
 STATE is one of I (in flight), A (accepted), D (deferred), F (failed), X (connection dropped
-after the body was written: in doubt).
+after the body was written: in doubt), E (expired: deferred until ``retry.max_age`` passed
+since the recipient's first attempt, given up by the driver, never by a delivery server).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class JournalState(StrEnum):
     DEFERRED = "D"
     FAILED = "F"
     DROPPED_AFTER_DATA = "X"  # the body was written, no reply came: in doubt
+    EXPIRED = "E"  # only temporary failures until retry.max_age: given up
 
 
 # Outcome status -> the letter a delivery server writes once the fate is known.
@@ -48,6 +50,7 @@ STATE_OF_STATUS: Final[dict[str, JournalState]] = {
     Status.DEFERRED: JournalState.DEFERRED,
     Status.FAILED: JournalState.FAILED,
     Status.IN_DOUBT: JournalState.DROPPED_AFTER_DATA,
+    Status.EXPIRED: JournalState.EXPIRED,
 }
 # Letter -> outcome status when recovering. "I" alone (in flight, no fate) means the process
 # died between writing the body and reading the reply: in doubt.

@@ -43,7 +43,7 @@ from raymail.run.report import RunReport, build_report
 from raymail.run.rundir import RECIPIENTS, REPORT, RunDir
 from raymail.runtime import ensure_ray
 from raymail.spec import CampaignSpec
-from raymail.status import ACCEPTED, FAILED, IN_DOUBT, SUPPRESSED, InDoubtPolicy
+from raymail.status import ACCEPTED, EXPIRED, FAILED, IN_DOUBT, SUPPRESSED, InDoubtPolicy
 
 log = logging.getLogger(__name__)
 
@@ -203,13 +203,15 @@ class CampaignDriver:
         stream skips settled rows as it reads the list.
         """
         resend_doubt = self.spec.in_doubt == InDoubtPolicy.RESEND
-        settled_statuses = [ACCEPTED, FAILED, SUPPRESSED] + ([] if resend_doubt else [IN_DOUBT])
+        settled_statuses = [ACCEPTED, FAILED, EXPIRED, SUPPRESSED]
+        settled_statuses += [] if resend_doubt else [IN_DOUBT]
         is_settled = pl.col("status").is_in(settled_statuses)
         settled = final.filter(is_settled)
         tally = Tally(
             accepted=int((settled["status"] == ACCEPTED).sum()),
             failed=int((settled["status"] == FAILED).sum()),
             in_doubt=int((settled["status"] == IN_DOUBT).sum()),
+            expired=int((settled["status"] == EXPIRED).sum()),
         )
         tried = final.filter(~is_settled).sort("row")
         first_portion = int(final.get_column("portion").cast(pl.Int64).max() or 0) + 1  # type: ignore[arg-type]

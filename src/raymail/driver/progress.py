@@ -38,11 +38,12 @@ class Tally:
     deferred: int = 0
     failed: int = 0
     in_doubt: int = 0  # settled as "maybe delivered" (in_doubt policy: skip)
+    expired: int = 0  # only temporary failures for retry.max_age since the first attempt
     retrying: int = 0
 
     @property
     def settled(self) -> int:
-        return self.accepted + self.deferred + self.failed + self.in_doubt
+        return self.accepted + self.deferred + self.failed + self.in_doubt + self.expired
 
 
 class ProgressReporter:
@@ -87,9 +88,10 @@ class ProgressReporter:
         return (settled - before) / (now - then) if now > then else 0.0
 
     def _detail(self, tally: Tally, rate: float) -> str:
+        expired = f" expired {tally.expired}" if tally.expired else ""
         return (
             f"accepted {tally.accepted} deferred {tally.deferred} failed {tally.failed} "
-            f"in doubt {tally.in_doubt} retrying {tally.retrying} | {rate:,.0f} msg/s"
+            f"in doubt {tally.in_doubt}{expired} retrying {tally.retrying} | {rate:,.0f} msg/s"
         )
 
     def line(self, tally: Tally, now: float | None = None) -> str:

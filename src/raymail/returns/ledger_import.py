@@ -1,5 +1,8 @@
 """Immediate rejections: 5xx answers during delivery become events, with no bounce message.
 
+Recipients that expired in the deferral queue (only 4xx until ``retry.max_age``) become
+soft bounces (category transient, reason expired), counted by the soft-bounce rule.
+
 A receiver that refuses a recipient at RCPT TO (or the message at the end of DATA) never
 sends a bounce: the refusal is in the run's ledger. These rows are classified from the
 reply text and codes like any bounce (``reasons.classify_reply``; ``source`` = ``ledger``)
@@ -26,12 +29,14 @@ from raymail.returns.store import ReturnsStore
 from raymail.run.ledger import scan_outcomes
 from raymail.run.rundir import MANIFEST
 from raymail.spec import CampaignSpec
-from raymail.status import FAILED
+from raymail.status import EXPIRED, FAILED
 
 log = logging.getLogger(__name__)
 
 _NOT_THE_ADDRESS = ("template:", "internal error:")
 _SOURCE = "ledger"
+_WHY_REJECTED = "rejected during delivery (run ledger)"
+_WHY_EXPIRED = "expired in the deferral queue: retry.max_age passed (run ledger)"
 
 
 def _verdict(code: int | None, status: str | None, response: str) -> tuple[str, str]:
@@ -42,21 +47,33 @@ def _verdict(code: int | None, status: str | None, response: str) -> tuple[str, 
     return reasons.classify_reply(int(code), status, response)
 
 
+def _event_verdict(
+    status: str, code: int | None, enhanced: str | None, response: str
+) -> tuple[str, str] | None:
+    """(category, reason) of one ledger row, or None when it says nothing of the address."""
+    if status == EXPIRED:  # only temporary failures until retry.max_age: a soft bounce
+        return str(reasons.TRANSIENT), "expired"
+    if code is None and response.startswith(_NOT_THE_ADDRESS):
+        return None
+    if code is not None and not 500 <= int(code) < 600:
+        return None
+    return _verdict(code, enhanced, response)
+
+
 def ledger_events(run_dir: Path) -> list[dict[str, object]]:
     """Event rows for the permanent rejections in a run's ledger."""
     if not (run_dir / MANIFEST).exists():
         raise RunDirError(f"{run_dir}: not a run directory (no {MANIFEST})")
-    outcomes = scan_outcomes(run_dir).filter(pl.col("status") == FAILED).collect()
+    outcomes = scan_outcomes(run_dir).filter(pl.col("status").is_in([FAILED, EXPIRED])).collect()
     now = datetime.now(UTC)
     rows: list[dict[str, object]] = []
     for row in outcomes.iter_rows(named=True):
         response = str(row["response"] or "")
         code = row["smtp_code"]
-        if code is None and response.startswith(_NOT_THE_ADDRESS):
+        verdict = _event_verdict(row["status"], code, row["enhanced_status"], response)
+        if verdict is None:
             continue
-        if code is not None and not 500 <= int(code) < 600:
-            continue
-        category, reason = _verdict(code, row["enhanced_status"], response)
+        category, reason = verdict
         email = str(row["email"]).lower()
         rows.append(
             {
@@ -74,7 +91,7 @@ def ledger_events(run_dir: Path) -> list[dict[str, object]]:
                 "source": _SOURCE,
                 "archive_ref": None,
                 "envelope_rcpt": None,
-                "why": "rejected during delivery (run ledger)",
+                "why": _WHY_EXPIRED if row["status"] == EXPIRED else _WHY_REJECTED,
             }
         )
     return rows

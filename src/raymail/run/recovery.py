@@ -17,12 +17,13 @@ import pyarrow.parquet as pq
 from raymail.delivery.journal import STATUS_OF_STATE, journal_files, journal_states
 from raymail.run.ledger import final_outcomes, read_outcomes
 from raymail.schema import OUTCOME_SCHEMA
-from raymail.status import ACCEPTED, DEFERRED, FAILED, IN_DOUBT
+from raymail.status import ACCEPTED, DEFERRED, EXPIRED, FAILED, IN_DOUBT
 
 RECOVERED_RESPONSE = {
     ACCEPTED: "accepted (recovered from the delivery journal)",
     DEFERRED: "deferred (recovered from the delivery journal)",
     FAILED: "failed (recovered from the delivery journal)",
+    EXPIRED: "expired (recovered from the delivery journal): retry.max_age passed",
     IN_DOUBT: "in doubt: the delivery server stopped between sending the message and "
     "reading the reply",
 }

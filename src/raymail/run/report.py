@@ -17,7 +17,7 @@ from pydantic import Field
 from raymail._strict import StrictModel
 from raymail.run.ledger import final_outcomes, retry_merged, scan_outcomes
 from raymail.run.rundir import REJECTS, RunDir
-from raymail.status import ACCEPTED, DEFERRED, FAILED, IN_DOUBT, SUPPRESSED
+from raymail.status import ACCEPTED, DEFERRED, EXPIRED, FAILED, IN_DOUBT, SUPPRESSED
 
 _LISTED = 1000  # in-doubt recipients named in the report; all are in the ledger
 _ROWS_PER_PASS = 125_000
@@ -55,6 +55,9 @@ class RunReport(StrictModel):
     accepted: int = Field(description="Recipients whose message a receiver accepted (250).")
     deferred: int = Field(description="Recipients still deferred after their last attempt.")
     failed: int = Field(description="Recipients failed for good (5xx, no MX, template).")
+    expired: int = Field(
+        0, description="Recipients given up after only temporary failures for retry.max_age."
+    )
     suppressed: int = Field(description="Recipients skipped: on the suppression list.")
     in_doubt: int = Field(description="Recipients whose final fate is in doubt.")
     in_doubt_ever: int = Field(description="Recipients in doubt at any attempt.")
@@ -87,7 +90,7 @@ class RunReport(StrictModel):
     @property
     def settled(self) -> int:
         """Recipients with a final fate other than suppressed."""
-        return self.accepted + self.deferred + self.failed + self.in_doubt
+        return self.accepted + self.deferred + self.failed + self.in_doubt + self.expired
 
     def as_json(self) -> dict[str, Any]:
         """The JSON form (report.json's content)."""
@@ -114,6 +117,7 @@ def build_report(run_dir: str | Path) -> RunReport:
         accepted=counts[ACCEPTED],
         deferred=counts[DEFERRED],
         failed=counts[FAILED],
+        expired=counts[EXPIRED],
         suppressed=counts[SUPPRESSED],
         in_doubt=counts[IN_DOUBT],
         in_doubt_ever=doubted.len(),
@@ -157,7 +161,8 @@ def _fates(run_dir: Path) -> tuple[pl.DataFrame, pl.Series]:
 
 
 def _status_counts(counts: pl.DataFrame) -> dict[str, int]:
-    totals: dict[str, int] = {ACCEPTED: 0, DEFERRED: 0, FAILED: 0, IN_DOUBT: 0, SUPPRESSED: 0}
+    statuses = (ACCEPTED, DEFERRED, FAILED, IN_DOUBT, SUPPRESSED, EXPIRED)
+    totals: dict[str, int] = dict.fromkeys(statuses, 0)
     for status, n in counts.group_by("status").agg(pl.col("len").sum()).iter_rows():
         totals[str(status)] = int(n)
     return totals
@@ -167,7 +172,7 @@ def _per_domain(counts: pl.DataFrame) -> dict[str, dict[str, int]]:
     domains: dict[str, dict[str, int]] = {}
     for domain, status, n in counts.sort(["domain", "status"]).iter_rows():
         entry = domains.setdefault(str(domain), {ACCEPTED: 0, DEFERRED: 0, FAILED: 0})
-        if status == IN_DOUBT:
-            entry.setdefault(IN_DOUBT, 0)
+        if status in (IN_DOUBT, EXPIRED):
+            entry.setdefault(str(status), 0)
         entry[str(status)] = int(n)
     return domains
