@@ -139,3 +139,34 @@ def test_shaping_benchmark_small_run(tmp_path: Path) -> None:
     assert printed["shaped"]["refusals"] > 0  # it started above the receiver's limit
     assert printed["hand_tuned"]["refusals"] == 0
     assert printed["vs_hand_tuned"] > 0 and printed["converge_s"] >= 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_priority_benchmark_small_run(tmp_path: Path) -> None:
+    """The priority benchmark runs end to end on a small bulk list: every bulk and priority
+    message captured once, latencies taken from the sink's capture, the side-by-side ratio
+    computed from the rounds it ran (its values are the full benchmark's to judge)."""
+    out = tmp_path / "priority.json"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run(
+        [
+            sys.executable, str(ROOT / "benchmarks" / "priority.py"), "--recipients", "3000",
+            "--priority-messages", "10", "--priority-campaigns", "2", "--spacing-s", "0.1",
+            "--pairs", "1", "--warmup-recipients", "200", "--json-out", str(out),
+        ],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=360, check=False,
+    )  # fmt: skip
+    assert out.exists(), done.stderr[-3000:]
+    printed = json.loads(done.stdout)
+    assert json.loads(out.read_text(encoding="utf-8")) == printed
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert printed["complete"] is True and printed["duplicates"] == 0
+    assert printed["priority_captured"] == 10
+    assert set(printed["rounds"]) == {"alone-0", "mixed-0"}
+    assert all(r["bulk_accepted"] == 3000 for r in printed["rounds"].values())
+    assert printed["rounds"]["mixed-0"]["priority_captured"] == 10
+    assert 0 < printed["priority_p50_s"] <= printed["priority_p99_s"] <= printed["priority_max_s"]
+    rates = {name: r["bulk_msg_s"] for name, r in printed["rounds"].items()}
+    assert printed["bulk_vs_alone"] == pytest.approx(rates["mixed-0"] / rates["alone-0"], rel=0.01)
