@@ -1,0 +1,156 @@
+"""What a portion's sending records: outcome rows, observation rows and journal marks.
+
+Every recipient gets exactly one outcome row: from its own SMTP reply (``_record``) or, when
+no reply of its own exists (no MX, a refused or dropped connection), the same outcome for
+all of a job's recipients (``_settle``). A journal marks a job in flight before its body is
+sent and its fate after, so recovery after a crash knows which rows may have been accepted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from raymail.delivery.jobs import Job
+from raymail.delivery.journal import STATE_OF_STATUS, FenceGuard, Journal, JournalState
+from raymail.delivery.mx import MXTarget
+from raymail.delivery.records import ObservationBuilder, OutcomeBuilder, from_ipc
+from raymail.delivery.smtp_client import DROPPED, Reply, SmtpConnection, Transaction
+from raymail.driver.plan import PortionTask
+from raymail.status import ACCEPTED, DEFERRED, FAILED
+
+
+@dataclass(frozen=True, slots=True)
+class PortionResult:
+    """What a portion call returns: outcomes (one row per recipient) and observations (one
+    row per SMTP transaction), as Arrow IPC bytes (cheap for Ray to move)."""
+
+    task: PortionTask
+    server: str
+    outcomes_ipc: bytes
+    observations_ipc: bytes
+
+    @property
+    def outcomes(self) -> pa.Table:
+        return from_ipc(self.outcomes_ipc)
+
+    @property
+    def observations(self) -> pa.Table:
+        return from_ipc(self.observations_ipc)
+
+
+# A connection lost after the whole body was written: the server may have accepted it.
+DROPPED_IN_DATA = Reply(0, "connection dropped after the message was sent (in doubt)")
+
+
+def status_of(reply: Reply) -> str:
+    if reply.klass == 2:
+        return ACCEPTED
+    return FAILED if reply.klass == 5 else DEFERRED
+
+
+class OutcomeRecording:
+    """The delivery server's recording part (a mixin of :class:`DeliveryServer`)."""
+
+    journal: Journal | None
+    fence: FenceGuard | None
+
+    def _in_flight(self, task: PortionTask, job: Job) -> Callable[[], None] | None:
+        """The journal write that must precede the message body (None without a journal)."""
+        journal = self.journal
+        if journal is None:
+            return None
+        rows = [row for row, _ in job.recipients]
+
+        fence = self.fence
+
+        def mark() -> None:
+            if fence is not None:
+                fence.check()  # raising here means the body is never sent
+            job.in_flight = True
+            journal.mark(JournalState.IN_FLIGHT, task.portion, task.attempt, rows)
+
+        return mark
+
+    def _journal_fates(self, task: PortionTask, job: Job, statuses: list[str]) -> None:
+        if self.journal is None or not job.in_flight:
+            return
+        by_state: dict[JournalState, list[int]] = {}
+        for (row, _), status in zip(job.recipients, statuses, strict=True):
+            by_state.setdefault(STATE_OF_STATUS[status], []).append(row)
+        for state, rows in by_state.items():
+            self.journal.mark(state, task.portion, task.attempt, rows)
+
+    def _record(
+        self, job: Job, tx: Transaction, task: PortionTask, target: MXTarget, out: OutcomeBuilder
+    ) -> None:
+        statuses = []
+        for (row, email), rcpt in zip(job.recipients, tx.rcpts, strict=True):
+            reply = tx.mail if tx.mail.klass != 2 else rcpt
+            if reply.klass == 2:
+                reply = tx.data if tx.data is not None else Reply(451, "4.3.0 DATA not sent")
+            statuses.append(status_of(reply))
+            out.add(
+                row=row,
+                email=email,
+                status=statuses[-1],
+                smtp_code=reply.code,
+                enhanced_status=reply.enhanced,
+                response=reply.text,
+                mx_host=target.mx_host,
+                message_id=job.message_id,
+                started_at=job.started_at,
+            )
+        self._journal_fates(task, job, statuses)
+
+    def _settle(
+        self,
+        jobs: list[Job],
+        task: PortionTask,
+        out: OutcomeBuilder,
+        status: str,
+        reply: Reply | None,
+        exc: BaseException | None,
+    ) -> None:
+        """Give every recipient of ``jobs`` the same outcome (no SMTP reply of its own)."""
+        text = reply.text if reply else ""
+        if exc is not None:
+            text = f"{text}: {exc}" if reply in (DROPPED, DROPPED_IN_DATA) else str(exc)
+        for job in jobs:
+            for row, email in job.recipients:
+                out.add(
+                    row=row,
+                    email=email,
+                    status=status,
+                    smtp_code=reply.code if reply else None,
+                    enhanced_status=reply.enhanced if reply else None,
+                    response=text,
+                    mx_host=None,
+                    message_id=job.message_id,
+                    started_at=job.started_at,
+                )
+            self._journal_fates(task, job, [status] * len(job.recipients))
+
+    def _observe(
+        self,
+        obs: ObservationBuilder,
+        conn: SmtpConnection,
+        target: MXTarget,
+        new_connection: bool,
+        seconds: float,
+        recipients: int,
+        response_class: int,
+        job: Job,
+    ) -> None:
+        obs.add(
+            mx_host=target.mx_host,
+            connect_s=conn.timing.connect_s if new_connection else None,
+            banner_s=conn.timing.banner_s if new_connection else None,
+            transaction_s=seconds,
+            recipients=recipients,
+            response_class=response_class,
+            size=len(job.message),
+            tls=conn.tls,
+        )
