@@ -73,16 +73,85 @@ class SmtpSettings(StrictModel):
 
 
 class RetrySettings(StrictModel):
-    """What to do with deferred (4xx, dropped connection) recipients within a run."""
+    """What to do with deferred (4xx, dropped connection) recipients.
 
-    max_attempts: int = Field(4, ge=1, description="Attempts per recipient within one run.")
+    Without ``schedule`` a run retries within itself (``max_attempts``, exponential backoff)
+    and settles what is still deferred as ``deferred``. With ``schedule`` it behaves like an
+    MTA's deferral queue: the n-th temporary failure waits the n-th delay (the last one
+    repeats), with no attempt limit but ``max_age`` since the recipient's first attempt, after
+    which the recipient is ``expired``. A run whose only work left is retries due later than
+    ``linger`` ends its process in the ``waiting`` stage; ``raymail resume`` (or the queue
+    scheduler) continues it when they are due.
+    """
+
+    max_attempts: int = Field(
+        4, ge=1, description="Attempts per recipient within one run (without a schedule)."
+    )
     initial_backoff_s: float = Field(2.0, ge=0, description="Wait before the first retry.")
     max_backoff_s: float = Field(60.0, ge=0, description="Upper bound of the backoff.")
     multiplier: float = Field(2.0, ge=1, description="Backoff growth per attempt.")
+    schedule: list[str] = Field(
+        default_factory=list,
+        description="Deferral queue: the wait after each temporary failure, in order, the "
+        "last repeating (e.g. [5m, 10m, 30m, 1h, 2h, 4h]); empty: retry within the run only.",
+    )
+    max_age: str = Field(
+        "3d",
+        description="With a schedule: how long after its first attempt a recipient that got "
+        "only temporary failures is given up as expired (3d, 12h, 90m, 30s).",
+    )
+    linger: str = Field(
+        "2m",
+        description="With a schedule: the longest wait for a due retry inside the run's "
+        "process; a longer one ends the process in the waiting stage (resume picks it up).",
+    )
+
+    @field_validator("schedule")
+    @classmethod
+    def _delays(cls, value: list[str]) -> list[str]:
+        for i, item in enumerate(value):
+            try:
+                duration_seconds(str(item))
+            except ValueError as exc:
+                raise ValueError(f"retry.schedule[{i}]: {exc}") from None
+        return [str(item) for item in value]
+
+    @field_validator("max_age", "linger")
+    @classmethod
+    def _is_duration(cls, value: str) -> str:
+        duration_seconds(value)
+        return value
+
+    @model_validator(mode="after")
+    def _fits(self) -> RetrySettings:
+        if self.schedule and duration_seconds(self.max_age) <= 0:
+            raise ValueError("retry.max_age must be longer than 0s when retry.schedule is set")
+        return self
+
+    @property
+    def deferral_queue(self) -> bool:
+        """Whether deferred recipients wait by ``schedule`` until ``max_age``."""
+        return bool(self.schedule)
+
+    @property
+    def max_age_s(self) -> float:
+        return duration_seconds(self.max_age)
+
+    @property
+    def linger_s(self) -> float:
+        return duration_seconds(self.linger)
 
     def delay(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt number ``attempt`` (1-based) before the next."""
+        """Seconds to wait after failed attempt number ``attempt`` (1-based) before the next:
+        the schedule's entry for it (the last one repeating), else the exponential backoff."""
+        if self.schedule:
+            return duration_seconds(self.schedule[min(attempt, len(self.schedule)) - 1])
         return min(self.initial_backoff_s * self.multiplier ** (attempt - 1), self.max_backoff_s)
+
+    def gives_up(self, attempt: int) -> bool:
+        """Whether a recipient still deferred after ``attempt`` stops being retried in this
+        run: never with a schedule (``max_age`` decides), else after ``max_attempts``."""
+        return not self.schedule and attempt >= self.max_attempts
 
 
 def raymail_home() -> Path:

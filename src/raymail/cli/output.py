@@ -53,6 +53,7 @@ def print_report(report: RunReport) -> None:
         "deferred",
         "failed",
         "in_doubt",
+        "expired",
         "suppressed",
         "not_attempted",
         "rejected_input",
@@ -62,6 +63,13 @@ def print_report(report: RunReport) -> None:
     ):
         summary.add_row(key, f"{shown[key]}")
     console.print(summary)
+    if report.next_due_at is not None:
+        console.print(
+            f"waiting: {report.waiting} deferred recipient(s); next attempt due at "
+            f"{report.next_due_at} (raymail resume {report.run_dir})",
+            highlight=False,
+            soft_wrap=True,
+        )
     if report.domains:
         table = Table(title="by domain (largest 15)")
         for col in ("domain", "accepted", "deferred", "failed"):

@@ -102,11 +102,19 @@ def status(
     console.print(
         f"{result.campaign}: {result.status} — {result.settled}/{result.total} settled "
         f"(accepted {result.accepted}, deferred {result.deferred}, "
-        f"failed {result.failed}, in doubt {result.in_doubt}); "
-        f"resumed {result.resumes} time(s)",
+        f"failed {result.failed}, in doubt {result.in_doubt}"
+        + (f", expired {result.expired}" if result.expired else "")
+        + f"); resumed {result.resumes} time(s)",
         soft_wrap=True,  # one line, whatever the width: scripts and logs read it
         highlight=False,
     )
+    if result.next_due_at is not None:
+        console.print(
+            f"  waiting: {result.waiting} deferred recipient(s), next attempt due at "
+            f"{result.next_due_at} ('raymail resume {run_dir}' then)",
+            soft_wrap=True,
+            highlight=False,
+        )
     from raymail.driver.progress import backoff_text
 
     for entry in result.backoff:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import polars as pl
 import pyarrow as pa
 
@@ -43,12 +44,22 @@ from raymail.run.report import RunReport, build_report
 from raymail.run.rundir import RECIPIENTS, REPORT, RunDir
 from raymail.runtime import ensure_ray
 from raymail.spec import CampaignSpec
-from raymail.status import ACCEPTED, EXPIRED, FAILED, IN_DOUBT, SUPPRESSED, InDoubtPolicy
+from raymail.status import (
+    ACCEPTED,
+    DEFERRED,
+    EXPIRED,
+    FAILED,
+    IN_DOUBT,
+    SUPPRESSED,
+    InDoubtPolicy,
+)
 
 log = logging.getLogger(__name__)
 
-# Stages, in order (the seed's P100 .. P699).
+# Stages, in order (the seed's P100 .. P699). WAITING: only deferrals due later are left
+# (deferral queue); the process ended and a resume continues the run when they are due.
 LOADING, PLANNED, DELIVERING, COMPLETE = "loading", "planned", "delivering", "complete"
+WAITING = "waiting"
 
 
 def run_campaign(
@@ -172,6 +183,14 @@ class CampaignDriver:
         if manifest.get("status") == COMPLETE:
             note = "the run was already complete: nothing was sent"
             return build_report(rd.path).model_copy(update={"note": note})
+        due = manifest.get("next_due_at")
+        due_at = float(due) if isinstance(due, int | float) else 0.0
+        if manifest.get("status") == WAITING and due_at > time.time():  # nothing due yet
+            note = (
+                f"waiting: the next attempt is due at {_iso(due_at)} "
+                f"(in {_span(due_at - time.time())}); nothing was sent"
+            )
+            return build_report(rd.path).model_copy(update={"note": note})
         if not (rd.path / RECIPIENTS).exists():  # killed before the list was saved
             rd.manifest_path.unlink()
             return self._start()
@@ -215,6 +234,7 @@ class CampaignDriver:
         )
         tried = final.filter(~is_settled).sort("row")
         first_portion = int(final.get_column("portion").cast(pl.Int64).max() or 0) + 1  # type: ignore[arg-type]
+        first, due = self._deferral_times(tried)
         source = PortionStream(
             self.rd.path / RECIPIENTS,
             self.spec.portion_size,
@@ -223,8 +243,39 @@ class CampaignDriver:
             skip=np.sort(settled["row"].cast(pl.Int64).to_numpy()),
             prev_rows=tried["row"].cast(pl.Int64).to_numpy(),
             prev_attempts=tried["attempt"].cast(pl.Int64).to_numpy(),
+            prev_first=first,
+            prev_due=due,
         )
         return source, tally
+
+    def _deferral_times(
+        self, tried: pl.DataFrame
+    ) -> tuple[npt.NDArray[np.float64] | None, npt.NDArray[np.float64] | None]:
+        """With a deferral queue: (first-attempt time, time due again) of each row tried and
+        not settled (Unix seconds). A deferred row is due its schedule's delay after its last
+        attempt ended, and never later than its max_age (its last try); an in-doubt one (to
+        resend) at once."""
+        retry = self.spec.retry
+        if not retry.deferral_queue or "first_at" not in tried.columns:
+            return None, None
+        steps = len(retry.schedule)
+        delay = {step: retry.delay(step) for step in range(1, steps + 1)}
+        times = tried.select(
+            (pl.col("first_at").dt.epoch("us") / 1e6).alias("first"),
+            (pl.col("finished_at").dt.epoch("us") / 1e6).alias("last"),
+            pl.col("attempt").clip(1, steps).replace_strict(delay, return_dtype=pl.Float64)
+            .alias("delay"),
+            pl.col("status"),
+        ).select(
+            pl.col("first").fill_null(pl.col("last")),
+            pl.when(pl.col("status") == DEFERRED)
+            .then(pl.min_horizontal(pl.col("last") + pl.col("delay"),
+                                    pl.col("first") + retry.max_age_s))
+            .otherwise(0.0)
+            .fill_null(0.0)
+            .alias("due"),
+        )  # fmt: skip
+        return times["first"].to_numpy(), times["due"].to_numpy()
 
     def _deliver(self, source: PortionStream, tally: Tally) -> RunReport:
         """Dispatch the portions of ``source`` until every row is settled."""
@@ -268,7 +319,18 @@ class CampaignDriver:
                 stream=stream,
             )
         record_run_rejections(spec, rd.path)  # send-time 5xx feed the suppression list
-        self._stage(COMPLETE, finished_at=_iso(time.time()))
+        if state.waiting_until is not None:  # only deferrals due later: wait for them
+            waiting = sum(work.task.size for _, _, work in state.delayed)
+            self._stage(WAITING, next_due_at=state.waiting_until, waiting=waiting)
+            log.warning(
+                "raymail: %d recipient(s) deferred; the next attempt is due at %s: "
+                "'raymail resume %s' then (or the queue scheduler does it)",
+                waiting, _iso(state.waiting_until), rd.path,
+            )  # fmt: skip
+            report = build_report(rd.path)
+            write_json_atomic(rd.path / REPORT, report.as_json())
+            return report
+        self._stage(COMPLETE, finished_at=_iso(time.time()), next_due_at=None, waiting=0)
         for path in journal_files(rd.path):  # the ledger now holds all they said
             path.unlink()
         report = build_report(rd.path)
@@ -278,3 +340,13 @@ class CampaignDriver:
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def _span(seconds: float) -> str:
+    """``1h 05m``, ``4m 10s`` or ``12s``: how long until something is due."""
+    whole = max(0, round(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"

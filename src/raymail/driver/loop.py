@@ -54,6 +54,7 @@ class DispatchState:
     source: PortionStream | None = None  # the rest of the list, read when ready runs low
     peak_ready: int = 0  # most portions queued at once (back-pressure keeps it bounded)
     peak_inflight: int = 0  # most portions on delivery servers at once
+    waiting_until: float | None = None  # set when the run stops to wait: next due (Unix s)
 
     @property
     def more(self) -> bool:
@@ -113,6 +114,8 @@ class DispatchLoop:
         state = self.state
         try:
             while state.ready or state.delayed or strategy.held() or state.more:
+                if self._only_later_retries(strategy):
+                    break
                 self.refill()
                 self.promote_delayed()
                 strategy.exchange()
@@ -123,6 +126,8 @@ class DispatchLoop:
                 if self.ledger.due():
                     self.ledger.flush()
                 self.progress.backoff = self.fleet.backoff()
+                due = self.next_due_s()
+                self.progress.next_retry_at = None if due is None else time.time() + due
                 self.progress.update(state.tally)
                 self.each_round()
         finally:
@@ -141,8 +146,17 @@ class DispatchLoop:
         low_water = max(16, 2 * len(self.fleet.servers) * self.fleet.capacity)
         while source is not None and not source.exhausted and len(state.ready) < low_water:
             for task, rows in source.next_portions():
-                state.ready.push(Work(task, rows))
+                self._queue(Work(task, rows), source.not_before.pop(task.portion, 0.0))
         state.peak_ready = max(state.peak_ready, len(state.ready))
+
+    def _queue(self, work: Work, not_before: float) -> None:
+        """Ready now, or (a resumed deferral not yet due) delayed until ``not_before``."""
+        wait = not_before - time.time()
+        if wait <= 0:
+            self.state.ready.push(work)
+        else:
+            due = time.monotonic() + wait
+            heapq.heappush(self.state.delayed, (due, work.task.portion, work))
 
     def promote_delayed(self) -> None:
         """Retries whose backoff has passed go back into the queue."""
@@ -151,6 +165,20 @@ class DispatchLoop:
         while delayed and delayed[0][0] <= now:
             _, _, work = heapq.heappop(delayed)
             self.state.ready.push(work)
+
+    def _only_later_retries(self, strategy: Strategy) -> bool:
+        """Deferral queue: when all that is left are retries due later than ``retry.linger``,
+        the run stops here to wait (its process ends; a resume continues when they are due).
+        Records the next due time in ``state.waiting_until``."""
+        state = self.state
+        retry = self.spec.retry
+        if not retry.deferral_queue or state.ready or strategy.held() or state.more:
+            return False
+        due = self.next_due_s()
+        if due is None or due <= retry.linger_s:
+            return False
+        state.waiting_until = time.time() + due
+        return True
 
     def next_due_s(self) -> float | None:
         """Seconds until the next retry is due (None when none waits)."""
@@ -188,7 +216,12 @@ class DispatchLoop:
         observations = result.observations
         self.ledger.add(outcomes, observations)
         retry = settle_outcomes(
-            self.state.tally, work.task, outcomes, self.spec.retry, resend_doubt=self._resend_doubt
+            self.state.tally,
+            work.task,
+            outcomes,
+            self.spec.retry,
+            resend_doubt=self._resend_doubt,
+            sent=work.rows,
         )
         self._requeue(work, retry)
         self.fleet.returned(server, outcomes, work.task.domain)
@@ -222,9 +255,12 @@ class DispatchLoop:
         self._requeue(work, settled.retry)
 
     def _requeue(self, work: Work, retry: Retry) -> None:
-        """Send some rows of a portion again, as the next attempt, after the retry's delay."""
+        """Send some rows of a portion again, as the next attempt, after the retry's delay
+        (and ledger the rows it gave up by age)."""
+        if retry.expired is not None and retry.expired.num_rows:
+            self.ledger.add(retry.expired, pa.table({}))
         if not retry:
             return
-        item = next_attempt(work, retry.rows)
+        item = next_attempt(work, retry.rows, retry.first_at)
         due = time.monotonic() + retry.delay_s
         heapq.heappush(self.state.delayed, (due, item.task.portion, item))

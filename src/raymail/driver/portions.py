@@ -22,9 +22,13 @@ from raymail.driver.plan import PortionTask
 from raymail.intake.recipients import BATCH_ROWS
 from raymail.schema import DOMAIN, ROW
 
-__all__ = ["PREV_ATTEMPT", "PortionStream"]
+__all__ = ["FIRST_ATTEMPT", "PREV_ATTEMPT", "PortionStream"]
 
 PREV_ATTEMPT = "prev_attempt"  # attempts a row already had (resume); dropped before sending
+# Unix seconds of a row's first attempt (deferral queue: max_age counts from it); null when
+# never tried. Travels with a retried row's work; delivery servers ignore it.
+FIRST_ATTEMPT = "_raymail_first_attempt_at"
+_DUE = "_raymail_due_at"  # when a resumed row may be tried again (Unix s); 0: at once
 _I64 = npt.NDArray[np.int64]
 
 
@@ -41,7 +45,10 @@ class PortionStream:
 
     ``skip`` (sorted row numbers) are left out: rows already settled, or suppressed.
     ``prev_rows``/``prev_attempts`` (sorted by row) give rows that were tried before their
-    attempt count, so a resumed portion continues the attempt numbering.
+    attempt count, so a resumed portion continues the attempt numbering. With a deferral
+    queue, ``prev_first`` (Unix seconds of each such row's first attempt) becomes the rows'
+    ``FIRST_ATTEMPT`` column, and ``prev_due`` (when each may be tried again) the portion's
+    entry in :attr:`not_before` (the latest of its rows: none is tried before its time).
     """
 
     def __init__(
@@ -55,6 +62,8 @@ class PortionStream:
         skip: _I64 | None = None,
         prev_rows: _I64 | None = None,
         prev_attempts: _I64 | None = None,
+        prev_first: npt.NDArray[np.float64] | None = None,
+        prev_due: npt.NDArray[np.float64] | None = None,
     ) -> None:
         self.portion_size = portion_size
         self.next_id = first_id
@@ -64,6 +73,9 @@ class PortionStream:
         self._prev_attempts = (
             prev_attempts if prev_attempts is not None else np.empty(0, dtype=np.int64)
         )
+        self._prev_first = prev_first
+        self._prev_due = prev_due
+        self.not_before: dict[int, float] = {}  # portion id -> Unix s before which it waits
         self._batches: Iterator[pa.RecordBatch] = pq.ParquetFile(path).iter_batches(
             batch_size=batch_rows
         )
@@ -94,11 +106,22 @@ class PortionStream:
             table = table.filter(pa.array(keep))
             rows = rows[keep]
         attempts = np.zeros(len(rows), dtype=np.int64)
+        known = np.zeros(len(rows), dtype=bool)
+        where = np.zeros(0, dtype=np.int64)
         if len(self._prev_rows):
             known = _member(self._prev_rows, rows)
             where = np.searchsorted(self._prev_rows, rows[known])
             attempts[known] = self._prev_attempts[where]
-        return table.append_column(PREV_ATTEMPT, pa.array(attempts, pa.int64()))
+        table = table.append_column(PREV_ATTEMPT, pa.array(attempts, pa.int64()))
+        if self._prev_first is not None and self._prev_due is not None:
+            first = np.full(len(rows), np.nan)
+            due = np.zeros(len(rows))
+            first[known] = self._prev_first[where]
+            due[known] = self._prev_due[where]
+            table = table.append_column(
+                FIRST_ATTEMPT, pa.array(first, pa.float64(), mask=np.isnan(first))
+            ).append_column(_DUE, pa.array(due, pa.float64()))
+        return table
 
     def _plan(self, table: pa.Table | None, *, final: bool) -> list[tuple[PortionTask, pa.Table]]:
         parts = [t for t in (self._carry, table) if t is not None and t.num_rows]
@@ -140,4 +163,9 @@ class PortionStream:
         attempt = int(pc.max(rows.column(PREV_ATTEMPT)).as_py() or 0) + 1
         task = PortionTask(self.new_id(), domain, attempt, rows.num_rows)
         self.rows += rows.num_rows
+        if _DUE in rows.column_names:
+            due = float(pc.max(rows.column(_DUE)).as_py() or 0.0)
+            if due > 0:
+                self.not_before[task.portion] = due
+            rows = rows.drop([_DUE])
         return task, rows.drop([PREV_ATTEMPT])

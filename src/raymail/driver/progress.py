@@ -62,6 +62,7 @@ class ProgressReporter:
         self._progress: Progress | None = None
         self._task = None
         self.backoff: list[dict[str, object]] = []  # MX hosts in backoff (traffic shaping)
+        self.next_retry_at: float | None = None  # Unix s the next deferred retry is due
         if self.live:
             self._progress = Progress(
                 TextColumn("[bold]sending"),
@@ -104,6 +105,9 @@ class ProgressReporter:
             f"raymail: sent {tally.settled}/{self.total} ({share:.1f}%) | "
             f"{self._detail(tally, rate)} | ETA {eta}"
         )
+        if self.next_retry_at is not None:
+            when = time.strftime("%H:%M:%S", time.gmtime(self.next_retry_at))
+            line += f" | next retry {when} UTC"
         return line + "".join(f" | {backoff_text(b)}" for b in self.backoff[:3])
 
     def update(self, tally: Tally, *, force: bool = False) -> None:

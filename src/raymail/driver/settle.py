@@ -6,10 +6,17 @@ dispatch loop writes the ledger rows they return and queues the next attempts.
 
 One portion attempt becomes at most one next attempt: pull mode knows a lease by
 (portion, attempt), so a failed call's retried and untouched rows travel together.
+
+With a retry schedule (the deferral queue) a deferred row is retried until ``retry.max_age``
+has passed since its first attempt, then given up as ``expired``. The first-attempt time
+travels with the row (the ``FIRST_ATTEMPT`` column of its work, set on retries and by a
+resumed run's portion stream); a row without it is on its first attempt, whose start the
+outcome gives.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -18,9 +25,10 @@ import pyarrow.compute as pc
 from raymail.delivery.records import OutcomeBuilder, now
 from raymail.driver.dispatch import Work
 from raymail.driver.plan import PortionTask
+from raymail.driver.portions import FIRST_ATTEMPT
 from raymail.driver.progress import Tally
 from raymail.spec import RetrySettings
-from raymail.status import ACCEPTED, DEFERRED, FAILED, IN_DOUBT
+from raymail.status import ACCEPTED, DEFERRED, EXPIRED, FAILED, IN_DOUBT
 
 INTERNAL_RETRIES = 2  # re-runs of a portion whose call failed for a reason not SMTP's
 
@@ -31,6 +39,8 @@ class Retry:
 
     rows: pa.Array  # int64 row numbers; empty when nothing goes again
     delay_s: float = 0.0
+    first_at: pa.Array | None = None  # float64 Unix seconds of each row's first attempt
+    expired: pa.Table | None = None  # ledger rows of recipients given up by age (not again)
 
     def __bool__(self) -> bool:
         return len(self.rows) > 0
@@ -54,9 +64,16 @@ def settle_outcomes(
     retry: RetrySettings,
     *,
     resend_doubt: bool,
+    sent: pa.Table | None = None,
+    at: float | None = None,
 ) -> Retry:
     """Count final outcomes into ``tally``; say which rows (deferred and, when in-doubt rows
-    are resent, in doubt) go again, and after what backoff."""
+    are resent, in doubt) go again, and after what backoff.
+
+    ``sent`` is the work's rows (their ``FIRST_ATTEMPT`` times, when retried before); ``at``
+    the time of settling (Unix seconds, default now). With a schedule, rows whose first
+    attempt is ``retry.max_age`` old are expired instead of retried.
+    """
     statuses = outcomes.column("status")
     if task.attempt > 1:
         tally.retrying = max(tally.retrying - outcomes.num_rows, 0)
@@ -68,13 +85,80 @@ def settle_outcomes(
     again = outcomes.filter(pc.is_in(statuses, value_set=pa.array(again_statuses)))
     if not again.num_rows:
         return NO_RETRY
-    if task.attempt >= retry.max_attempts:
+    if retry.gives_up(task.attempt):
         tally.deferred += count(again.column("status"), DEFERRED)
         tally.in_doubt += count(again.column("status"), IN_DOUBT)
         return NO_RETRY
-    rows = plain(again.column("row"))
+    if not retry.deferral_queue:
+        rows = plain(again.column("row"))
+        tally.retrying += len(rows)
+        return Retry(rows, retry.delay(task.attempt))
+    return _schedule(tally, task, again, retry, sent, time.time() if at is None else at)
+
+
+def _schedule(
+    tally: Tally,
+    task: PortionTask,
+    again: pa.Table,
+    retry: RetrySettings,
+    sent: pa.Table | None,
+    at: float,
+) -> Retry:
+    """The deferral queue: expire the rows ``max_age`` old, retry the rest by the schedule
+    (never later than the oldest row's deadline, so each gets a last try at its max_age)."""
+    first = first_attempts(again, sent)
+    deadline = pc.add(first, retry.max_age_s)
+    old = pc.less_equal(deadline, at)
+    expired = again.filter(old)
+    tally.expired += expired.num_rows
+    keep = again.filter(pc.invert(old))
+    expired_rows = expired_outcomes(expired, retry, at) if expired.num_rows else None
+    if not keep.num_rows:
+        return Retry(NO_RETRY.rows, expired=expired_rows)
+    kept_first = first.filter(pc.invert(old))
+    soonest = float(pc.min(pc.add(kept_first, retry.max_age_s)).as_py())
+    delay = max(0.0, min(retry.delay(task.attempt), soonest - at))
+    rows = plain(keep.column("row"))
     tally.retrying += len(rows)
-    return Retry(rows, retry.delay(task.attempt))
+    return Retry(rows, delay, kept_first, expired_rows)
+
+
+def first_attempts(outcomes: pa.Table, sent: pa.Table | None) -> pa.Array:
+    """Unix seconds of each outcome row's first attempt: the work's ``FIRST_ATTEMPT`` when
+    the row was tried before, else this attempt's start."""
+    started = pc.divide(
+        pc.cast(pc.cast(outcomes.column("started_at"), pa.timestamp("us", "UTC")), pa.int64()),
+        1_000_000.0,
+    )
+    started = started.combine_chunks() if isinstance(started, pa.ChunkedArray) else started
+    if sent is None or FIRST_ATTEMPT not in sent.column_names:
+        return started
+    where = pc.index_in(outcomes.column("row"), value_set=sent.column("row"))
+    known = pc.take(sent.column(FIRST_ATTEMPT), where)
+    known = known.combine_chunks() if isinstance(known, pa.ChunkedArray) else known
+    return pc.coalesce(known.cast(pa.float64()), started)
+
+
+def expired_outcomes(deferred: pa.Table, retry: RetrySettings, at: float) -> pa.Table:
+    """Ledger rows settling ``deferred`` outcome rows as expired (attempt + 1, its own row,
+    so the last reply stays beside it in the ledger)."""
+    stamp = pa.scalar(int(at * 1_000_000), pa.timestamp("us", "UTC"))
+    n = deferred.num_rows
+    note = f"expired: only temporary failures for retry.max_age {retry.max_age}; last: "
+    columns = {
+        "status": pa.array([EXPIRED] * n, pa.string()),
+        "attempt": pc.add(deferred.column("attempt"), 1),
+        "response": pc.binary_join_element_wise(
+            pa.array([note] * n, pa.string()), pc.fill_null(deferred.column("response"), ""), ""
+        ),
+        "started_at": pa.array([stamp] * n, stamp.type),
+        "finished_at": pa.array([stamp] * n, stamp.type),
+    }
+    table = deferred
+    for name, values in columns.items():
+        field = table.schema.field(name)
+        table = table.set_column(table.schema.get_field_index(name), field, values.cast(field.type))
+    return table
 
 
 def settle_failed_call(
@@ -94,7 +178,9 @@ def settle_failed_call(
     rows = work.rows
     again = NO_RETRY
     if recovered.num_rows:
-        again = settle_outcomes(tally, work.task, recovered, retry, resend_doubt=resend_doubt)
+        again = settle_outcomes(
+            tally, work.task, recovered, retry, resend_doubt=resend_doubt, sent=work.rows
+        )
     untouched = pc.filter(
         rows.column("row"),
         pc.invert(pc.is_in(rows.column("row"), value_set=recovered.column("row"))),
@@ -104,16 +190,35 @@ def settle_failed_call(
         given_up = rows.filter(pc.is_in(rows.column("row"), value_set=untouched))
         tally.failed += given_up.num_rows
     elif len(untouched):  # never touched: at once, together with what goes again
-        again = Retry(pa.concat_arrays([again.rows, plain(untouched)]), 0.0)
+        rows_again = pa.concat_arrays([again.rows, plain(untouched)])
+        again = Retry(rows_again, 0.0, _firsts(work.rows, rows_again), again.expired)
     return FailedCall(again, given_up)
 
 
-def next_attempt(work: Work, rows: pa.Array) -> Work:
-    """The piece of ``work`` holding ``rows``, as the portion's next attempt."""
+def next_attempt(work: Work, rows: pa.Array, first_at: pa.Array | None = None) -> Work:
+    """The piece of ``work`` holding ``rows``, as the portion's next attempt; ``first_at``
+    (aligned with ``rows``) becomes its ``FIRST_ATTEMPT`` column (deferral queue)."""
     table = work.rows
     again = table.filter(pc.is_in(table.column("row"), value_set=rows))
+    if first_at is not None:
+        where = pc.index_in(again.column("row"), value_set=rows)
+        values = pc.take(first_at, where).cast(pa.float64())
+        if FIRST_ATTEMPT in again.column_names:
+            index = again.schema.get_field_index(FIRST_ATTEMPT)
+            again = again.set_column(index, FIRST_ATTEMPT, values)
+        else:
+            again = again.append_column(FIRST_ATTEMPT, values)
     task = PortionTask(work.task.portion, work.task.domain, work.task.attempt + 1, again.num_rows)
     return Work(task, again, work.internal_failures)
+
+
+def _firsts(table: pa.Table, rows: pa.Array) -> pa.Array | None:
+    """The known ``FIRST_ATTEMPT`` of ``rows`` (null where never tried), if the work has it."""
+    if FIRST_ATTEMPT not in table.column_names:
+        return None
+    where = pc.index_in(rows, value_set=table.column("row"))
+    values = pc.take(table.column(FIRST_ATTEMPT), where)
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
 
 
 def failed_outcomes(

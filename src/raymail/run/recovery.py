@@ -65,6 +65,9 @@ def recovered_outcomes(
 def run_state(run_dir: Path, recipients: Path, campaign: str) -> tuple[pa.Table, pl.DataFrame]:
     """(outcomes recovered from journals, final outcome per recipient including them).
 
+    The final outcomes carry ``first_at``: when the recipient's first attempt started (the
+    deferral queue's ``max_age`` counts from it).
+
     Reads only the ledger columns that decide a recipient's fate, and from the recipient
     list (``recipients``, a Parquet file) only the rows the journals name and the ledger
     lacks: resuming a run of millions needs no copy of the list in memory.
@@ -78,10 +81,11 @@ def run_state(run_dir: Path, recipients: Path, campaign: str) -> tuple[pa.Table,
         extra = pl.from_arrow(recovered.select(_FATE))
         assert isinstance(extra, pl.DataFrame)
         ledger = pl.concat([ledger, extra], how="vertical_relaxed")
-    return recovered, final_outcomes(ledger)
+    first = ledger.group_by("row").agg(pl.col("started_at").min().alias("first_at"))
+    return recovered, final_outcomes(ledger).join(first, on="row", how="left")
 
 
-_FATE = ["row", "attempt", "portion", "status", "finished_at"]
+_FATE = ["row", "attempt", "portion", "status", "started_at", "finished_at"]
 
 
 def _rows_of(recipients: Path, rows: list[int]) -> pa.Table:

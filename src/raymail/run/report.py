@@ -7,6 +7,7 @@ run, a running one, and one that was killed.
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,9 @@ class RunReport(StrictModel):
     """A run's report; ``model_dump(mode="json")`` is RUN_DIR/report.json (see README)."""
 
     campaign: str | None = Field(description="Campaign id.")
-    status: str | None = Field(description="The run's stage: loading, delivering, complete.")
+    status: str | None = Field(
+        description="The run's stage: loading, planned, delivering, waiting, complete."
+    )
     run_dir: str = Field(description="The run directory the report was built from.")
     total: int = Field(description="Valid recipients planned.")
     accepted: int = Field(description="Recipients whose message a receiver accepted (250).")
@@ -75,6 +78,12 @@ class RunReport(StrictModel):
     delivery_servers: int | None = Field(description="Delivery servers running at the end.")
     capacity: CapacityPlan | None = Field(description="Sizing for target_minutes, if asked.")
     domains: dict[str, dict[str, int]] = Field(description="Final statuses per domain.")
+    waiting: int = Field(
+        0, description="Stage waiting: deferred recipients waiting for their next attempt."
+    )
+    next_due_at: str | None = Field(
+        None, description="Stage waiting: when the next attempt is due (ISO 8601, UTC)."
+    )
     backoff: list[dict[str, Any]] = Field(
         default_factory=list,
         description="MX hosts in backoff when sending stopped (traffic shaping): mx_host, "
@@ -109,6 +118,7 @@ def build_report(run_dir: str | Path) -> RunReport:
     elapsed = float(manifest.get("elapsed_s") or 0.0)
     planned = int(manifest.get("recipients", settled))
     capacity = manifest.get("capacity")
+    waiting = manifest.get("status") == "waiting" and manifest.get("next_due_at") is not None
     return RunReport(
         campaign=manifest.get("campaign"),
         status=manifest.get("status"),
@@ -134,7 +144,13 @@ def build_report(run_dir: str | Path) -> RunReport:
         capacity=CapacityPlan.model_validate(capacity) if capacity else None,
         domains=_per_domain(by_domain),
         backoff=list(manifest.get("backoff") or []),
+        waiting=int(manifest.get("waiting") or 0) if waiting else 0,
+        next_due_at=_iso(float(manifest["next_due_at"])) if waiting else None,
     )
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
 def _fates(run_dir: Path) -> tuple[pl.DataFrame, pl.Series]:

@@ -175,6 +175,12 @@ class SinkConfig(StrictModel):
         default_factory=dict,
         description="Forced behaviour by exact recipient address (case-insensitive).",
     )
+    tempfail_first: dict[str, int] = Field(
+        default_factory=dict,
+        description="Addresses answered tempfail_reply at their first N RCPT TOs, then by "
+        "their rule: a receiver that defers a recipient for a while (greylisting, a full "
+        "mailbox emptied later).",
+    )
     returns_server: HostPort | None = Field(
         None,
         description="host:port that generated returns (bounce_hard, bounce_soft, "
@@ -193,6 +199,14 @@ class SinkConfig(StrictModel):
     @classmethod
     def _lower_topology(cls, value: dict[str, dict[str, Rule]]) -> dict[str, dict[str, Rule]]:
         return {ip: {d.lower(): r for d, r in rules.items()} for ip, rules in value.items()}
+
+    @field_validator("tempfail_first")
+    @classmethod
+    def _lower_counts(cls, value: dict[str, int]) -> dict[str, int]:
+        for address, times in value.items():
+            if times < 0:
+                raise ValueError(f"tempfail_first[{address!r}]: {times} is below 0")
+        return {k.lower(): v for k, v in value.items()}
 
     @field_validator("addresses")
     @classmethod

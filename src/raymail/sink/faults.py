@@ -44,6 +44,7 @@ class RuleBook:
         self._default = config.default
         self._domains = {d: _inherit(config.default, r) for d, r in config.domains.items()}
         self._addresses = dict(config.addresses)
+        self._tempfail_left = dict(config.tempfail_first)  # RCPTs still to defer, by address
         self._clients = config.clients
         self._topology = config.topology
         self._resolved: dict[tuple[str, str], Rule] = {}
@@ -78,6 +79,10 @@ class RuleBook:
         """Decide one RCPT TO: ACCEPT, TEMPFAIL or PERMFAIL (a forced DROP accepts here)."""
         lowered, domain = split_address(address)
         pick = self.pick(peer_ip, domain, lowered)
+        left = self._tempfail_left.get(lowered, 0)
+        if left > 0:
+            self._tempfail_left[lowered] = left - 1
+            return pick, Behaviour.TEMPFAIL
         if pick.forced is not None:
             forced = pick.forced
             accepts = forced in (Behaviour.DROP, Behaviour.HANG) or forced in RETURNS

@@ -1,0 +1,108 @@
+"""The deferral queue: retry.schedule and retry.max_age, the waiting stage, expired.
+
+Against the project's sink on loopback, with delays of seconds: recipients the sink defers
+for a while are accepted on a later attempt, those it always defers expire once max_age has
+passed since their first attempt, a run left with only later retries ends in the waiting
+stage, and a resume before anything is due sends nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from conftest import make_spec, write_csv
+from raymail.driver.campaign import resume_campaign, run_campaign
+from raymail.errors import SpecError
+from raymail.run.ledger import read_outcomes
+from raymail.sink import SinkConfig, read_capture, run_sink
+from raymail.spec import RetrySettings
+
+pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.timeout(300)]
+
+LATER = ["later1@a.test", "later2@b.test"]  # deferred at their first 2 RCPTs, then accepted
+NEVER = ["never@a.test"]  # always deferred: expires
+FINE = [f"u{i}@{'ab'[i % 2]}.test" for i in range(20)]
+EVERYONE = LATER + NEVER + FINE
+
+
+def _sink_config() -> SinkConfig:
+    return SinkConfig.model_validate(
+        {"addresses": {NEVER[0]: "tempfail"}, "tempfail_first": dict.fromkeys(LATER, 2)}
+    )
+
+
+def _delivered(capture: Path) -> pl.DataFrame:
+    return read_capture(capture).group_by("rcpt_to").len()
+
+
+def test_schedule_delays_and_validation() -> None:
+    retry = RetrySettings(schedule=["1s", "2s", "5m"], max_age="3d")
+    assert [retry.delay(n) for n in (1, 2, 3, 4, 9)] == [1.0, 2.0, 300.0, 300.0, 300.0]
+    assert retry.max_age_s == 3 * 86400 and not retry.gives_up(50)
+    assert RetrySettings().delay(2) == 4.0 and RetrySettings().gives_up(4)  # no schedule
+    with pytest.raises(SpecError, match=r"retry.*schedule.*1.*not a duration"):
+        make_spec(Path("r.csv"), 25, retry={"schedule": ["1s", "soon"]})
+    with pytest.raises(SpecError, match=r"max_age.*not a duration"):
+        make_spec(Path("r.csv"), 25, retry={"schedule": ["1s"], "max_age": "forever"})
+
+
+def test_deferred_recipients_retry_in_run_then_expire(tmp_path: Path) -> None:
+    recipients = write_csv(tmp_path / "r.csv", "email,name", [f"{e},N" for e in EVERYONE])
+    capture = tmp_path / "cap"
+    with run_sink(_sink_config(), capture_dir=capture) as sink:
+        spec = make_spec(
+            recipients, sink.port, retry={"schedule": ["1s"], "max_age": "4s", "linger": "1m"}
+        )
+        started = time.time()
+        report = run_campaign(spec, tmp_path / "run")
+    assert report.status == "complete"
+    assert report.accepted == len(LATER) + len(FINE) and report.expired == len(NEVER)
+    assert report.deferred == 0 and report.failed == 0
+    delivered = _delivered(capture)
+    assert set(delivered["rcpt_to"].to_list()) == set(LATER + FINE)
+    assert delivered["len"].max() == 1  # nobody twice
+    outcomes = read_outcomes(tmp_path / "run")
+    never = outcomes.filter(pl.col("email") == NEVER[0]).sort("attempt")
+    assert never["status"].to_list()[-1] == "expired"
+    assert "max_age" in never["response"].to_list()[-1]
+    tries = never.filter(pl.col("status") == "deferred")
+    first = tries["started_at"].min()
+    last = tries["started_at"].max()
+    assert tries.height >= 4  # about one a second
+    assert (last - first).total_seconds() >= 3.5  # a last try at max_age, not before
+    assert time.time() - started >= 4.0
+
+
+def test_waiting_stage_and_resume(tmp_path: Path) -> None:
+    recipients = write_csv(tmp_path / "r.csv", "email,name", [f"{e},N" for e in EVERYONE])
+    capture = tmp_path / "cap"
+    run_dir = tmp_path / "run"
+    retry = {"schedule": ["3s"], "max_age": "1h", "linger": "1s"}
+    with run_sink(_sink_config(), capture_dir=capture) as sink:
+        spec = make_spec(recipients, sink.port, retry=retry)
+        first = run_campaign(spec, run_dir)
+        assert first.status == "waiting"
+        assert first.waiting == len(LATER) + len(NEVER) and first.next_due_at is not None
+        assert first.accepted == len(FINE) and first.deferred == len(LATER) + len(NEVER)
+        before = _delivered(capture).height
+        early = resume_campaign(run_dir)  # nothing is due yet: nothing sent, nothing started
+        assert early.note is not None and "next attempt is due" in early.note
+        assert early.status == "waiting" and early.resumes == 0
+        assert _delivered(capture).height == before
+        time.sleep(3.2)
+        second = resume_campaign(run_dir)  # due: sends only the waiting recipients
+        assert second.status == "waiting"  # later* deferred twice, then due again in 3 s
+        time.sleep(3.2)
+        third = resume_campaign(run_dir)
+    assert third.accepted == len(LATER) + len(FINE)
+    assert third.status == "waiting" and third.waiting == len(NEVER)
+    delivered = _delivered(capture)
+    assert set(delivered["rcpt_to"].to_list()) == set(LATER + FINE)
+    assert delivered["len"].max() == 1
+    outcomes = read_outcomes(run_dir)
+    fine_tries = outcomes.filter(pl.col("email").is_in(FINE)).height
+    assert fine_tries == len(FINE)  # the accepted were never tried again
