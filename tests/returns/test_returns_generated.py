@@ -20,13 +20,13 @@ import pytest
 from returnruns import make_run
 
 from raymail.returns import classify_message
-from raymail.returns.classify import Classification
 from raymail.returns.config import ReturnsConfig
 from raymail.returns.events import events_for
 from raymail.returns.process import ReturnsProcessor
 from raymail.returns.reasons import REASON_CATEGORY, classify_reply
 from raymail.returns.reclassify import reclassify
 from raymail.returns.store import ReturnsStore
+from raymail.returns.verdict import Classification
 from raymail.spec import ReturnsSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "corpus"))

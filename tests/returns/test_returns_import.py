@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 
 from raymail.cli import _register, app
 from raymail.delivery.records import OutcomeBuilder
-from raymail.returns.classify import Classification
 from raymail.returns.config import ReturnsConfig
 from raymail.returns.events import events_for
 from raymail.returns.importer import import_messages
@@ -22,6 +21,7 @@ from raymail.returns.process import ReturnsProcessor
 from raymail.returns.reclassify import reclassify
 from raymail.returns.report import returns_report
 from raymail.returns.store import ReturnsStore
+from raymail.returns.verdict import Classification
 from raymail.run.ledger import Ledger
 from raymail.spec import ReturnsSettings
 from raymail.status import ACCEPTED, FAILED

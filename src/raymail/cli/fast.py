@@ -19,7 +19,7 @@ from typing import TextIO
 
 def write_verdicts(paths: Iterable[Path], details: bool, out: TextIO) -> None:
     """One JSON object per message under ``paths``."""
-    from raymail.returns.classify import iter_classified
+    from raymail.returns.batch import iter_classified
 
     for verdict in iter_classified(paths):
         row = verdict.as_dict()

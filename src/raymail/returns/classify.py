@@ -4,7 +4,9 @@ The checks run from the most to the least machine-readable evidence: a complaint
 (ARF), a delivery status notification (RFC 3464), a prose bounce, a challenge-response
 request, an RFC 3834 auto-reply, a removal request, a human reply. Recipients are taken
 from the DSN first, then from the VERP token in our return path (decoded by an injected
-codec), then from the text, then from the returned copy's To header.
+codec), then from the text, then from the returned copy's To header. The verdict types are
+in ``verdict.py``, the header reading (VERP, our own addresses) in ``addressing.py``, and
+many files at once in ``batch.py``.
 
 :func:`classify_message` never raises: a message it cannot read is ``unknown`` with the
 reason it gave up in ``why``.
@@ -13,44 +15,25 @@ reason it gave up in ``why``.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from dataclasses import dataclass
+from typing import Final
 
 from raymail.returns import reasons
+from raymail.returns.addressing import VerpDecoder, addresses, exclusions, find_verp
 from raymail.returns.arf import detect_feedback
 from raymail.returns.autoreply import detect_autoreply, detect_challenge
 from raymail.returns.commands import MAIL, smtp_command
-from raymail.returns.dsn import RecipientReport, find_addresses, inline_fields, reports_from_fields
-from raymail.returns.freetext import TextBounce, TextFailure, is_bounce, scan_text_bounce
+from raymail.returns.dsn import RecipientReport, inline_fields, reports_from_fields
+from raymail.returns.freetext import TextBounce, TextFailure, scan_text_bounce
 from raymail.returns.hidden import hidden_recipients
-from raymail.returns.parse import ParsedMessage, header_text, parse_message
+from raymail.returns.ndr import is_bounce
+from raymail.returns.parse import ParsedMessage, parse_message
 from raymail.returns.replies import detect_remove_request, is_reply
-from raymail.returns.sources import iter_messages
+from raymail.returns.verdict import Classification, RecipientVerdict
 
-if TYPE_CHECKING:
-    import polars as pl
+# The verdict types are read from here too (events, process, tests).
+__all__ = ["Classification", "RecipientVerdict", "VerpDecoder", "classify_message"]
 
-# Given an address our return path may appear as ("bounces+TOKEN@return.example"), return
-# the recipient it was sent to, or None when it carries no valid token. A result of the form
-# "campaign:recipient@example.org" also names the campaign. Injected, so this package does
-# not depend on the token codec or the ledger that resolves a token's recipient tag.
-VerpDecoder = Callable[[str], str | None]
-
-# Our own return path shows up here; the VERP token lives in its local part.
-_VERP_HEADERS: Final = (
-    "X-Original-To",
-    "Delivered-To",
-    "Envelope-To",
-    "X-Envelope-To",
-    "X-Delivered-To",
-    "To",
-    "X-Rcpt-To",
-)
-_CAMPAIGN_HEADERS: Final = ("X-Raymail-Campaign", "X-Campaign-Id", "X-Campaign")
-_EXCLUDE_HEADERS: Final = ("From", "Sender", "Reply-To", "Return-Path", "To", "Cc")
-_SOFT_EXCLUDE_HEADERS: Final = ("Delivered-To", "X-Original-To", "Envelope-To")
 _ACTIONS: Final = {
     "failure": "failed",
     "fail": "failed",
@@ -61,74 +44,6 @@ _ACTIONS: Final = {
     "relayed": "relayed",
     "expanded": "expanded",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class RecipientVerdict:
-    """What happened to one recipient of a bounce."""
-
-    recipient: str
-    reason: str
-    status: str | None
-    smtp_code: int | None
-    diagnostic: str
-    action: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Classification:
-    """The verdict on one returned message."""
-
-    category: str
-    reason: str
-    recipients: list[str] = field(default_factory=list)
-    status: str | None = None
-    smtp_code: int | None = None
-    diagnostic: str = ""
-    action: str | None = None
-    remote_mta: str | None = None
-    campaign: str | None = None
-    why: str = ""
-    source: str = ""  # which detector decided: arf, dsn, text, challenge, autoreply, ...
-    feedback_type: str | None = None
-    per_recipient: list[RecipientVerdict] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    path: str | None = None
-
-    def as_dict(self) -> dict[str, object]:
-        """Plain JSON-able dict (per-recipient details included)."""
-        return {
-            "path": self.path,
-            "category": self.category,
-            "reason": self.reason,
-            "recipients": list(self.recipients),
-            "status": self.status,
-            "smtp_code": self.smtp_code,
-            "diagnostic": self.diagnostic,
-            "action": self.action,
-            "remote_mta": self.remote_mta,
-            "campaign": self.campaign,
-            "why": self.why,
-            "source": self.source,
-            "feedback_type": self.feedback_type,
-            "notes": list(self.notes),
-            "per_recipient": [
-                {
-                    "recipient": v.recipient,
-                    "reason": v.reason,
-                    "status": v.status,
-                    "smtp_code": v.smtp_code,
-                    "diagnostic": v.diagnostic,
-                    "action": v.action,
-                }
-                for v in self.per_recipient
-            ],
-        }
-
-
-def _addresses(text: str) -> list[str]:
-    """Lower-cased addresses in a header value."""
-    return [a.lower() for a in find_addresses(text)]
 
 
 def _category(reason: str, action: str | None, status: str | None) -> str:
@@ -156,58 +71,6 @@ class _Context:
     def senders(self) -> set[str]:
         """Addresses of ours a reply may quote: the bounce's To, the original's sender."""
         return (self.exclude | self.soft_exclude) - {""}
-
-
-def _verp(
-    parsed: ParsedMessage, decoder: VerpDecoder | None, notes: list[str]
-) -> tuple[str | None, str | None]:
-    """(recipient, campaign) from the VERP token in the headers our return path shows in."""
-    campaign = None
-    for headers in parsed.original_headers:
-        for name in _CAMPAIGN_HEADERS:
-            value = header_text(headers, name).strip()
-            if value:
-                campaign = value
-                break
-        if campaign:
-            break
-    if decoder is None:
-        return None, campaign
-    candidates: list[str] = []
-    for name in _VERP_HEADERS:
-        for value in parsed.headers(name):
-            candidates.extend(_addresses(value))
-    for headers in parsed.original_headers:
-        candidates.extend(_addresses(header_text(headers, "Return-Path")))
-    for candidate in dict.fromkeys(candidates):
-        try:
-            decoded = decoder(candidate)
-        except Exception as exc:  # a codec bug must not lose the message
-            notes.append(f"verp decoder failed: {type(exc).__name__}")
-            continue
-        if not decoded:
-            continue
-        match = re.fullmatch(r"([^@:\s]+):(\S+@\S+)", decoded.strip())
-        if match:
-            return match.group(2).lower(), match.group(1)
-        return decoded.strip().lower(), campaign
-    return None, campaign
-
-
-def _exclusions(parsed: ParsedMessage) -> tuple[set[str], set[str]]:
-    """Addresses that are not failed recipients: (ours and the reporter's, the sender's)."""
-    hard: set[str] = set()
-    for name in _EXCLUDE_HEADERS:
-        for value in parsed.headers(name):
-            hard.update(_addresses(value))
-    soft: set[str] = set()
-    for name in _SOFT_EXCLUDE_HEADERS:
-        for value in parsed.headers(name):
-            soft.update(_addresses(value))
-    for headers in parsed.original_headers[:3]:
-        for name in ("From", "Sender", "Return-Path", "Reply-To", "Errors-To"):
-            soft.update(_addresses(header_text(headers, name)))
-    return hard, soft - hard
 
 
 def _command(diagnostic: str, fallback_text: str, single: bool, senders: set[str]) -> str | None:
@@ -407,7 +270,7 @@ def _replier(ctx: _Context) -> list[str]:
     if ctx.verp_recipient:
         return [ctx.verp_recipient]
     for name in ("From", "Reply-To", "Sender"):
-        found = _addresses(ctx.parsed.header(name))
+        found = addresses(ctx.parsed.header(name))
         if found:
             return found[:1]
     return []
@@ -420,8 +283,8 @@ def _classify(raw: bytes, path: str | None, decoder: VerpDecoder | None) -> Clas
     if parsed.message is None:
         ctx = _Context(parsed, set(), set(), None, None, notes, path)
         return _result(ctx, reason="undefined", why=parsed.gave_up or "unreadable", source="parse")
-    verp_recipient, campaign = _verp(parsed, decoder, notes)
-    hard, soft = _exclusions(parsed)
+    verp_recipient, campaign = find_verp(parsed, decoder, notes)
+    hard, soft = exclusions(parsed)
     ctx = _Context(parsed, hard, soft, verp_recipient, campaign, notes, path)
 
     feedback = detect_feedback(parsed)
@@ -524,47 +387,3 @@ def classify_message(
             why=f"classifier error: {type(exc).__name__}: {exc}"[:300],
             path=path,
         )
-
-
-_TABLE_SCHEMA: Final = {
-    "path": "str",
-    "category": "str",
-    "reason": "str",
-    "recipients": "list[str]",
-    "status": "str",
-    "smtp_code": "int",
-    "diagnostic": "str",
-    "action": "str",
-    "remote_mta": "str",
-    "campaign": "str",
-    "feedback_type": "str",
-    "source": "str",
-    "why": "str",
-}
-
-
-def iter_classified(
-    paths: Iterable[str | Path], *, verp_decoder: VerpDecoder | None = None
-) -> Iterator[Classification]:
-    """Classify every message in files, directories, Maildirs and mbox files, lazily."""
-    for label, raw in iter_messages(paths):
-        yield classify_message(raw, path=label, verp_decoder=verp_decoder)
-
-
-def classify_paths(
-    paths: Iterable[str | Path], *, verp_decoder: VerpDecoder | None = None
-) -> pl.DataFrame:
-    """One row per message under ``paths`` (columns as in ``_TABLE_SCHEMA``)."""
-    import polars as pl
-
-    dtypes: dict[str, pl.DataType] = {
-        "str": pl.String(),
-        "int": pl.Int64(),
-        "list[str]": pl.List(pl.String()),
-    }
-    schema = {name: dtypes[kind] for name, kind in _TABLE_SCHEMA.items()}
-    rows = [
-        {name: getattr(c, name) for name in _TABLE_SCHEMA}
-        for c in iter_classified(paths, verp_decoder=verp_decoder)
-    ]
-    return pl.DataFrame(rows, schema=schema)

@@ -19,7 +19,6 @@ import polars as pl
 import pyarrow as pa
 
 from raymail.returns.archive import ArchivedMessage
-from raymail.returns.classify import Classification, RecipientVerdict
 from raymail.returns.parts import PartWriter, compact_parts, read_parts
 from raymail.returns.reasons import (
     HARD_BOUNCE_ADDRESS,
@@ -28,6 +27,7 @@ from raymail.returns.reasons import (
     TRANSIENT,
     category_of,
 )
+from raymail.returns.verdict import Classification, RecipientVerdict
 
 _TS = pa.timestamp("us", tz="UTC")
 _DIAGNOSTIC_CHARS: Final = 500

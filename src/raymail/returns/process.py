@@ -26,7 +26,7 @@ import polars as pl
 
 from raymail.compose.verp import TokenKind
 from raymail.returns.archive import ArchivedMessage
-from raymail.returns.classify import Classification, classify_message
+from raymail.returns.classify import classify_message
 from raymail.returns.events import events_for
 from raymail.returns.reasons import (
     AUTO_REPLY,
@@ -38,6 +38,7 @@ from raymail.returns.reasons import (
 from raymail.returns.registry import CampaignRegistry, Decoded
 from raymail.returns.rules import decide, history_for, relevant_categories
 from raymail.returns.store import ReturnsStore
+from raymail.returns.verdict import Classification
 
 log = logging.getLogger(__name__)
 
