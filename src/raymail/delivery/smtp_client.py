@@ -5,6 +5,9 @@ and drops bytes that arrive while a parsed reply waits to be picked up, so it ca
 MAIL, RCPT and DATA in one write. Bulk delivery lives on that round trip saving, so the
 delivery servers use this connection class instead: one write for the whole envelope, then
 the replies read in order.
+
+One module of about 400 lines because it is one connection's protocol: the reply reader,
+the pipelined writes and STARTTLS share the stream and its state, and read best together.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ it and when that expires, taken in a transaction only when absent or expired. A 
 renews its leases while their drivers run; a killed scheduler's leases expire and another
 (or the same, restarted) takes them over and resumes the runs, whose run directories
 (resume, the ``flock``) make sure nobody is sent twice.
+
+One module of about 400 lines because it is the one place that writes the queue's tables:
+every status change and lease is a transaction here, so their rules can be read together.
 """
 
 from __future__ import annotations
