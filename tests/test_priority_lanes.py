@@ -11,11 +11,15 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, cast
 
+import polars as pl
 import pytest
 import ray
+from ray.exceptions import GetTimeoutError, RayActorError
 
 from conftest import make_spec, write_csv
+from helpers import wait_for
 from raymail.delivery.admission import PriorityGate
 from raymail.delivery.shared import NAMESPACE, close_pool, pool_actor_name
 from raymail.driver.campaign import run_campaign
@@ -64,6 +68,13 @@ def test_gate_survives_a_cancelled_waiter() -> None:
         return gate.busy
 
     assert asyncio.run(scenario()) == 1
+
+
+def _captured(capture: Path) -> int:
+    try:
+        return read_capture(capture).height
+    except Exception:  # the first capture file may not exist yet
+        return 0
 
 
 def _list(path: Path, n: int, domain: str) -> Path:
@@ -127,3 +138,78 @@ def test_queue_priority_reaches_the_spec(tmp_path: Path) -> None:
     queue = CampaignQueue(f"sqlite:///{tmp_path / 'queue.db'}")
     (entry,) = schedule_campaign(queue, spec, priority=0)
     assert entry.priority == 0 and entry.spec().priority == 0
+
+
+def _lanes(pool: str) -> dict[str, Any] | None:
+    """The pool's first server's lanes, or None while it is dead or not started anew."""
+    try:
+        actor = ray.get_actor(pool_actor_name(pool, 0), namespace=NAMESPACE)
+        return cast(dict[str, Any], ray.get(actor.lanes.remote(), timeout=10))
+    except (ValueError, RayActorError, GetTimeoutError):
+        return None
+
+
+@pytest.mark.usefixtures("ray_session")
+@pytest.mark.parametrize("restart", [True, False], ids=["ray-restarts-it", "killed-for-good"])
+def test_campaign_reattaches_to_a_restarted_shared_server(tmp_path: Path, restart: bool) -> None:
+    """The pool's only server is killed mid-run: Ray restarts it (knowing no campaign), or,
+    killed for good, the next driver starts it anew. The campaign re-attaches to the server
+    of the same name (no replacement server is started) and finishes: every recipient
+    captured, none twice unless the report calls it in doubt."""
+    n = 3000
+    capture = tmp_path / "capture"
+    config = SinkConfig(default=Rule(latency_ms=20))
+    pool = f"restart-{time.monotonic_ns()}"
+    shared = {"delivery_pool": pool, "delivery_servers": 1, "concurrency": 4}
+    reports: dict[str, RunReport] = {}
+    with run_sink(config, capture_dir=capture) as sink:
+        spec = make_spec(
+            _list(tmp_path / "bulk.csv", n, "bulk.test"), sink.port,
+            campaign="bulk", portion_size=50, **shared,
+        )  # fmt: skip
+        bulk = threading.Thread(
+            target=lambda: reports.update(
+                bulk=run_campaign(spec, tmp_path / "bulk", live_progress=False)
+            )
+        )
+        bulk.start()
+        wait_for("a quarter delivered", lambda: _captured(capture) >= n // 4, 120)
+        before = _lanes(pool)
+        assert before is not None and len(before["campaigns"]) == 1
+        actor = ray.get_actor(pool_actor_name(pool, 0), namespace=NAMESPACE)
+        ray.kill(actor, no_restart=not restart)
+        if not restart:  # the next driver to open the pool starts server 0 anew
+            urgent = make_spec(
+                _list(tmp_path / "next.csv", 20, "next.test"), sink.port,
+                campaign="next", priority=0, **shared,
+            )  # fmt: skip
+            reports["next"] = run_campaign(urgent, tmp_path / "next", live_progress=False)
+        after = wait_for(
+            "the bulk campaign re-attached to a new server 0",
+            lambda: (
+                (lanes := _lanes(pool)) is not None
+                and lanes["pid"] != before["pid"]
+                and any(k.startswith("bulk:") for k in lanes["campaigns"])
+                and lanes
+            ),
+            60,
+        )
+        assert bulk.is_alive(), "the bulk run ended before it was seen re-attached"
+        bulk.join(timeout=300)
+    assert not bulk.is_alive()
+    with pytest.raises(ValueError):  # it went on on server 0: no replacement was started
+        ray.get_actor(pool_actor_name(pool, 1), namespace=NAMESPACE)
+    final = _lanes(pool)
+    assert close_pool(pool) == 1
+    assert final is not None and final["pid"] == after["pid"] and final["campaigns"] == {}
+    report = reports["bulk"]
+    assert report.failed == 0
+    assert report.accepted + report.in_doubt == n
+    per_rcpt = read_capture(capture).group_by("rcpt_to").len()
+    bulk_rcpts = per_rcpt.filter(pl.col("rcpt_to").str.ends_with("@bulk.test"))
+    assert bulk_rcpts.height == n, f"missed {n - bulk_rcpts.height} recipients"
+    duplicates = set(bulk_rcpts.filter(pl.col("len") > 1)["rcpt_to"].to_list())
+    assert duplicates <= set(report.in_doubt_recipients)
+    if not restart:
+        assert reports["next"].accepted == 20
+        assert per_rcpt.filter(pl.col("rcpt_to").str.ends_with("@next.test")).height == 20

@@ -17,13 +17,21 @@ its connection. Sharing the servers puts priority where the connections are.
 
 A call names its campaign by the key it attached under. :class:`CampaignHandle` wraps the
 actor handle and the key so the driver's code calls it exactly like a private server.
+
+A shared server that dies takes its attachments with it: Ray restarts it (``max_restarts``)
+knowing no campaign, or, dead for good, the next driver to open the pool starts it anew. A
+call then fails with :class:`NotAttachedError` (or the actor's death), and the campaign's
+driver re-attaches (:meth:`CampaignHandle.reopen`) under the same key and journal name, so
+the journals of the portions it lost settle them as for any dead server.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, cast
 
 import ray
+from ray.exceptions import ActorUnavailableError, RayActorError
 
 from raymail.delivery.admission import PriorityGate
 from raymail.delivery.server import DeliveryServer, PortionResult, ServerStats
@@ -32,6 +40,11 @@ from raymail.errors import DeliveryError
 from raymail.spec import CampaignSpec
 
 NAMESPACE = "raymail"
+
+
+class NotAttachedError(DeliveryError):
+    """A shared server does not know the calling campaign: it restarted since the campaign
+    attached (or the campaign detached). The driver re-attaches; nothing is charged."""
 
 
 def pool_actor_name(pool: str, index: int) -> str:
@@ -50,7 +63,7 @@ class SharedDeliveryServer:
     def _child(self, key: str) -> DeliveryServer:
         child = self._campaigns.get(key)
         if child is None:
-            raise DeliveryError(
+            raise NotAttachedError(
                 f"{pool_actor_name(self.pool, self.index)}: campaign {key!r} is not attached "
                 "(the server restarted, or the campaign detached)"
             )
@@ -104,6 +117,7 @@ class SharedDeliveryServer:
             "waiting": self.gate.waiting,
             "preemptions": self.gate.preemptions,
             "campaigns": {k: c.priority for k, c in self._campaigns.items()},
+            "pid": os.getpid(),  # tells a restarted server from the one before
         }
 
 
@@ -138,16 +152,58 @@ class _Method:
 
 class CampaignHandle:
     """A shared server as one campaign sees it: ``deliver``, ``pull``, ``heartbeat`` and
-    ``probe`` called like a private server's, the campaign's key added."""
+    ``probe`` called like a private server's, the campaign's key added.
 
-    def __init__(self, actor: Any, key: str) -> None:
-        self.actor = actor
+    It keeps what attaching took (the pool's place of the server, its start options, the
+    campaign's ``attach`` arguments), so :meth:`reopen` can attach again after the server
+    restarted or was started anew."""
+
+    def __init__(
+        self,
+        pool: str,
+        index: int,
+        slots: int,
+        options: dict[str, Any],
+        key: str,
+        attach_args: tuple[Any, ...],
+    ) -> None:
+        self.pool = pool
+        self.index = index
+        self.slots = slots
+        self.options = dict(options)
         self.key = key
-        self.deliver = _Method(actor.deliver, key)
-        self.pull = _Method(actor.pull, key)
-        self.heartbeat = _Method(actor.heartbeat, key)
-        self.probe = _Method(actor.probe, key)
-        self.shutdown = _Method(actor.detach, key)
+        self.attach_args = attach_args
+        self.reattached = 0  # times reopen() was asked for (tests and logs read it)
+        self._bind(open_shared_server(pool, index, slots, self.options))
+
+    def _bind(self, actor: Any) -> None:
+        self.actor = actor
+        self.deliver = _Method(actor.deliver, self.key)
+        self.pull = _Method(actor.pull, self.key)
+        self.heartbeat = _Method(actor.heartbeat, self.key)
+        self.probe = _Method(actor.probe, self.key)
+        self.shutdown = _Method(actor.detach, self.key)
+
+    def attach(self) -> Any:
+        """Attach the campaign (idempotent: a server that knows the key keeps its state)."""
+        return self.actor.attach.remote(self.key, *self.attach_args)
+
+    def reopen(self) -> Any:
+        """The server by its name again (the one Ray restarted, or a new one if it died for
+        good) and the campaign attached to it; the attach call's ref."""
+        self.reattached += 1
+        self._bind(open_shared_server(self.pool, self.index, self.slots, self.options))
+        return self.attach()
+
+
+def campaign_lost(exc: BaseException) -> bool:
+    """True when a failed call means the shared server no longer holds the campaign: it
+    answered :class:`NotAttachedError` (it restarted), or its actor died. False while Ray
+    is still restarting it (``ActorUnavailableError``: calls wait for it to come back)."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(exc, NotAttachedError) or isinstance(cause, NotAttachedError):
+        return True
+    return isinstance(exc, RayActorError) and not isinstance(exc, ActorUnavailableError)
 
 
 def close_pool(pool: str, *, most: int = 1024) -> int:

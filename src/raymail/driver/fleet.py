@@ -24,11 +24,11 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 import ray
-from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 
 from raymail.delivery.journal import JOURNAL_DIR, journal_files, journal_states
 from raymail.delivery.server import DeliveryServerActor, ServerStats
-from raymail.delivery.shared import CampaignHandle, open_shared_server
+from raymail.delivery.shared import CampaignHandle, campaign_lost
 from raymail.driver.dispatch import Router, ServerView
 from raymail.driver.settle import count
 from raymail.errors import DeliveryError
@@ -170,12 +170,37 @@ class Fleet:
         spec = self.spec
         assert spec.delivery_pool is not None
         del options["max_concurrency"]  # a shared server admits by its gate instead
-        actor = open_shared_server(spec.delivery_pool, index, spec.concurrency, options)
         key = f"{spec.campaign}:{self.run_dir.resolve()}:{self.epoch}:{name}"
-        attaching.append(
-            actor.attach.remote(key, name, spec, source, nameservers, journal_dir, self.epoch)
+        args = (name, spec, source, nameservers, journal_dir, self.epoch)
+        handle = CampaignHandle(spec.delivery_pool, index, spec.concurrency, options, key, args)
+        attaching.append(handle.attach())
+        return handle
+
+    def reattach(self, server: Server, exc: BaseException) -> bool:
+        """Attach again to a shared server that lost this campaign; True if it did.
+
+        The server restarted (Ray re-ran it: it knows no campaign) or died for good (the
+        reopen starts it anew, or finds the one another driver started). The same key and
+        journal name come back, and the portions the lost server held are settled from its
+        journals as for any dead server, so nobody is lost or sent twice. A private server,
+        or a call that failed for another reason: False (charged as before).
+        """
+        handle = server.handle
+        if not isinstance(handle, CampaignHandle) or not campaign_lost(exc):
+            return False
+        try:
+            ray.get(handle.reopen(), timeout=ATTACH_TIMEOUT_S)
+        except (RayActorError, RayTaskError, GetTimeoutError) as err:
+            log.warning("cannot re-attach to shared delivery server %s: %s", server.name, err)
+            return False
+        log.warning(
+            "shared delivery server %s lost this campaign (%s); re-attached",
+            server.name,
+            type(exc).__name__,
         )
-        return CampaignHandle(actor, key)
+        server.unavailable_since, server.paused_until = None, 0.0
+        server.last_progress = self.clock()
+        return True
 
     def stop(self) -> None:
         """Close connections politely where possible, then end every server."""
@@ -258,6 +283,8 @@ class Fleet:
     def call_failed(self, server: Server, exc: BaseException) -> bool:
         """Charge ``server`` for a failed call unless Ray is restarting it; True if charged.
         A server that is no longer healthy is reported gone to the router."""
+        if self.reattach(server, exc):
+            return False
         charged = not self._restarting(server, exc)
         if charged:
             server.failures += 1
@@ -295,8 +322,10 @@ class Fleet:
                 ready, _ = ray.wait([server.heartbeat], timeout=0)
                 if ready:
                     # a dead actor shows in its calls; Ray restarts it
-                    with contextlib.suppress(RayActorError, RayTaskError):
+                    try:
                         self._heard(server, ray.get(ready[0]), now)
+                    except (RayActorError, RayTaskError) as exc:
+                        self.reattach(server, exc)  # a shared server that lost the campaign
                     server.heartbeat = None
                 elif server.alive and now - server.heartbeat_sent > timeout:
                     self.replace(server, "its heartbeat went unanswered")

@@ -135,8 +135,9 @@ class PullStrategy:
         dead = False
         try:
             ray.get(ready[0])
-        except (RayActorError, RayTaskError):
+        except (RayActorError, RayTaskError) as exc:
             dead = True
+            self.loop.fleet.reattach(server, exc)  # a shared server that lost the campaign
         del pull.loops[server.name]
         if dead and server.healthy:
             pull.loops[server.name] = server.handle.pull.remote(pull.broker)  # restarted
