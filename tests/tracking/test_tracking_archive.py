@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
-import boto3
 import pytest
 import yaml
+from s3_moto import BUCKET, s3_endpoint_fixture, s3_fixture  # noqa: F401 (the fixtures)
 from tracking_data import SENT, recipients, write_ledger, write_returns, write_web_hits
 from typer.testing import CliRunner
 
-from dns_server import free_port
 from raymail.cli import _register, app
 from raymail.errors import StorageError, TrackingError
 from raymail.spec import ArchiveSettings
@@ -25,34 +23,7 @@ from raymail.tracking.sync import sync_ledger, sync_returns
 from raymail.tracking.tiers import apply_tier_rules, check_classes, set_tier
 
 C = "spring"
-BUCKET = "archive"
 COUNTS = "SELECT kind, source, bot, count(*) AS n FROM events GROUP BY ALL ORDER BY ALL"
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> object:
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
-    if BUCKET not in [b["Name"] for b in client.list_buckets()["Buckets"]]:
-        client.create_bucket(Bucket=BUCKET)
-    return client
 
 
 @pytest.fixture

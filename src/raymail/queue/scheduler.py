@@ -10,7 +10,9 @@ run directory, so it is neither lost nor sent twice.
 
 Message counts are read from the run directories by a thread of their own (the status
 watcher) and recorded as status events; the webhook sender delivers them. Neither sits on
-the send path: the drivers never wait for the queue.
+the send path: the drivers never wait for the queue. After each review a thread of its
+own applies finished campaigns' archive policies and follow-up rules
+(:mod:`raymail.queue.aftercare`), a run that has just completed first.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from raymail.errors import RaymailError
+from raymail.queue.aftercare import Aftercare, AftercareThread
 from raymail.queue.runner import EXIT_COMPLETE, EXIT_LOCKED, EXIT_STOPPED
 from raymail.queue.status import run_counts
 from raymail.queue.store import DONE, FAILED, RUNNING, CampaignQueue
@@ -91,6 +94,8 @@ class Scheduler:
         self._stop = threading.Event()
         self._watcher = StatusWatcher(self.queue, status_interval_s)
         self.webhooks = WebhookSender(self.queue)
+        self.aftercare = Aftercare(self.queue)  # archive policies and follow-ups
+        self._aftercare = AftercareThread(self.aftercare)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -99,6 +104,7 @@ class Scheduler:
         ends = None if max_s is None else time.monotonic() + max_s
         self._watcher.start()
         self.webhooks.start()
+        self._aftercare.start()
         try:
             while not self._stop.is_set() and (ends is None or time.monotonic() < ends):
                 try:
@@ -119,12 +125,14 @@ class Scheduler:
         self._collect()
         self._start_due()
         self.stats.running = sorted(self._runs)
+        self._aftercare.kick()  # its own thread: an upload never delays a lease renewal
 
     def shutdown(self) -> None:
         """Stop every run this scheduler started and give their leases up: another
         scheduler (or this one, started again) resumes them."""
         self._watcher.stop()
         self.webhooks.stop()
+        self._aftercare.stop()
         for run in list(self._runs.values()):
             _terminate(run)
         deadline = time.monotonic() + STOP_GRACE_S
@@ -171,6 +179,7 @@ class Scheduler:
         counts = _safe_counts(run.run_dir)
         if code == EXIT_COMPLETE and counts.get("complete"):
             self.queue.finish(entry_id, self.holder, DONE, counts, "run complete")
+            self.aftercare.ended(entry_id)  # archive when_finished, follow-ups: next pass
             self.stats.finished[entry_id] = DONE
             self._failures.pop(entry_id, None)
             return

@@ -7,7 +7,9 @@ Each is uploaded in the configured storage class, read back, and compared with t
 file (SHA-256 of the bytes, Parquet row count); only then is it recorded in the catalog,
 and only after that is the local copy removed. A crash anywhere leaves every row local,
 archived, or both (readers then take the archived copy), never neither; the next run
-finishes the job (an upload is idempotent: the same key, the same bytes).
+finishes the job (an upload is idempotent: the same key, the same bytes; a file recorded
+but not yet removed is only removed, once its bytes are found equal to the archived ones).
+The scheduler runs these passes by itself (:mod:`raymail.queue.aftercare`).
 
 A run's ledger is archived only with ``when_finished`` and a complete run, after its
 outcomes were synced into the events dataset (so the ``delivered`` rows stay queryable).
@@ -201,10 +203,19 @@ def _archive_ledger(mover: _Mover, campaign: str, run_dir: Path) -> int:
         return 0
     prefix = f"ledger/{campaign}/{source_key(run_dir)}/{OUTCOMES}"
     marker = outcomes / ARCHIVED_MARKER
-    urls = json.loads(marker.read_text())["objects"] if marker.exists() else []
+    urls: list[str] = json.loads(marker.read_text())["objects"] if marker.exists() else []
+    recorded = mover.catalog.objects(campaign)
     for part in parts:
-        entry = mover.move(part, f"{prefix}/{part.name}", campaign, "ledger")
-        urls.append(entry.url)
+        relative = f"{prefix}/{part.name}"
+        earlier = recorded.get(relative)
+        if earlier is not None and sha256_of(part) == earlier.sha256:
+            entry = earlier  # a crash after recording it, before removing it: remove it now
+            part.unlink()
+            fsync_path(part.parent)
+        else:
+            entry = mover.move(part, relative, campaign, "ledger")
+        if entry.url not in urls:
+            urls.append(entry.url)
         write_json_atomic(marker, {"archived_at": now_iso(), "objects": urls})
     for leftover in outcomes.glob("part-*.parquet"):  # parts a merged part covered
         leftover.unlink()

@@ -132,7 +132,8 @@ class RuleState:
         return batch
 
 
-def _unfinished(batch: Path) -> bool:
+def unfinished(batch: Path) -> bool:
+    """Whether the batch's run is still to be started or completed."""
     manifest = batch / "run" / MANIFEST
     if not manifest.exists():
         return True
@@ -150,14 +151,34 @@ def _merge_fields(parent_run: Path, emails: pl.Series) -> pl.DataFrame:
     return joined.drop(["__key", *(c for c in (ROW, DOMAIN) if c in joined.columns)])
 
 
+def fresh_selection(
+    state: RuleState, campaign: str, parent_run: Path, dataset: Path, now: datetime | None
+) -> pl.Series:
+    """Who the rule selects now and no earlier batch holds (call it under ``state.locked``)."""
+    sync_ledger(dataset, parent_run)
+    events = pl.from_arrow(load_events(dataset, campaigns=[campaign]))
+    assert isinstance(events, pl.DataFrame)
+    chosen = select(state.rule, events, now or datetime.now(UTC))
+    return chosen.filter(~chosen.is_in(list(state.selected())))
+
+
+def record_batch(state: RuleState, parent_run: Path, fresh: pl.Series) -> Path:
+    """Record ``fresh`` (with the parent's merge fields) as the rule's next batch."""
+    return state.record(_merge_fields(parent_run, fresh))
+
+
+def batch_spec(spec: CampaignSpec, batch: Path) -> CampaignSpec:
+    """The follow-up campaign of one batch: the rule's spec sent to the batch's selection."""
+    return spec.model_copy(update={"recipients": str(batch / SELECTION)})
+
+
 def _send(spec: CampaignSpec, batch: Path, *, resume: bool) -> RunReport:
     from raymail.driver.campaign import resume_campaign, run_campaign
 
     run_dir = batch / "run"
     if resume and (run_dir / MANIFEST).exists():
         return resume_campaign(run_dir, live_progress=False)
-    followup = spec.model_copy(update={"recipients": str(batch / SELECTION)})
-    return run_campaign(followup, run_dir, live_progress=False)
+    return run_campaign(batch_spec(spec, batch), run_dir, live_progress=False)
 
 
 def run_rule(
@@ -177,21 +198,17 @@ def run_rule(
     results: list[BatchResult] = []
     with state.locked():
         for batch in state.batches():
-            if _unfinished(batch) and not dry_run:
+            if unfinished(batch) and not dry_run:
                 count = pl.read_parquet(batch / SELECTION, columns=[EMAIL]).height
                 report = _send(spec, batch, resume=True)
                 results.append(BatchResult(state.id, batch.name, count, True,
                                            str(batch / "run"), report))  # fmt: skip
-        sync_ledger(dataset, parent_run)
-        events = pl.from_arrow(load_events(dataset, campaigns=[parent.campaign]))
-        assert isinstance(events, pl.DataFrame)
-        chosen = select(rule, events, now or datetime.now(UTC))
-        fresh = chosen.filter(~chosen.is_in(list(state.selected())))
+        fresh = fresh_selection(state, parent.campaign, parent_run, dataset, now)
         if fresh.is_empty():
             return results
         if dry_run:
             return [*results, BatchResult(state.id, "(dry run)", fresh.len(), False, "")]
-        batch = state.record(_merge_fields(parent_run, fresh))
+        batch = record_batch(state, parent_run, fresh)
         report = _send(spec, batch, resume=False)
         results.append(
             BatchResult(state.id, batch.name, fresh.len(), False, str(batch / "run"), report)
