@@ -8,16 +8,23 @@ stage, and a resume before anything is due sends nothing.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
 import polars as pl
 import pytest
+from typer.testing import CliRunner
 
 from conftest import make_spec, write_csv
+from helpers import wait_for
 from raymail.driver.campaign import resume_campaign, run_campaign
 from raymail.errors import SpecError
+from raymail.cli import app
+from raymail.cli.commands import register
+from raymail.returns.ledger_import import ledger_events
 from raymail.run.ledger import read_outcomes
+from raymail.run.report import build_report
 from raymail.sink import SinkConfig, read_capture, run_sink
 from raymail.spec import RetrySettings
 
@@ -75,6 +82,9 @@ def test_deferred_recipients_retry_in_run_then_expire(tmp_path: Path) -> None:
     assert tries.height >= 4  # about one a second
     assert (last - first).total_seconds() >= 3.5  # a last try at max_age, not before
     assert time.time() - started >= 4.0
+    # For the suppression rules an expired recipient is a soft bounce, never a hard one.
+    events = [e for e in ledger_events(tmp_path / "run") if e["recipient"] == NEVER[0]]
+    assert [(e["category"], e["reason"]) for e in events] == [("transient", "expired")]
 
 
 def test_waiting_stage_and_resume(tmp_path: Path) -> None:
@@ -93,6 +103,10 @@ def test_waiting_stage_and_resume(tmp_path: Path) -> None:
         assert early.note is not None and "next attempt is due" in early.note
         assert early.status == "waiting" and early.resumes == 0
         assert _delivered(capture).height == before
+        register(app)
+        shown = CliRunner().invoke(app, ["status", str(run_dir)])
+        assert shown.exit_code == 0, shown.output
+        assert "waiting" in shown.output and "next attempt due at" in shown.output
         time.sleep(3.2)
         second = resume_campaign(run_dir)  # due: sends only the waiting recipients
         assert second.status == "waiting"  # later* deferred twice, then due again in 3 s
@@ -106,3 +120,49 @@ def test_waiting_stage_and_resume(tmp_path: Path) -> None:
     outcomes = read_outcomes(run_dir)
     fine_tries = outcomes.filter(pl.col("email").is_in(FINE)).height
     assert fine_tries == len(FINE)  # the accepted were never tried again
+
+
+@pytest.mark.slow
+def test_scheduler_picks_up_a_waiting_run_when_due(tmp_path: Path) -> None:
+    import ray
+
+    from raymail.queue.schedule import schedule_campaign
+    from raymail.queue.scheduler import Scheduler
+    from raymail.queue.store import DONE, CampaignQueue
+
+    url = f"sqlite:///{tmp_path / 'queue.sqlite'}"
+    queue = CampaignQueue(url)
+    recipients = write_csv(tmp_path / "r.csv", "email,name", [f"{e},N" for e in EVERYONE])
+    capture = tmp_path / "cap"
+    config = SinkConfig.model_validate(
+        {"addresses": {NEVER[0]: "tempfail"}, "tempfail_first": dict.fromkeys(LATER, 1)}
+    )
+    with run_sink(config, capture_dir=capture) as sink:
+        spec = make_spec(
+            recipients,
+            sink.port,
+            delivery_servers=1,
+            retry={"schedule": ["3s"], "max_age": "6s", "linger": "1s"},
+        )
+        entry = schedule_campaign(queue, spec, run_dir=tmp_path / "run")[0]
+        scheduler = Scheduler(
+            url, ray_address=str(ray.get_runtime_context().gcs_address), review_s=0.5
+        )
+        thread = threading.Thread(target=scheduler.run, kwargs={"max_s": 240}, daemon=True)
+        thread.start()
+        try:
+            wait_for("the campaign to be done", lambda: queue.get(entry.id).status == DONE, 240)
+        finally:
+            scheduler.stop()
+            thread.join(timeout=60)
+    events = queue.events([entry.id])
+    waits = [e for e in events if e.status == "queued" and (e.detail or "").startswith("waiting")]
+    assert waits, [(e.status, e.detail) for e in events]  # it waited, queued again when due
+    assert queue.get(entry.id).starts >= 2
+    report = build_report(tmp_path / "run")
+    assert report.status == "complete" and report.expired == len(NEVER)
+    assert report.accepted == len(LATER) + len(FINE)
+    delivered = _delivered(capture)
+    assert set(delivered["rcpt_to"].to_list()) == set(LATER + FINE)
+    assert delivered["len"].max() == 1
+    assert queue.get(entry.id).counts["expired"] == len(NEVER)

@@ -10,8 +10,10 @@ campaign can stop it (SIGTERM unwinds the driver as ``ray job stop`` does: the l
 buffer is written, delivery servers stop) and one campaign's crash never takes the
 scheduler or another campaign with it.
 
-Exit codes: 0 the run is complete; 3 another driver holds the run directory (an orphan of a
-killed scheduler still sending; the scheduler tries again later); 1 anything else.
+Exit codes: 0 the run is complete; 4 the run waits for deferred recipients (deferral queue:
+the scheduler queues the entry again, due when they are); 3 another driver holds the run
+directory (an orphan of a killed scheduler still sending; the scheduler tries again later);
+1 anything else.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ EXIT_COMPLETE = 0
 EXIT_FAILED = 1
 EXIT_STOPPED = 2
 EXIT_LOCKED = 3
+EXIT_WAITING = 4
 
 
 def _unwind_on_sigterm() -> None:
@@ -60,6 +63,8 @@ def run_entry(entry_id: str, queue_url: str | None) -> int:
         print(f"raymail: {exc}", file=sys.stderr)
         return EXIT_FAILED
     print(json.dumps(report.model_dump(mode="json", exclude={"domains"})))
+    if report.status == "waiting":
+        return EXIT_WAITING
     return EXIT_COMPLETE if report.status == "complete" else EXIT_FAILED
 
 

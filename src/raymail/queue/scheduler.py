@@ -2,8 +2,9 @@
 
 Every ``review_s`` it: renews the leases of the runs it started; stops runs the user paused
 or cancelled; collects runs that ended (``complete`` -> done, seed checkpoint P699, the
-entry leaves the queue; a crash -> tried again, then failed with the reason); and starts the
-due entries, highest priority (lowest number) first, each in a run process of its own
+entry leaves the queue; a crash -> tried again, then failed with the reason; ``waiting``
+for deferred recipients -> queued again, due when they are); and starts the due entries,
+highest priority (lowest number) first, each in a run process of its own
 (:mod:`raymail.queue.runner`) once it holds the entry's lease. An entry whose lease is gone
 while it is ``running`` (its scheduler was killed) is due at once: it is resumed from its
 run directory, so it is neither lost nor sent twice.
@@ -32,10 +33,11 @@ from typing import IO, Any
 
 from raymail.errors import RaymailError
 from raymail.queue.aftercare import Aftercare, AftercareThread
-from raymail.queue.runner import EXIT_COMPLETE, EXIT_LOCKED, EXIT_STOPPED
+from raymail.queue.runner import EXIT_COMPLETE, EXIT_LOCKED, EXIT_STOPPED, EXIT_WAITING
 from raymail.queue.status import run_counts
-from raymail.queue.store import DONE, FAILED, RUNNING, CampaignQueue
+from raymail.queue.store import DONE, FAILED, RUNNING, CampaignQueue, iso
 from raymail.queue.webhook import WebhookSender
+from raymail.run.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +185,8 @@ class Scheduler:
             self.stats.finished[entry_id] = DONE
             self._failures.pop(entry_id, None)
             return
+        if code == EXIT_WAITING and self._wait(entry_id, run):
+            return
         if code == EXIT_LOCKED:
             # Another driver (an orphan of a killed scheduler) still sends: look again later.
             self._not_before[entry_id] = time.monotonic() + LOCKED_RETRY_S
@@ -201,6 +205,22 @@ class Scheduler:
             self.queue.note_error(entry_id, reason)
             self.queue.release(entry_id, self.holder)
             self._not_before[entry_id] = time.monotonic() + self.review_s * 2**failures
+
+    def _wait(self, entry_id: str, run: _Run) -> bool:
+        """The run waits for deferred recipients: queue it again, due when they are (its
+        run directory's next_due_at); a resume then sends only those."""
+        try:
+            manifest = RunDir(run.run_dir).manifest()
+            due_at = float(manifest["next_due_at"])
+        except (RaymailError, KeyError, TypeError, ValueError) as exc:
+            log.warning("entry %s waits but its next due time is unreadable: %s", entry_id, exc)
+            return False
+        counts = _safe_counts(run.run_dir)
+        detail = f"waiting: {manifest.get('waiting', '?')} deferred, next attempt {iso(due_at)}"
+        self.queue.wait_until(entry_id, self.holder, due_at, counts, detail)
+        self._failures.pop(entry_id, None)
+        log.info("entry %s %s", entry_id, detail)
+        return True
 
     def _start_due(self) -> None:
         now = time.monotonic()

@@ -6,7 +6,9 @@ the queue's SQL); the queue keeps these campaign-level counts and their changes:
 - ``queued``: recipients not yet tried; ``deferred``: tried, to be retried (4xx, dropped);
 - ``accepted``: 250 to the end of DATA; ``bounced``: refused (5xx, no mail exchanger);
 - ``suppressed``: on the suppression list, never sent; ``in_doubt``: maybe delivered;
-- ``done``: recipients whose fate is final (accepted, bounced, suppressed);
+- ``expired``: only temporary failures until the deferral queue's ``retry.max_age``;
+- ``waiting``: deferred recipients of a run in the waiting stage (due later);
+- ``done``: recipients whose fate is final (accepted, bounced, suppressed, expired);
 - ``complete``: 1 once the run reached its last stage.
 """
 
@@ -17,7 +19,10 @@ from pathlib import Path
 from raymail.run.report import build_report
 from raymail.run.rundir import RunDir
 
-COUNT_KEYS = ("queued", "deferred", "accepted", "bounced", "suppressed", "in_doubt", "done")
+COUNT_KEYS = (
+    "queued", "deferred", "accepted", "bounced", "suppressed", "in_doubt", "expired", "waiting",
+    "done",
+)  # fmt: skip
 
 
 def run_counts(run_dir: str | Path) -> dict[str, int]:
@@ -38,7 +43,9 @@ def run_counts(run_dir: str | Path) -> dict[str, int]:
         "bounced": int(failed),
         "suppressed": int(suppressed),
         "in_doubt": int(report.in_doubt),
-        "done": int(accepted + failed + suppressed),
+        "expired": int(report.expired),
+        "waiting": int(report.waiting),
+        "done": int(accepted + failed + suppressed + report.expired),
         "rejected_input": int(report.rejected_input),
         "complete": int(report.status == "complete"),
     }

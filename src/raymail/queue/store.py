@@ -329,6 +329,26 @@ class CampaignQueue:
             self._record(tx, entry_id, status, counts, detail, spec)
         return True
 
+    def wait_until(
+        self, entry_id: str, holder: str, due_at: float, counts: dict[str, int], detail: str
+    ) -> bool:
+        """A run that waits for its deferred recipients: queued again, due when they are
+        (its lease dropped), if the lease is still ours and the user changed nothing."""
+        now = time.time()
+        with self.db.transaction() as tx:
+            if not _holds(tx, entry_id, holder):
+                return False
+            changed = tx.execute(
+                "UPDATE entries SET status = ?, due_at = ?, counts = ?, updated_at = ? "
+                "WHERE id = ? AND status = ?",
+                (QUEUED, float(due_at), json.dumps(counts), now, entry_id, RUNNING),
+            )
+            tx.execute("DELETE FROM leases WHERE entry_id = ?", (entry_id,))
+            if not changed:  # paused or cancelled meanwhile: the user's word stands
+                return False
+            self._record(tx, entry_id, QUEUED, counts, detail, self._spec_of(tx, entry_id))
+        return True
+
     def progress(self, entry_id: str, counts: dict[str, int], detail: str | None = None) -> None:
         """Record changed message counts of a running entry (a status event)."""
         with self.db.transaction() as tx:
