@@ -18,10 +18,10 @@ from typer.testing import CliRunner
 
 from conftest import make_spec, write_csv
 from helpers import wait_for
-from raymail.driver.campaign import resume_campaign, run_campaign
-from raymail.errors import SpecError
 from raymail.cli import app
 from raymail.cli.commands import register
+from raymail.driver.campaign import resume_campaign, run_campaign
+from raymail.errors import SpecError
 from raymail.returns.ledger_import import ledger_events
 from raymail.run.ledger import read_outcomes
 from raymail.run.report import build_report
