@@ -130,6 +130,26 @@ def test_resume_with_in_doubt_skip_does_not_resend(tmp_path: Path) -> None:
     assert captured.group_by("rcpt_to").len()["len"].max() == 1
 
 
+def _parent(pid: int) -> int:
+    try:  # /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces
+        return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _ours(pid: int) -> bool:
+    """A descendant of this test process: of the session's own Ray (its raylet is our child),
+    never a delivery server of another Ray on the machine (others' tests and benchmarks)."""
+    me = os.getpid()
+    for _ in range(64):  # bounded: process trees are not that deep
+        pid = _parent(pid)
+        if pid == me:
+            return True
+        if pid <= 1:
+            return False
+    return False
+
+
 def _delivery_pids() -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
@@ -138,7 +158,7 @@ def _delivery_pids() -> list[int]:
                 title = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if b"DeliveryServer" in title:
+            if b"DeliveryServer" in title and _ours(int(entry.name)):
                 pids.append(int(entry.name))
     return pids
 
