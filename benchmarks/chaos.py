@@ -22,6 +22,12 @@ capturing SMTP sink on loopback that runs in its own process, so it outlives eve
                servers go on with the portions they hold until the next resume fences
                them off (the session is killed once that resume ended);
 
+   ``retry``   (only when asked for with ``--kinds``) the deferral queue: the sink defers a
+               share (``--deferred-share``, default 20 %) of the recipients at their first
+               two RCPTs, the spec retries on a schedule of 1 s, 2 s; kill -9 of the whole
+               session once every other recipient and a random share of the deferred ones
+               reached the sink, so the rest are between retries or being retried;
+
    ``scheduler``, ``scheduler_run``, ``scheduler_all`` (only when asked for with
                ``--kinds``): the campaign goes through the queue and a scheduler instead,
                and the kill hits the scheduler, its run process, or both; new schedulers
@@ -94,7 +100,9 @@ from raymail.sink import SinkConfig, SinkProcess, read_capture
 
 KINDS = ("driver", "actor", "ray")  # the default mix
 SCHEDULER_KINDS = ("scheduler", "scheduler_run", "scheduler_all")  # chaos_scheduler.py
-ALL_KINDS = (*KINDS, "head", *SCHEDULER_KINDS)
+ALL_KINDS = (*KINDS, "head", "retry", *SCHEDULER_KINDS)
+DEFERRED_TIMES = 2  # kind retry: RCPTs the sink defers each chosen recipient at
+RETRY_SCHEDULE = {"schedule": ["1s", "2s"], "max_age": "1h", "linger": "1m"}
 DOMAINS = 20
 RUN_TIMEOUT_S = 900.0  # one send or resume subprocess, start to exit
 KILL_WAIT_S = 600.0  # longest wait for the kill moment
@@ -139,6 +147,7 @@ def write_spec(
     servers: int,
     concurrency: int,
     dispatch: str = "push",
+    retry: dict[str, Any] | None = None,
 ) -> Path:
     """A personalised campaign (one transaction per recipient) aimed at the sink."""
     spec = {
@@ -157,6 +166,8 @@ def write_spec(
         "verp_secret": "chaos-secret",
         "dispatch": dispatch,
     }
+    if retry is not None:
+        spec["retry"] = retry
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
     return path
@@ -361,6 +372,7 @@ class Settings:
     fence_prob: float
     dispatch: str  # push, pull, or mixed (push in even trials, pull in odd ones)
     kinds: list[str]  # kill kinds to draw from (resume kills too)
+    deferred_share: float = 0.2  # kind retry: share of recipients the sink defers at first
 
     def dispatch_of(self, trial: int) -> str:
         if self.dispatch == "mixed":
@@ -521,7 +533,7 @@ class Trial:
                 proc.wait(10)
             record["frozen"] = len(frozen)
             self._leave(sid, record)
-        elif kind == "ray":
+        elif kind in ("ray", "retry"):  # retry: the whole session, in the retry phase
             prefix = epoch_prefix(self.run_dir)
             record["processes_killed"] = kill_session(sid)
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -604,6 +616,16 @@ class Trial:
         started = time.monotonic()
         share = rng.uniform(settings.kill_from, settings.kill_to)
         config = SinkConfig(seed=self.index, default={"latency_ms": settings.latency_ms})  # type: ignore[arg-type]
+        target = max(1, int(n * share))
+        retry = None
+        if kind == "retry":  # defer some at first; kill once the others and a share of them got in
+            emails = pl.read_parquet(recipients, columns=["email"])["email"].to_list()
+            deferred = rng.sample(emails, max(1, int(n * settings.deferred_share)))
+            config = config.model_copy(
+                update={"tempfail_first": dict.fromkeys(deferred, DEFERRED_TIMES)}
+            )
+            retry = RETRY_SCHEDULE
+            target = n - len(deferred) + max(1, int(len(deferred) * share))
         with SinkProcess(config, capture_dir=self.capture) as sink:
             spec = write_spec(
                 self.folder / "campaign.yaml",
@@ -612,9 +634,10 @@ class Trial:
                 servers=settings.servers,
                 concurrency=settings.concurrency,
                 dispatch=settings.dispatch_of(self.index),
+                retry=retry,
             )
             try:
-                self._send_and_resume(kind, spec, max(1, int(n * share)))
+                self._send_and_resume(kind, spec, target)
             finally:
                 self.sessions.kill_all()
                 for orphan in self.orphans:
@@ -724,8 +747,12 @@ def count_trial(run_dir: Path, capture: Path, n: int) -> dict[str, Any]:
     result["status"] = report.status
     result["report"] = {
         key: report.as_json()[key]
-        for key in ("accepted", "deferred", "failed", "in_doubt", "in_doubt_ever", "resumes")
-    }
+        for key in (
+            "accepted", "deferred", "failed", "expired", "in_doubt", "in_doubt_ever", "resumes"
+        )
+    }  # fmt: skip
+    deferred = read_outcomes(run_dir).filter(pl.col("status") == "deferred")
+    result["deferred_ever"] = deferred["row"].n_unique()  # recipients retried (kind retry)
     return result
 
 
@@ -880,6 +907,12 @@ def main(argv: list[str] | None = None) -> int:
         default="push",
         help="the spec's dispatch mode; mixed: push in even trials, pull in odd ones",
     )
+    parser.add_argument(
+        "--deferred-share",
+        type=float,
+        default=0.2,
+        help="kind retry: share of recipients the sink defers at their first two RCPTs",
+    )
     parser.add_argument("--json-out", type=Path)
     parser.add_argument("--work-dir", type=Path, help="keep trial folders here")
     parser.add_argument("--keep", action="store_true", help="keep the folders of clean trials")
@@ -902,6 +935,7 @@ def main(argv: list[str] | None = None) -> int:
         fence_prob=args.fence_prob,
         dispatch=args.dispatch,
         kinds=kinds_allowed,
+        deferred_share=args.deferred_share,
     )
     rng = random.Random(args.seed)
     order = kind_order(args.trials, kinds_allowed, rng)

@@ -3,7 +3,9 @@
 ``test_chaos_driver_and_whole_ray_kills`` runs ``benchmarks/chaos.py`` as a subprocess: two
 trials of 1,000 recipients, a kill -9 of the driver whose orphaned delivery servers are left
 running until the resume fences them off, and a kill -9 of the whole local Ray (each resumed
-until complete), then counted at the sink per (recipient, Message-ID). The delivery-server
+until complete), then counted at the sink per (recipient, Message-ID);
+``test_chaos_kill_in_the_retry_phase`` kills a run whose deferred recipients are being
+retried (the deferral queue). The delivery-server
 kill is tested in test_resume.py. ``test_counting_*`` shows the count can fail: a recipient
 never delivered and one delivered twice without being in doubt are both caught.
 """
@@ -141,3 +143,36 @@ def test_chaos_scheduler_kills(tmp_path: Path) -> None:
         assert trial["in_doubt"] <= trial["in_flight_bound"], where
         assert trial["distinct_recipients"] == RECIPIENTS, where
     assert result["all_ok"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_chaos_kill_in_the_retry_phase(tmp_path: Path) -> None:
+    """The deferral queue under a kill: a fifth of the recipients deferred twice by the sink
+    and retried on a 1 s, 2 s schedule; the whole session killed -9 while they are between
+    retries or being retried; the resume loses nobody and sends nobody twice."""
+    out = tmp_path / "chaos.json"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run(
+        [
+            sys.executable, str(CHAOS), "--trials", "1", "--recipients", str(RECIPIENTS),
+            "--kinds", "retry", "--rekill-prob", "0", "--latency-ms", "5",
+            "--kill-from", "0.05", "--kill-to", "0.5", "--seed", "5", "--json-out", str(out),
+            "--work-dir", str(tmp_path / "work"),
+        ],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=540,
+    )  # fmt: skip
+    assert out.exists(), proc.stderr[-3000:]
+    trial = json.loads(out.read_text(encoding="utf-8"))["per_trial"][0]
+    where = f"folder {trial.get('folder')}"
+    deferred = RECIPIENTS // 5
+    assert trial["kill_count"] == 1 and trial["resumes"] >= 1, where
+    killed_at = trial["kills"][0]["captured_at_kill"]
+    assert RECIPIENTS - deferred < killed_at < RECIPIENTS, where  # in the retry phase
+    assert trial["deferred_ever"] == deferred, where
+    assert trial["status"] == "complete", where
+    assert trial["missed"] == 0 and trial["duplicates_not_in_doubt"] == 0, where
+    assert trial["distinct_recipients"] == RECIPIENTS, where
+    assert trial["report"]["accepted"] == RECIPIENTS and trial["report"]["expired"] == 0, where
+    assert proc.returncode == 0, proc.stderr[-3000:]
