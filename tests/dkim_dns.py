@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import dkim
+import dkim  # type: ignore[import-untyped]  # dkimpy ships no type hints
 import dns.resolver
 
 from dns_server import Dnsmasq

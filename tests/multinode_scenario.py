@@ -17,7 +17,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -39,7 +39,14 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _node_ports() -> dict[str, int]:
+class _NodePorts(TypedDict):
+    dashboard_agent_listen_port: int
+    metrics_agent_port: int
+    metrics_export_port: int
+    runtime_env_agent_port: int
+
+
+def _node_ports() -> _NodePorts:
     """Every port a node would otherwise take at a fixed default (another Ray on this
     machine may hold them): the dashboard agent's, metrics', runtime env agent's."""
     return {
@@ -114,7 +121,7 @@ def _start_cluster(attempts: int = 3) -> tuple[Any, list[Any]]:
             return cluster, workers
         except Exception as exc:  # Ray raises a bare Exception for a node that never came up
             print(f"cluster start {attempt} failed: {exc}", file=sys.stderr, flush=True)
-            cluster.shutdown()
+            cluster.shutdown()  # type: ignore[no-untyped-call]  # ray's Cluster has no annotations
             if attempt == attempts:
                 raise
     raise AssertionError("unreachable")

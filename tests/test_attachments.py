@@ -31,10 +31,10 @@ def _files(tmp_path: Path) -> tuple[Path, Path, Path]:
     return brochure, invoice, accent
 
 
-def _parts(raw: bytes) -> list[email.message.EmailMessage]:
+def _parts(raw: bytes) -> list[email.message.MIMEPart]:
     message = email.message_from_bytes(raw, policy=email.policy.default)
     assert message.get_content_type() == "multipart/mixed"
-    return list(message.iter_parts())  # type: ignore[attr-defined]
+    return list(message.iter_parts())
 
 
 def test_campaign_and_recipient_files_become_base64_parts(tmp_path: Path) -> None:

@@ -66,8 +66,8 @@ def test_faults_are_deferred_failed_and_retried(tmp_path: Path) -> None:
         domains={
             "temp.test": {"tempfail_rate": 1.0},
             "perm.test": {"permfail_rate": 1.0},
-        },  # type: ignore[arg-type]
-        addresses={"user0@ok.test": "drop"},  # type: ignore[dict-item]
+        },
+        addresses={"user0@ok.test": "drop"},
     )
     with run_sink(config, capture_dir=tmp_path / "cap") as sink:
         report = run_campaign(make_spec(csv, sink.port), tmp_path / "run", live_progress=False)
@@ -92,13 +92,13 @@ def test_faults_are_deferred_failed_and_retried(tmp_path: Path) -> None:
 
 def test_tempfail_then_success_on_retry(tmp_path: Path) -> None:
     csv = _recipients(tmp_path / "list.csv", 200, ("flaky.test",))
-    config = SinkConfig(seed=3, domains={"flaky.test": {"tempfail_rate": 0.5}})  # type: ignore[arg-type]
+    config = SinkConfig(seed=3, domains={"flaky.test": {"tempfail_rate": 0.5}})
     with run_sink(config, capture_dir=tmp_path / "cap") as sink:
         spec = make_spec(csv, sink.port, retry={"max_attempts": 6, "initial_backoff_s": 0.1})
         report = run_campaign(spec, tmp_path / "run", live_progress=False)
     final = _every_row_accounted(tmp_path / "run", 200)
     assert report.accepted >= 190
-    assert final.filter(pl.col("status") == "accepted")["attempt"].max() > 1
+    assert (final.filter(pl.col("status") == "accepted")["attempt"] > 1).any()  # some retried
     assert read_capture(tmp_path / "cap").group_by("rcpt_to").len()["len"].max() == 1
 
 
@@ -113,7 +113,7 @@ def test_shared_content_uses_many_rcpt_per_transaction(tmp_path: Path) -> None:
     transactions = captured.select(["file", "line"]).unique().height
     assert transactions <= 6  # portions of 100 recipients, up to 100 RCPT each
     obs = read_observations(tmp_path / "run")
-    assert obs["recipients"].max() > 1
+    assert (obs["recipients"] > 1).any()
 
 
 def test_report_cli_and_status(tmp_path: Path) -> None:
@@ -164,7 +164,7 @@ def test_target_minutes_sizes_servers_and_says_when_it_cannot(tmp_path: Path) ->
     csv = _recipients(tmp_path / "list.csv", 600, ("slow.test",))
     # ~15 s of work for the first server alone: the added servers start (seconds, more on a
     # loaded machine) while there is still work to take.
-    config = SinkConfig(domains={"slow.test": {"latency_ms": 50}})  # type: ignore[arg-type]
+    config = SinkConfig(domains={"slow.test": {"latency_ms": 50}})
     with run_sink(config) as sink:
         spec = make_spec(
             csv,

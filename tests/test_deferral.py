@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import polars as pl
@@ -80,6 +81,7 @@ def test_deferred_recipients_retry_in_run_then_expire(tmp_path: Path) -> None:
     first = tries["started_at"].min()
     last = tries["started_at"].max()
     assert tries.height >= 4  # about one a second
+    assert isinstance(first, datetime) and isinstance(last, datetime)
     assert (last - first).total_seconds() >= 3.5  # a last try at max_age, not before
     assert time.time() - started >= 4.0
     # For the suppression rules an expired recipient is a soft bounce, never a hard one.

@@ -113,8 +113,8 @@ def test_rsa_and_ed25519_signatures_verify_through_dns(
         signer = DkimSigner(template_spec.dkim)
         plain = b"Subject: s\r\nDate: d\r\nMessage-ID: <m@x>\r\n\r\nbody  text \r\n"
         for sender in (b"a@sender.test", b"b@sender.test", b"a@sender.test"):
-            signed = signer.sign(b"From: " + sender + b"\r\nMIME-Version: 1.0\r\n" + plain)
-            assert verify_all(signed, dnsfunc) == [True, True]
+            message = signer.sign(b"From: " + sender + b"\r\nMIME-Version: 1.0\r\n" + plain)
+            assert verify_all(message, dnsfunc) == [True, True]
         other = _spec(tmp_path, [{**keys["settings"][0], "selector": "unpublished"}])
         assert verify_all(MessageTemplate(other).render("c@example.org", {"name": "C"}),
                           dnsfunc) == [False]  # fmt: skip
@@ -193,7 +193,7 @@ def test_bad_keys_are_clear_errors_at_spec_load(
     encrypted = _openssl_key(tmp_path, "enc", "-algorithm", "ed25519", "-aes256", "-pass", "pass:x")
     monkeypatch.delenv("RAYMAIL_NO_SUCH_KEY", raising=False)
     base = {"domain": DOMAIN, "selector": "s1"}
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({**base, "key_file": str(tmp_path / "missing.pem")}, "missing.pem: no such file"),
         ({**base, "key_file": str(garbage)}, "garbage.pem: not a readable PEM private key"),
         ({**base, "key_file": str(keys["ed_path"])}, "an Ed25519 key, but algorithm is rsa-sha256"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -10,7 +11,7 @@ from helpers import wait_for
 
 
 def test_returns_the_first_truthy_value() -> None:
-    answers = iter([0, None, [], "ready"])
+    answers: Iterator[object] = iter([0, None, [], "ready"])
     assert wait_for("ready", lambda: next(answers), timeout_s=5, interval_s=0.001) == "ready"
 
 

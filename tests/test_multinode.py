@@ -33,7 +33,7 @@ def test_node_loss_mid_run(tmp_path: Path) -> None:
     # dashboard agent (default: well under a minute) aborts the whole cluster.
     env["RAY_raylet_start_wait_time_s"] = "180"
     env["RAY_agent_register_timeout_ms"] = "180000"
-    config = SinkConfig(default={"latency_ms": 20})  # type: ignore[arg-type]
+    config = SinkConfig(default={"latency_ms": 20})
     try:
         with run_sink(config, capture_dir=capture) as sink:
             proc = subprocess.run(

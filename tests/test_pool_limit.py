@@ -44,7 +44,7 @@ class CountingLimiter:
 
 
 def test_pool_keeps_each_mx_within_its_permits() -> None:
-    with run_sink(SinkConfig(default={"latency_ms": 5})) as sink:  # type: ignore[arg-type]
+    with run_sink(SinkConfig(default={"latency_ms": 5})) as sink:
 
         async def go() -> tuple[int, int, int]:
             async def opener(host: str, port: int) -> SmtpConnection:

@@ -112,8 +112,9 @@ def test_priority_campaign_is_sent_while_bulk_still_runs(tmp_path: Path) -> None
         enqueued = datetime.now(UTC)
         reports["urgent"] = run_campaign(urgent_spec, tmp_path / "urgent", live_progress=False)
         bulk.join(timeout=300)
-    server = ray.get_actor(pool_actor_name(pool, 0), namespace=NAMESPACE)
-    lanes = ray.get(server.lanes.remote())
+    # An actor handle's methods are not typed (as find_scheduler's handle in src).
+    server: Any = ray.get_actor(pool_actor_name(pool, 0), namespace=NAMESPACE)
+    lanes: dict[str, Any] = ray.get(server.lanes.remote())
     assert close_pool(pool) == 1
     assert lanes["preemptions"] >= 1  # bulk gave its connection up to the urgent lane
     assert lanes["campaigns"] == {}  # both detached at their end
@@ -124,9 +125,11 @@ def test_priority_campaign_is_sent_while_bulk_still_runs(tmp_path: Path) -> None
     bulk_times = captured.filter(captured["rcpt_to"].str.ends_with("@bulk.test"))["received_at"]
     assert urgent.height == 3
     # accepted before the bulk run's end, and within seconds of being started
-    assert urgent["received_at"].max() < bulk_times.max()
-    assert (urgent["received_at"].max() - enqueued).total_seconds() < 15
-    later_bulk = bulk_times.filter(bulk_times > urgent["received_at"].max()).len()
+    last_urgent, last_bulk = urgent["received_at"].max(), bulk_times.max()
+    assert isinstance(last_urgent, datetime) and isinstance(last_bulk, datetime)
+    assert last_urgent < last_bulk
+    assert (last_urgent - enqueued).total_seconds() < 15
+    later_bulk = bulk_times.filter(bulk_times > last_urgent).len()
     assert later_bulk > 100  # most of the bulk run was still to come
 
 

@@ -174,7 +174,7 @@ def test_status_webhook_is_signed_retried_and_complete(tmp_path: Path) -> None:
     hook = f"http://127.0.0.1:{server.server_address[1]}/status"
     queue = CampaignQueue(url)
     try:
-        with run_sink(SinkConfig(default={"latency_ms": 20}), capture_dir=tmp_path / "cap") as sink:  # type: ignore[arg-type]
+        with run_sink(SinkConfig(default={"latency_ms": 20}), capture_dir=tmp_path / "cap") as sink:
             spec = _spec_file(
                 tmp_path / "c.yaml",
                 "hooked",
@@ -231,7 +231,7 @@ def test_killed_scheduler_and_run_are_resumed_by_another(tmp_path: Path) -> None
     capture = tmp_path / "cap"
     queue = CampaignQueue(url)
     n = 2000
-    with run_sink(SinkConfig(default={"latency_ms": 10}), capture_dir=capture) as sink:  # type: ignore[arg-type]
+    with run_sink(SinkConfig(default={"latency_ms": 10}), capture_dir=capture) as sink:
         spec = _spec_file(
             tmp_path / "c.yaml", "killme", sink.port, _list(tmp_path / "c.csv", "k", n)
         )

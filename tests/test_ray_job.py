@@ -250,7 +250,7 @@ def test_job_stop_then_resume_with_progress_metrics_and_status(
 
     status_thread = threading.Thread(target=watch_status, daemon=True)
     env_vars = {"RAYMAIL_PROGRESS_INTERVAL_S": "1"}
-    config = SinkConfig(default={"latency_ms": 60})  # type: ignore[arg-type]
+    config = SinkConfig(default={"latency_ms": 60})
     with run_sink(config, capture_dir=capture) as sink:
         spec = tmp_path / "campaign.yaml"
         spec.write_text(

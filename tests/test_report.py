@@ -12,10 +12,10 @@ import pytest
 
 from raymail.run import report
 from raymail.schema import OUTCOME_SCHEMA
-from raymail.status import ACCEPTED, DEFERRED, FAILED, IN_DOUBT
+from raymail.status import ACCEPTED, DEFERRED, FAILED, IN_DOUBT, Status
 
 
-def _part(path: Path, rows: list[tuple[int, int, str, str]], start: datetime) -> None:
+def _part(path: Path, rows: list[tuple[int, int, Status, str]], start: datetime) -> None:
     """Outcome rows (row, attempt, status, domain) as one ledger part."""
     n = len(rows)
     data: dict[str, pa.Array] = {}

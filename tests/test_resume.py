@@ -86,7 +86,7 @@ def test_whole_ray_kill_then_resume(tmp_path: Path) -> None:
     n = 3000
     csv = _recipients(tmp_path / "list.csv", n)
     capture = tmp_path / "cap"
-    config = SinkConfig(default={"latency_ms": 10})  # type: ignore[arg-type]
+    config = SinkConfig(default={"latency_ms": 10})
     with run_sink(config, capture_dir=capture) as sink:
         spec = _spec_file(tmp_path / "c.yaml", sink.port, csv)
         proc = _spawn_send(spec, tmp_path / "run")
@@ -109,7 +109,7 @@ def test_resume_with_in_doubt_skip_does_not_resend(tmp_path: Path) -> None:
     n = 400
     csv = _recipients(tmp_path / "list.csv", n, domains=1)
     capture = tmp_path / "cap"
-    config = SinkConfig(addresses={"u0@d0.test": "hang"})  # type: ignore[dict-item]
+    config = SinkConfig(addresses={"u0@d0.test": "hang"})
     with run_sink(config, capture_dir=capture) as sink:
         spec = _spec_file(tmp_path / "c.yaml", sink.port, csv, "smtp: {data_timeout_s: 600}\n")
         proc = _spawn_send(spec, tmp_path / "run")
@@ -167,7 +167,7 @@ def test_killed_delivery_server_loses_nothing(tmp_path: Path) -> None:
     n = 3000
     csv = _recipients(tmp_path / "list.csv", n)
     capture = tmp_path / "cap"
-    config = SinkConfig(default={"latency_ms": 10})  # type: ignore[arg-type]
+    config = SinkConfig(default={"latency_ms": 10})
     result: dict[str, Any] = {}
     with run_sink(config, capture_dir=capture) as sink:
         spec = make_spec(csv, sink.port)
@@ -200,8 +200,8 @@ def test_stalled_server_is_replaced(tmp_path: Path, policy: str, dispatch: str) 
     # still asks before the work runs out (else the test would prove nothing).
     pull = dispatch == "pull"
     config = SinkConfig(
-        default={"latency_ms": 50 if pull else 0},  # type: ignore[arg-type]
-        clients={"127.0.0.3": {"hang": True}},  # type: ignore[dict-item]
+        default={"latency_ms": 50 if pull else 0},
+        clients={"127.0.0.3": {"hang": True}},
     )
     with run_sink(config, capture_dir=capture) as sink:
         spec = make_spec(
@@ -232,7 +232,7 @@ def test_failing_server_stops_getting_work(tmp_path: Path, dispatch: str) -> Non
     n = 1200
     csv = _recipients(tmp_path / "list.csv", n)
     capture = tmp_path / "cap"
-    config = SinkConfig(clients={"127.0.0.3": {"tempfail_rate": 1.0}})  # type: ignore[arg-type]
+    config = SinkConfig(clients={"127.0.0.3": {"tempfail_rate": 1.0}})
     with run_sink(config, capture_dir=capture) as sink:
         spec = make_spec(
             csv,

@@ -100,7 +100,7 @@ def test_returns_flow_from_sink_to_suppression_and_customer_service(tmp_path: Pa
             abuse_address="abuse@bounce.test",
             customer_service=customer_service.address,
             customer_service_address="help@shop.test",
-            rules={"soft_bounce_after": 2},  # type: ignore[arg-type]
+            rules={"soft_bounce_after": 2},
         )
         config = ReturnsConfig(settings=settings, runs=[str(tmp_path / "runs")])
         with run_returns_server(config, port=0) as rs:

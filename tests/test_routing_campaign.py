@@ -17,7 +17,7 @@ from conftest import make_spec, write_csv
 from raymail.cli import _register, app
 from raymail.driver.campaign import run_campaign
 from raymail.routing import explain, show
-from raymail.routing.policy import TRIAL_RECIPIENTS
+from raymail.routing.estimates import TRIAL_RECIPIENTS
 from raymail.run.ledger import final_outcomes, read_outcomes
 from raymail.sink import Rule, SinkConfig, SinkProcess, Topology
 
@@ -119,7 +119,10 @@ def test_server_whose_domain_turns_to_4xx_is_demoted_within_the_run(tmp_path: Pa
     before = show(domain="alpha.test")
     assert before.filter(pl.col("server") == A)["mark"].item() == "preferred", before
 
-    broken = {**healthy, A: {**healthy[A], "alpha.test": {"latency_ms": 10, "tempfail_rate": 1.0}}}
+    broken: dict[str, dict[str, dict[str, Any]]] = {
+        **healthy,
+        A: {**healthy[A], "alpha.test": {"latency_ms": 10, "tempfail_rate": 1.0}},
+    }
     with SinkProcess(_sink_config(broken)) as sink:
         report = run_campaign(_spec(csv, sink, domains), tmp_path / "run2", live_progress=False)
     assert report.accepted == 500  # alpha's deferred recipients went to B on retry

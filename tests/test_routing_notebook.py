@@ -52,7 +52,7 @@ def test_routing_notebook_runs_on_a_generated_run(
     monkeypatch.setenv("ROUTING_TABLE", str(raymail_home / "routing"))
     monkeypatch.setenv("ROUTING_TOP_DOMAINS", "2")  # the third domain is rolled up
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    notebook = nbformat.read(NOTEBOOK, as_version=4)  # type: ignore[no-untyped-call]  # nbformat.read has no annotations
     NotebookClient(notebook, timeout=120, kernel_name="python3", resources={
         "metadata": {"path": str(tmp_path)}}).execute()  # fmt: skip
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,7 +26,7 @@ DAY = 86400.0
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def _evidence(rows: list[tuple[str, str, str, float, float]]) -> pl.DataFrame:
+def _evidence(rows: Sequence[tuple[str, str, str, float, float]]) -> pl.DataFrame:
     """(server, domain, mx, recipients, seconds per recipient) -> evidence sums."""
     evidence = Evidence()
     for server, domain, mx, n, per in rows:

@@ -9,12 +9,12 @@ import email
 import smtplib
 from email.message import Message
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from helpers import wait_for
 from raymail.sink import SinkConfig, SinkConfigError, iter_capture, parse_config, run_sink
+from raymail.sink.capture import CapturedMessage
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -32,20 +32,34 @@ def _send(port: int, sender: str, rcpt: str) -> None:
 def _returns(capture: Path, n: int) -> dict[str, tuple[str, tuple[str, ...], Message]]:
     """Captured returns by the recipient they are about: (mail_from, rcpt_tos, parsed)."""
 
-    def captured() -> list[Any]:
+    def captured() -> list[CapturedMessage]:
         found = list(iter_capture(capture)) if capture.exists() else []
         return found if len(found) >= n else []
 
     found = wait_for(f"{n} returns captured", captured, 15, 0.05)
     out = {}
-    for captured in found:
-        parsed = email.message_from_bytes(captured.raw)
+    for item in found:
+        parsed = email.message_from_bytes(item.raw)
         about = str(parsed["From"]) if "Delivery" not in str(parsed["From"]) else ""
         if not about:
             status = next(p for p in parsed.walk() if p.get_content_type().endswith("status"))
-            about = str(status.get_payload()[1]["Final-Recipient"]).split("; ")[1]
-        out[about] = (captured.mail_from, captured.rcpt_tos, parsed)
+            about = str(_parts(status)[1]["Final-Recipient"]).split("; ")[1]
+        out[about] = (item.mail_from, item.rcpt_tos, parsed)
     return out
+
+
+def _parts(message: Message) -> list[Message]:
+    """The parts of a multipart message (or of a message/delivery-status: its field blocks)."""
+    payload = message.get_payload()
+    assert isinstance(payload, list), message.get_content_type()
+    return [part for part in payload if isinstance(part, Message)]
+
+
+def _text(message: Message) -> str:
+    """The undecoded text of a single-part message."""
+    payload = message.get_payload()
+    assert isinstance(payload, str), message.get_content_type()
+    return payload
 
 
 def test_sink_generates_dsns_and_replies_to_the_envelope_sender(tmp_path: Path) -> None:
@@ -77,20 +91,20 @@ def test_sink_generates_dsns_and_replies_to_the_envelope_sender(tmp_path: Path) 
     assert hard.get_content_type() == "multipart/report"
     assert hard.get_param("report-type") == "delivery-status"
     assert hard["Auto-Submitted"] == "auto-replied" and hard["To"] == verp
-    text, status, headers = hard.get_payload()
-    assert "<gone@a.test>: host mx.sink.test said: 550 5.1.1" in text.get_payload()
-    per_message, per_recipient = status.get_payload()
+    text, status, headers = _parts(hard)
+    assert "<gone@a.test>: host mx.sink.test said: 550 5.1.1" in _text(text)
+    per_message, per_recipient = _parts(status)
     assert per_message["Reporting-MTA"] == "dns; mx.sink.test"
     assert per_recipient["Final-Recipient"] == "rfc822; gone@a.test"
     assert per_recipient["Action"] == "failed" and per_recipient["Status"] == "5.1.1"
     assert per_recipient["Diagnostic-Code"].startswith("smtp; 550 5.1.1 Recipient address")
     assert headers.get_content_type() == "text/rfc822-headers"
-    original = headers.get_payload()
+    original = _text(headers)
     assert "Message-ID: <abc.123@shop.test>" in original and "Hello." not in original
     assert "X-Raymail-Campaign: spring" in original
 
     _, _, soft = got["anyone@full.test"]
-    soft_status = soft.get_payload()[1].get_payload()[1]
+    soft_status = _parts(_parts(soft)[1])[1]
     assert soft_status["Status"] == "4.2.2" and soft_status["Action"] == "failed"
     assert "452 4.2.2" in soft_status["Diagnostic-Code"]
 

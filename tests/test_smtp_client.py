@@ -11,10 +11,10 @@ from raymail.delivery.smtp_client import ConnectionDropped, SmtpConnection, dot_
 from raymail.sink import SinkConfig, read_capture, run_sink
 
 
-async def _open(port: int, **kw: object) -> SmtpConnection:
+async def _open(port: int) -> SmtpConnection:
     return await SmtpConnection.open(
-        "127.0.0.1", port, helo_name="client.test", connect_timeout=5, command_timeout=5, **kw
-    )  # type: ignore[arg-type]
+        "127.0.0.1", port, helo_name="client.test", connect_timeout=5, command_timeout=5
+    )
 
 
 def test_dot_stuff_normalises_and_terminates() -> None:
@@ -23,9 +23,7 @@ def test_dot_stuff_normalises_and_terminates() -> None:
 
 
 def test_pipelined_transaction_mixed_recipients(tmp_path: Path) -> None:
-    config = SinkConfig(
-        addresses={"bad@d.test": "permfail", "later@d.test": "tempfail"}  # type: ignore[dict-item]
-    )
+    config = SinkConfig(addresses={"bad@d.test": "permfail", "later@d.test": "tempfail"})
     with run_sink(config, capture_dir=tmp_path) as sink:
 
         async def go() -> None:
@@ -68,7 +66,7 @@ def test_lockstep_when_pipelining_not_used(tmp_path: Path) -> None:
 
 
 def test_all_recipients_refused_sends_no_data(tmp_path: Path) -> None:
-    config = SinkConfig(addresses={"x@d.test": "permfail"})  # type: ignore[dict-item]
+    config = SinkConfig(addresses={"x@d.test": "permfail"})
     with run_sink(config, capture_dir=tmp_path) as sink:
 
         async def go() -> None:
@@ -85,7 +83,7 @@ def test_all_recipients_refused_sends_no_data(tmp_path: Path) -> None:
 
 
 def test_drop_mid_data_is_reported_with_data_sent(tmp_path: Path) -> None:
-    config = SinkConfig(addresses={"gone@d.test": "drop"})  # type: ignore[dict-item]
+    config = SinkConfig(addresses={"gone@d.test": "drop"})
     with run_sink(config, capture_dir=tmp_path) as sink:
 
         async def go() -> None:

@@ -31,7 +31,7 @@ def _settings(tmp_path: Path, port: int, **retry: float) -> ReturnsSettings:
         home=str(tmp_path / "home"),
         customer_service=f"127.0.0.1:{port}",
         customer_service_address="help@shop.test",
-        forward_retry={"max_attempts": 3, "initial_backoff_s": 0.0, **retry},  # type: ignore[arg-type]
+        forward_retry={"max_attempts": 3, "initial_backoff_s": 0.0, **retry},
     )
 
 

@@ -95,7 +95,7 @@ def test_import_archives_classifies_and_skips_duplicates(tmp_path: Path) -> None
     }
     assert events["ann@a.test"]["campaign"] == "spring"  # from the Delivered-To token
     assert store.archive.index()["source"].unique().to_list() == ["import"]
-    rejects = {Path(r["item"]).name: r["reason"] for r in store.rejects()}
+    rejects = {Path(str(r["item"])).name: str(r["reason"]) for r in store.rejects()}
     assert rejects["empty.eml"] == "unreadable or empty"
     assert "larger than max_message_bytes" in rejects["huge.eml"]
 

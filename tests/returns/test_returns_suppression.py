@@ -48,7 +48,7 @@ def _event(recipient: str, category: str, day: float, reason: str = "r") -> dict
 
 
 def _processor(tmp_path: Path, **rules: Any) -> ReturnsProcessor:
-    settings = ReturnsSettings(home=str(tmp_path / "home"), rules=rules)  # type: ignore[arg-type]
+    settings = ReturnsSettings(home=str(tmp_path / "home"), rules=rules)
     return ReturnsProcessor(ReturnsStore(settings))
 
 

@@ -29,7 +29,7 @@ def test_campaign_notebook_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("EVENTS_ROOT", str(root))
     monkeypatch.setenv("TOP_DOMAINS", "2")  # c.test is rolled up by its MX host
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    notebook = nbformat.read(NOTEBOOK, as_version=4)  # type: ignore[no-untyped-call]  # nbformat.read has no annotations
     NotebookClient(notebook, timeout=120, kernel_name="python3", resources={
         "metadata": {"path": str(tmp_path)}}).execute()  # fmt: skip
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import timedelta
 from pathlib import Path
@@ -138,10 +139,13 @@ def test_tiers_on_demand_glacier_restore_and_rules(
 
     now = SENT + timedelta(days=1)
     catalog = Catalog(dataset)
-    ago = lambda days: (now - timedelta(days=days)).isoformat()  # noqa: E731
+
+    def ago(days: float) -> str:
+        return (now - timedelta(days=days)).isoformat()
+
     catalog.update(
         lambda entries: {
-            k: v.__class__(**{**v.__dict__, "last_read": ago(40), "class_changed_at": ago(45)})
+            k: dataclasses.replace(v, last_read=ago(40), class_changed_at=ago(45))
             for k, v in entries.items()
         }
     )

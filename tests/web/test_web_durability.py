@@ -116,11 +116,12 @@ def test_kill_replica_and_applier_under_load_loses_no_acknowledged_hit(
     assert applier_killed
     more, _ = asyncio.run(_load(web_service.url, paths, "replica-kill", 3.0))
     acked |= more
-    found = wait_for(
-        "every acknowledged hit in the events",
-        lambda: acked <= (seen := _agents(web_service.config.events_dir, "replica-kill")) and seen,
-        timeout_s=120,
-    )
+
+    def all_acked() -> set[str]:
+        seen = _agents(web_service.config.events_dir, "replica-kill")
+        return seen if acked <= seen else set()
+
+    found = wait_for("every acknowledged hit in the events", all_acked, timeout_s=120)
     assert acked <= found
 
 
@@ -173,9 +174,12 @@ def test_kill_whole_service_then_apply_from_the_log(web_service: Service, tmp_pa
             )
         assert one_click.status_code == 200
         group = os.getpgid(proc.pid)
-        killer = threading.Thread(
-            target=lambda: (time.sleep(1.5), os.killpg(group, signal.SIGKILL)), daemon=True
-        )
+
+        def kill() -> None:
+            time.sleep(1.5)
+            os.killpg(group, signal.SIGKILL)
+
+        killer = threading.Thread(target=kill, daemon=True)
         killer.start()
         acked, failures = asyncio.run(_load(url, paths, "service-kill", 4.0))
         killer.join()

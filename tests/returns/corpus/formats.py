@@ -20,6 +20,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from cases import Label, category_for
 from replies import REPLIES, Reply, reply_text
@@ -27,11 +28,14 @@ from replies import REPLIES, Reply, reply_text
 REPORTER = "mx{n}.{domain}"
 
 
-@dataclass
-class B:
-    """One bounce to render."""
+R = TypeVar("R")  # the reply bank's type: Reply here, FreshReply in fresh_formats.py
 
-    rcpts: list[tuple[str, Reply]]
+
+@dataclass
+class Bounce(Generic[R]):
+    """One bounce to render, with replies of one bank."""
+
+    rcpts: list[tuple[str, R]]
     sender: str
     host: str
     remote: str
@@ -45,8 +49,13 @@ class B:
         return self.rcpts[0][0]
 
     @property
-    def reply(self) -> Reply:
+    def reply(self) -> R:
         return self.rcpts[0][1]
+
+
+@dataclass
+class B(Bounce[Reply]):
+    """One bounce to render (replies from the tuned bank)."""
 
     def line(self, i: int = 0) -> str:
         rcpt, reply = self.rcpts[i]

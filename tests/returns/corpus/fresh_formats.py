@@ -25,19 +25,19 @@ from email.header import Header
 from pathlib import Path
 
 from cases import Label, category_for
-from formats import B
+from formats import Bounce
 from fresh_replies import FRESH_REPLIES, FreshReply, fresh_text
 
 SPLIT = "heldout2"
 
 
 @dataclass
-class F(B):
+class F(Bounce[FreshReply]):
     """One bounce to render (formats.B's fields; replies from the fresh bank)."""
 
     def line(self, i: int = 0) -> str:
         rcpt, reply = self.rcpts[i]
-        return fresh_text(reply, rcpt, self.sender, self.remote)  # type: ignore[arg-type]
+        return fresh_text(reply, rcpt, self.sender, self.remote)
 
     def status(self, i: int = 0) -> str:
         reply = self.rcpts[i][1]

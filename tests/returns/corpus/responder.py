@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import threading
 from collections.abc import Iterator
@@ -51,7 +52,7 @@ class Responder:
         port = _free_port()
         self.plans[port] = plan
         future = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(lambda r, w, p=plan: self._session(r, w, p), "127.0.0.1", port),
+            asyncio.start_server(functools.partial(self._session, plan=plan), "127.0.0.1", port),
             self._loop,
         )
         self._servers.append(future.result(timeout=10))

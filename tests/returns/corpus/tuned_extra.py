@@ -15,7 +15,7 @@ from pathlib import Path
 
 import formats
 from cases import Label, category_for
-from replies import Reply
+from replies import REPLIES, Reply
 
 # (reason, phase, code, status, text)
 _EXTRA: tuple[tuple[str, str, int, str, str], ...] = (
@@ -197,7 +197,7 @@ HIDDEN_LAYOUTS = {f.__name__: f for f in (envelope_header_only, verp_plus_path, 
 def render_hidden(out: Path, seed: int = 4, per_layout: int = 20) -> list[Label]:
     """Tuned replies (never held-out ones) through the hidden-recipient layouts."""
     rng = random.Random(seed)
-    tuned = [r for r in formats.REPLIES if not r.held_out and r.phase in {"RCPT", "CONN"}]
+    tuned = [r for r in REPLIES if not r.held_out and r.phase in {"RCPT", "CONN"}]
     labels = []
     for name, render in HIDDEN_LAYOUTS.items():
         for n, reply in enumerate(rng.sample(tuned, per_layout)):
