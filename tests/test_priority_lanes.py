@@ -187,16 +187,14 @@ def test_campaign_reattaches_to_a_restarted_shared_server(tmp_path: Path, restar
                 campaign="next", priority=0, **shared,
             )  # fmt: skip
             reports["next"] = run_campaign(urgent, tmp_path / "next", live_progress=False)
-        after = wait_for(
-            "the bulk campaign re-attached to a new server 0",
-            lambda: (
-                (lanes := _lanes(pool)) is not None
-                and lanes["pid"] != before["pid"]
-                and any(k.startswith("bulk:") for k in lanes["campaigns"])
-                and lanes
-            ),
-            60,
-        )
+
+        def reattached() -> dict[str, Any]:  # {} (falsy) until it is
+            lanes = _lanes(pool)
+            if lanes is None or lanes["pid"] == before["pid"]:
+                return {}
+            return lanes if any(k.startswith("bulk:") for k in lanes["campaigns"]) else {}
+
+        after = wait_for("the bulk campaign re-attached to a new server 0", reattached, 60)
         assert bulk.is_alive(), "the bulk run ended before it was seen re-attached"
         bulk.join(timeout=300)
     assert not bulk.is_alive()
