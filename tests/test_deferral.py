@@ -106,6 +106,8 @@ def test_waiting_stage_and_resume(tmp_path: Path) -> None:
         assert early.status == "waiting" and early.resumes == 0
         assert _delivered(capture).height == before
         register(app)
+        said = CliRunner().invoke(app, ["resume", str(run_dir)])  # the command, exit 0
+        assert said.exit_code == 0 and "next attempt is due" in said.output, said.output
         shown = CliRunner().invoke(app, ["status", str(run_dir)])
         assert shown.exit_code == 0, shown.output
         assert "waiting" in shown.output and "next attempt due at" in shown.output

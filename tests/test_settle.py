@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -9,10 +10,12 @@ import pyarrow as pa
 import pytest
 from ray.exceptions import ActorUnavailableError
 
+from raymail.delivery.records import OutcomeBuilder
 from raymail.delivery.server import ServerStats
 from raymail.driver.dispatch import LeastLoadedRouter, Work
 from raymail.driver.fleet import FAILURE_LIMIT, Fleet, Server, progress_seen, server_capacity
 from raymail.driver.plan import PortionTask
+from raymail.driver.portions import FIRST_ATTEMPT
 from raymail.driver.progress import Tally
 from raymail.driver.settle import (
     INTERNAL_RETRIES,
@@ -185,3 +188,42 @@ def test_next_attempt_keeps_the_portion_id_and_failure_count(attempt: int) -> No
     work = _work([4, 5, 6], attempt=attempt, failures=1)
     again = next_attempt(work, pa.array([6], pa.int64()))
     assert (again.task.portion, again.task.attempt, again.internal_failures) == (7, attempt + 1, 1)
+
+
+def _deferred_outcomes(task: PortionTask, rows: list[int], started: float) -> pa.Table:
+    out = OutcomeBuilder("c", "s0", None, task.portion, task.attempt, task.domain)
+    at = datetime.fromtimestamp(started, UTC)
+    for row in rows:
+        out.add(row, f"u{row}@a.test", DEFERRED, 451, "4.7.1", "451 4.7.1 later", "mx", None, at)
+    return out.table()
+
+
+def test_deferral_queue_retries_by_schedule_until_max_age_then_expires() -> None:
+    queue = RetrySettings(schedule=["10s", "60s"], max_age="100s")
+    t0 = 1_000_000.0
+    work = _work([1, 2])
+    tally = Tally()
+    first = settle_outcomes(
+        tally, work.task, _deferred_outcomes(work.task, [1, 2], t0), queue,
+        resend_doubt=False, sent=work.rows, at=t0 + 1,
+    )  # fmt: skip
+    assert first.rows.to_pylist() == [1, 2] and first.delay_s == 10.0 and first.expired is None
+    assert first.first_at is not None and first.first_at.to_pylist() == [t0, t0]
+    again = next_attempt(work, first.rows, first.first_at)
+    assert again.task.attempt == 2 and again.rows.column(FIRST_ATTEMPT).to_pylist() == [t0, t0]
+    # Attempt 2 fails at t0 + 50: the schedule says 60 s, but max_age ends at t0 + 100.
+    second = settle_outcomes(
+        tally, again.task, _deferred_outcomes(again.task, [1, 2], t0 + 50), queue,
+        resend_doubt=False, sent=again.rows, at=t0 + 51,
+    )  # fmt: skip
+    assert second.delay_s == 49.0  # the last try falls at max_age, not after it
+    last = next_attempt(again, second.rows, second.first_at)
+    third = settle_outcomes(
+        tally, last.task, _deferred_outcomes(last.task, [1, 2], t0 + 100), queue,
+        resend_doubt=False, sent=last.rows, at=t0 + 100,
+    )  # fmt: skip
+    assert not third and third.expired is not None and tally.expired == 2
+    assert third.expired.column("status").to_pylist() == ["expired", "expired"]
+    assert third.expired.column("attempt").to_pylist() == [4, 4]
+    assert "451 4.7.1 later" in third.expired.column("response")[0].as_py()
+    assert tally.retrying == 0 and tally.deferred == 0
