@@ -5,7 +5,7 @@ What a notebook or a Ray job needs, importable from the top::
     import raymail
 
     spec = raymail.load_spec("campaign.yaml")
-    report = raymail.run_campaign(spec, "runs/spring")       # or resume_campaign(run_dir)
+    report = raymail.run_campaign(spec, "runs/spring")       # a RunReport; or resume_campaign
     raymail.build_report("runs/spring")                       # again, from the run directory
     raymail.scan_outcomes("runs/spring").filter(...).collect()  # the ledger, lazily (polars)
 
@@ -60,6 +60,7 @@ _LAZY = {
     "run_campaign": "raymail.driver.campaign",
     "resume_campaign": "raymail.driver.campaign",
     "build_report": "raymail.run.report",
+    "RunReport": "raymail.run.report",
     "scan_outcomes": "raymail.run.ledger",
     "read_outcomes": "raymail.run.ledger",
     "read_observations": "raymail.run.ledger",
@@ -84,6 +85,7 @@ __all__ = [
     "RoutingError",
     "RunDirError",
     "RunLockedError",
+    "RunReport",
     "SinkConfigError",
     "SinkError",
     "SmimeError",
@@ -108,7 +110,7 @@ if TYPE_CHECKING:
     from raymail.driver.campaign import resume_campaign, run_campaign
     from raymail.intake.recipients import load_recipients
     from raymail.run.ledger import read_observations, read_outcomes, scan_outcomes
-    from raymail.run.report import build_report
+    from raymail.run.report import RunReport, build_report
     from raymail.spec import CampaignSpec, load_spec, parse_spec
 
 

@@ -72,6 +72,12 @@ class SmtpSettings(StrictModel):
     )
 
 
+def exponential_backoff(attempt: int, initial_s: float, multiplier: float, max_s: float) -> float:
+    """Seconds to wait after failed attempt ``attempt`` (1-based): ``initial_s`` growing by
+    ``multiplier`` per attempt, at most ``max_s`` (deliveries and status webhooks alike)."""
+    return min(initial_s * multiplier ** (attempt - 1), max_s)
+
+
 class RetrySettings(StrictModel):
     """What to do with deferred (4xx, dropped connection) recipients.
 
@@ -146,7 +152,9 @@ class RetrySettings(StrictModel):
         the schedule's entry for it (the last one repeating), else the exponential backoff."""
         if self.schedule:
             return duration_seconds(self.schedule[min(attempt, len(self.schedule)) - 1])
-        return min(self.initial_backoff_s * self.multiplier ** (attempt - 1), self.max_backoff_s)
+        return exponential_backoff(
+            attempt, self.initial_backoff_s, self.multiplier, self.max_backoff_s
+        )
 
     def gives_up(self, attempt: int) -> bool:
         """Whether a recipient still deferred after ``attempt`` stops being retried in this

@@ -27,6 +27,7 @@ from raymail.driver.dispatch import Work
 from raymail.driver.plan import PortionTask
 from raymail.driver.portions import FIRST_ATTEMPT
 from raymail.driver.progress import Tally
+from raymail.errors import first_line
 from raymail.spec import RetrySettings
 from raymail.status import ACCEPTED, DEFERRED, EXPIRED, FAILED, IN_DOUBT
 
@@ -228,7 +229,7 @@ def failed_outcomes(
     task = work.task
     out = OutcomeBuilder(campaign, server, None, task.portion, task.attempt, task.domain)
     started = now()
-    reason = f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    reason = f"internal error: {type(exc).__name__}: {first_line(exc)[:200]}"
     for row, email in zip(
         rows.column("row").to_pylist(), rows.column("email").to_pylist(), strict=True
     ):

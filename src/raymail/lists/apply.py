@@ -31,7 +31,7 @@ from typing import Any, Final
 import polars as pl
 import pyarrow as pa
 
-from raymail._io import fsync_path
+from raymail._io import write_atomic
 from raymail.errors import RaymailError
 from raymail.lists.changelog import DAMAGED, ChangeLog, changes_dir
 from raymail.lists.effects import Effects, RecordError, Resolver, effects_of
@@ -110,11 +110,8 @@ class Applier:
         return data
 
     def _save(self, state: Mapping[str, Any]) -> None:
-        tmp = self.state_path.with_name(f".applied.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(state, sort_keys=True), encoding="utf-8")
-        fsync_path(tmp)
-        os.replace(tmp, self.state_path)
-        fsync_path(self.state_path.parent)
+        text = json.dumps(state, sort_keys=True)
+        write_atomic(self.state_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
     def pending_bytes(self) -> int:
         """Change-log bytes not applied yet (a stat per segment)."""

@@ -31,6 +31,7 @@ from typing import Final
 
 from raymail.errors import RaymailError
 from raymail.queue.store import CampaignQueue
+from raymail.spec import exponential_backoff
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ class WebhookSender:
             return
         self.failed_attempts += 1
         s = self.settings
-        backoff = min(s.max_backoff_s, s.initial_backoff_s * 2 ** (attempts - 1))
+        backoff = exponential_backoff(attempts, s.initial_backoff_s, 2.0, s.max_backoff_s)
         parked = int(attempts >= s.max_attempts)
         self.queue.db.execute(
             "UPDATE webhook_outbox SET attempts = ?, next_at = ?, parked = ?, last_error = ? "

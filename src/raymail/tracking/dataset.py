@@ -14,7 +14,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raymail.errors import StorageError, TrackingError
+from raymail.errors import StorageError, TrackingError, first_line
 from raymail.spec import S3Settings
 from raymail.tracking.bots import flag_scanner_bursts
 from raymail.tracking.catalog import ArchivedObject, Catalog
@@ -61,8 +61,9 @@ def _read_archived(objects: list[ArchivedObject], s3: S3Settings | None) -> list
                 )
             )
         except (OSError, pa.ArrowException) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise StorageError(f"{obj.url}: cannot read archived events: {first}") from None
+            raise StorageError(
+                f"{obj.url}: cannot read archived events: {first_line(exc)}"
+            ) from None
     return tables
 
 

@@ -26,8 +26,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
+from raymail._strict import StrictModel
 from raymail.intake.address import check_address
 
 __all__ = ["IngestBatch", "IngestEvent", "describe_errors"]
@@ -37,10 +38,8 @@ IngestKind = Literal[
 ]
 
 
-class IngestEvent(BaseModel):
+class IngestEvent(StrictModel):
     """One reported event."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: IngestKind = Field(..., description="What happened.")
     campaign: str = Field(
@@ -69,10 +68,8 @@ class IngestEvent(BaseModel):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-class IngestBatch(BaseModel):
+class IngestBatch(StrictModel):
     """The body of ``POST /events``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     sender: str | None = Field(None, max_length=200, description="Who reports.")
     events: list[IngestEvent] = Field(..., min_length=1, description="The events.")
