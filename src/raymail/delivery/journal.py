@@ -2,10 +2,12 @@
 
 A delivery server appends one line per state change to its own file in the run directory:
 "in flight" just before the message body goes out, then the SMTP fate after the reply.
-Each line is one ``os.write`` on an O_APPEND descriptor, so it survives kill -9 of the
-actor, of the driver or of all of Ray (the kernel keeps it). After a crash the driver reads
-the journals: a recipient whose last line is "in flight" is *in doubt*; one marked accepted
-is never sent again, even if its outcome never reached the ledger.
+Lines are written with ``os.write`` on an O_APPEND descriptor, so they survive kill -9 of
+the actor, of the driver or of all of Ray (the kernel keeps them); a fate may wait for the
+next in-flight mark's write (``Journal.hold``), an in-flight mark never waits. After a
+crash the driver reads the journals: a recipient whose last line is "in flight" is *in
+doubt*; one marked accepted is never sent again, even if its outcome never reached the
+ledger.
 
 Line format (tab separated)::
 
@@ -101,22 +103,58 @@ class FenceGuard:
             raise Fenced(f"run taken over by a newer driver (epoch {current} > {self.epoch})")
 
 
+MAX_HELD_FATES = 64  # fate lines a journal holds back at most before writing them anyway
+
+
 class Journal:
-    """An append-only journal file owned by one delivery server process."""
+    """An append-only journal file owned by one delivery server process.
+
+    The in-flight mark is written at once (:meth:`mark`): it must be in the file before the
+    message body goes out. A fate may wait (:meth:`hold`): it rides in the same write as the
+    next in-flight mark of any connection of this server, so a busy server makes one write
+    per message instead of two (the write syscall was the journal's whole cost). Holding a
+    fate back never risks a second send: if the process dies first, the recipient's last
+    line is "in flight", which recovery reports as in doubt and never sends again. Held
+    fates are written by the next :meth:`mark`, by :meth:`flush` (the server calls it when
+    a portion ends) or once :data:`MAX_HELD_FATES` wait.
+    """
 
     def __init__(self, folder: Path, server: str) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / f"{server}-{os.getpid()}.log"
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._held: list[str] = []
 
     def mark(self, state: JournalState, portion: int, attempt: int, rows: Iterable[int]) -> None:
-        """Record one state for some rows of a portion attempt (one write syscall)."""
+        """Record one state for some rows of a portion attempt now, with any held fates
+        before it (one write syscall)."""
         joined = ",".join(map(str, rows))
         if joined:
-            os.write(self._fd, f"{state}\t{portion}\t{attempt}\t{joined}\n".encode())
+            self._held.append(f"{state}\t{portion}\t{attempt}\t{joined}\n")
+        self.flush()
+
+    def hold(self, state: JournalState, portion: int, attempt: int, rows: Iterable[int]) -> None:
+        """Record a fate with the next write (see the class docstring); never an in-flight
+        mark, which must reach the file before the body is sent."""
+        if state is JournalState.IN_FLIGHT:
+            raise ValueError("an in-flight mark cannot wait: use mark()")
+        joined = ",".join(map(str, rows))
+        if joined:
+            self._held.append(f"{state}\t{portion}\t{attempt}\t{joined}\n")
+            if len(self._held) >= MAX_HELD_FATES:
+                self.flush()
+
+    def flush(self) -> None:
+        """Write the held lines (one write syscall; nothing when none is held)."""
+        if self._held:
+            data = memoryview("".join(self._held).encode())
+            self._held.clear()
+            while data:  # a regular file takes it whole; a short write is finished, not lost
+                data = data[os.write(self._fd, data) :]
 
     def close(self) -> None:
         if self._fd >= 0:
+            self.flush()
             os.close(self._fd)
             self._fd = -1
 

@@ -39,6 +39,7 @@ class DeliveryMetrics:
         self._base = {"campaign": campaign, "server": server}
         self._max_domains = max_domains
         self._domains: set[str] = set()
+        self._tag_cache: dict[str, dict[str, str]] = {}
         self._enabled = ray.is_initialized()
         if not self._enabled:
             return
@@ -71,12 +72,19 @@ class DeliveryMetrics:
         )
 
     def _tags(self, domain: str) -> dict[str, str]:
-        if domain not in self._domains:
-            if len(self._domains) >= self._max_domains:
-                domain = OTHER_DOMAIN
-            else:
-                self._domains.add(domain)
-        return {**self._base, "domain": domain}
+        """The tags of ``domain``'s series, built once per domain (this runs per message)."""
+        tags = self._tag_cache.get(domain)
+        if tags is None:
+            label = domain
+            if domain not in self._domains:
+                if len(self._domains) >= self._max_domains:
+                    label = OTHER_DOMAIN
+                else:
+                    self._domains.add(domain)
+            tags = {**self._base, "domain": label}
+            if len(self._tag_cache) < 2 * self._max_domains:
+                self._tag_cache[domain] = tags
+        return tags
 
     def outcomes(self, domain: str, statuses: pa.Array | pa.ChunkedArray) -> None:
         """Count one portion's outcomes (one call per portion, not per recipient)."""

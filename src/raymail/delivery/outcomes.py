@@ -3,7 +3,8 @@
 Every recipient gets exactly one outcome row: from its own SMTP reply (``_record``) or, when
 no reply of its own exists (no MX, a refused or dropped connection), the same outcome for
 all of a job's recipients (``_settle``). A journal marks a job in flight before its body is
-sent and its fate after, so recovery after a crash knows which rows may have been accepted.
+sent and its fate after (held for the next in-flight write, or the portion's end), so
+recovery after a crash knows which rows may have been accepted.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class OutcomeRecording:
         for (row, _), status in zip(job.recipients, statuses, strict=True):
             by_state.setdefault(STATE_OF_STATUS[status], []).append(row)
         for state, rows in by_state.items():
-            self.journal.mark(state, task.portion, task.attempt, rows)
+            self.journal.hold(state, task.portion, task.attempt, rows)  # with the next mark
 
     def _record(
         self, job: Job, tx: Transaction, task: PortionTask, target: MXTarget, out: OutcomeBuilder

@@ -153,6 +153,8 @@ class DeliveryServer(JobRendering, LaneSending, StatsReporting):
                     await self._send(jobs, task, targets, pool, out, obs)
         finally:
             self.stats.active_portions -= 1
+            if self.journal is not None:
+                self.journal.flush()  # this portion's held fates, before its result leaves
         outcomes = out.table()
         self._count(outcomes)
         self.metrics.outcomes(task.domain, outcomes.column("status"))

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from raymail.errors import SmtpProtocolError
 
 _ENHANCED_RE = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})\b")
+_UNSAFE_ADDRESS = re.compile(r"[\r\n<> ]").search  # characters an envelope address cannot hold
 _MAX_LINE = 4096
 _MAX_REPLY_LINES = 100
 
@@ -274,7 +275,7 @@ class SmtpConnection:
         the message may have been accepted.
         """
         for address in (mail_from, *rcpts):
-            if any(c in address for c in "\r\n<> ") or not address:
+            if not address or _UNSAFE_ADDRESS(address):
                 raise ValueError(f"unsafe address in envelope: {address!r}")
         started = time.perf_counter()
         key = (mail_from, tuple(rcpts))
@@ -298,7 +299,7 @@ class SmtpConnection:
             ahead = None
             if then is not None and self.pipelining:
                 for address in (then[0], *then[1]):
-                    if any(c in address for c in "\r\n<> ") or not address:
+                    if not address or _UNSAFE_ADDRESS(address):
                         then = None  # unsafe: let its own send() reject it
                         break
             if then is not None and self.pipelining:
