@@ -107,18 +107,25 @@ class LaneSending(OutcomeRecording):
         portion.lanes_running.add(lane)
 
     def _spread(self, portion: Portion, pool: ConnectionPool, target: MXTarget) -> None:
-        """Open one more lane (connection) for this portion when jobs wait, no lane of it
-        is already waiting for a connection, the MX is under its per-server cap and the
-        pool has a slot nobody waits for: connections, not portions, set the pace."""
+        """Open one more lane (connection) for this portion while jobs wait, none of its
+        lanes waits for a connection already, the MX is under its per-server cap (and its
+        shaping limit) and the pool has a slot nobody waits for: connections, not
+        portions, set the pace with a slow receiver. With a fast one the pool is busy and
+        nothing spreads. One lane at a time (the new one spreads again once connected): a
+        burst would hand one portion every free slot while the others queue for the pool."""
         if not portion.pending or portion.lanes > portion.connected:
             return
-        key = (target.address, target.port)
-        if self._mx_lanes.get(key, 0) >= self._per_mx_cap:
-            return
+        room = min(
+            1,
+            self._per_mx_cap - self._mx_lanes.get((target.address, target.port), 0),
+            pool.spare(target.address, target.port, target.mx_host),
+        )
         gate = self.gate
-        if gate is not None and (gate.busy >= gate.slots or self._urgent_waits()):
-            return  # a shared server's slots are the campaigns' to share, by priority
-        if pool.ready(target.address, target.port, target.mx_host):
+        if gate is not None:
+            if self._urgent_waits():
+                return  # a shared server's slots go to the most urgent campaign first
+            room = min(room, gate.slots - gate.busy)
+        if room > 0:
             self._add_lane(portion, pool)
 
     async def _lane(self, portion: Portion, pool: ConnectionPool) -> None:
@@ -228,7 +235,9 @@ class LaneSending(OutcomeRecording):
                 ahead = None
                 rcpts = [email for _, email in job.recipients]
                 then = None
-                if pending and conn.transactions + 1 < max_tx and not urgent:
+                # The next envelope rides with this body only while jobs outnumber lanes:
+                # at the tail, another lane sends it sooner than after this reply.
+                if len(pending) > portion.lanes and conn.transactions + 1 < max_tx and not urgent:
                     ahead = pending.popleft()
                     then = (
                         ahead.mail_from,

@@ -144,15 +144,16 @@ class ConnectionPool:
         self.opened_total += 1
         return conn, True
 
-    def ready(self, host: str, port: int, key: str | None = None) -> bool:
-        """Whether ``acquire(host, port, key)`` would get a connection without waiting:
-        nobody waits already, the MX's limiter has a permit free, and a slot is free or an
-        idle connection can be reused or evicted. A delivery server asks before spreading a
-        portion over one more connection, so extra connections only take slots (and MX
-        permits) that no one else is waiting for."""
+    def spare(self, host: str, port: int, key: str | None = None) -> int:
+        """Connections ``acquire(host, port, key)`` could hand out now without waiting: free
+        slots plus idle connections (reused, or evicted for another destination); 0 while
+        anyone waits for a slot or the MX's limiter has no permit free (shaping: the
+        limiter's count is its own, so it only says whether one more is allowed). A
+        delivery server asks before spreading a portion over more connections, so extra
+        connections only take slots (and MX permits) that no one else is waiting for."""
         if self._waiting or not self.limiter.free(key or host):
-            return False
-        return self._open < self._limit or any(self._idle.values())
+            return 0
+        return self._limit - self._open + sum(len(conns) for conns in self._idle.values())
 
     def _take_idle(self, dest: Destination) -> SmtpConnection | None:
         idle = self._idle.get(dest)
