@@ -92,7 +92,9 @@ def run_cell(
         spec = tp.make_spec(recipients, sink.port, connections, FILLER_LINES, servers=SERVERS)
         # Spread portions over all of a server's connections (one MX: the sink).
         smtp = spec.smtp.model_copy(update={"max_connections_per_mx": spec.concurrency})
-        spec = spec.model_copy(update={"smtp": smtp})
+        # Each cell its own routing table: no cell starts from limits another one learned.
+        routing = spec.routing.model_copy(update={"table": str(folder / "routing")})
+        spec = spec.model_copy(update={"smtp": smtp, "routing": routing})
         with tp.CpuWatch() as watch:
             result = tp.run_raymail(spec, folder / "run")
         source_rate: float | None = None
@@ -185,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="raymail-latency-") as tmp:
         work = Path(tmp)
+        tp.private_home(work / "raymail-home")
         # warm-up: worker imports and caches, outside every cell
         warm = work / "warm"
         warm.mkdir()

@@ -38,7 +38,11 @@ this runs as root, it is installed with apt-get, else the benchmark exits saying
 
     python benchmarks/throughput.py [--messages 50000] [--connections 50] [--repeat 1]
                                     [--json-out PATH] [--profile DIR] [--no-warmup]
-                                    [--no-dkim] [--dkim-ed25519]
+                                    [--no-dkim] [--dkim-ed25519] [--servers 1,2,4]
+
+``--servers 1,2,4`` adds, after the rounds, one raymail run per delivery-server count (the
+connections in total unchanged, the same sink and messages): ``by_servers`` in the JSON,
+each with its msg/s, CPU per message and ratios to that run's smtp-source and loop.
 """
 
 from __future__ import annotations
@@ -681,6 +685,14 @@ def summarise_profile(folder: Path, top: int = 25) -> dict[str, Any]:
 # -- the run -------------------------------------------------------------------------------
 
 
+def private_home(folder: Path) -> None:
+    """Point RAYMAIL_HOME at ``folder``: what shaping learned about 127.0.0.1 in other runs
+    on this machine (kept in ~/.raymail/routing/shaping.json) must not cap this one's
+    connections, and this run's must not cap theirs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["RAYMAIL_HOME"] = str(folder)
+
+
 def _versions() -> dict[str, str | None]:
     versions: dict[str, str | None] = {"python": platform.python_version()}
     for dist in ("raymail", "ray", "aiosmtplib", "pyarrow", "polars"):
@@ -819,6 +831,49 @@ def _round(
     }
 
 
+def servers_sweep(
+    args: argparse.Namespace, workload: Workload, work: Path, rounds: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """raymail with each of ``--servers`` delivery-server counts, the connections in total
+    unchanged, right after the rounds on the same sink. ``vs_limit`` and ``vs_loop`` divide
+    by the median smtp-source and loop rates of those rounds (same run, same messages)."""
+    limit = _median([r["smtp_source_msg_s"] for r in rounds])
+    loop = _median([r["aiosmtplib_loop_msg_s"] for r in rounds])
+    rows: list[dict[str, Any]] = []
+    for servers in args.servers:
+        spec = workload.spec.model_copy(
+            update={
+                "delivery_servers": servers,
+                "concurrency": max(1, args.connections // servers),
+            }
+        )
+        gc.collect()
+        run_dir = work / f"run-servers-{servers}"
+        with CpuWatch() as watch:
+            result = run_raymail(spec, run_dir)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        log(
+            f"servers {servers} x {spec.concurrency} connections: raymail {result.rate:,.0f} "
+            f"msg/s ({result.accepted}/{result.messages} accepted)"
+        )
+        wall = result.extra["wall_s"]
+        rows.append(
+            {
+                "servers": servers,
+                "connections_per_server": spec.concurrency,
+                "raymail_msg_s": round(result.rate, 1),
+                "accepted": result.accepted,
+                "vs_limit": _ratio(result.rate, limit),
+                "vs_loop": _ratio(result.rate, loop),
+                "cpu_us_per_msg": round(watch.own_s / max(result.accepted, 1) * 1e6, 1),
+                "background_cpu_share": round(
+                    watch.others_s / (wall * len(os.sched_getaffinity(0))), 3
+                ),
+            }
+        )
+    return rows
+
+
 def benchmark(
     args: argparse.Namespace, sink_bin: str, source_bin: str, work: Path
 ) -> dict[str, Any]:
@@ -847,6 +902,7 @@ def benchmark(
             _round(n, args, sink.port, source_bin, workload, work, signed)
             for n in range(args.repeat)
         ]
+        by_servers = servers_sweep(args, workload, work, rounds)
 
     def med(key: str) -> float:
         return round(_median([r[key] for r in rounds]), 1)
@@ -896,6 +952,7 @@ def benchmark(
         # share of all cores used by other processes on the machine while each ran
         "background_cpu_share": background,
         **_dkim_summary(rounds, signed, sign_us),
+        **({"by_servers": by_servers} if by_servers else {}),
         "rounds": rounds,
         "cpu_count": os.cpu_count(),
         "cpus_usable": cores,
@@ -942,7 +999,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--dkim-ed25519", action="store_true", help="add a round signed with Ed25519 only"
     )
+    parser.add_argument(
+        "--servers",
+        default="",
+        help="after the rounds, raymail again with these delivery-server counts (e.g. 1,2,4; "
+        "same connections in total, same sink): the servers table",
+    )
     args = parser.parse_args(argv)
+    try:
+        args.servers = [int(x) for x in args.servers.split(",") if x.strip()]
+    except ValueError:
+        parser.error(f"--servers: comma-separated whole numbers expected, got {args.servers!r}")
+    if any(n < 1 or n > args.connections for n in args.servers):
+        parser.error("--servers: each count must be between 1 and --connections")
     if args.messages < 1 or args.connections < 2 or args.repeat < 1:
         parser.error("--messages and --repeat must be >= 1, --connections >= 2")
     return args
@@ -953,6 +1022,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     sink_bin, source_bin = ensure_postfix()
     with tempfile.TemporaryDirectory(prefix="raymail-throughput-") as tmp:
+        private_home(Path(tmp) / "raymail-home")
         result = benchmark(args, sink_bin, source_bin, Path(tmp))
     if args.profile:
         summary = summarise_profile(args.profile)
@@ -969,6 +1039,13 @@ def main(argv: list[str] | None = None) -> int:
     if result["raymail_missing"]:
         log(f"raymail left {result['raymail_missing']} of {args.messages} messages unaccepted")
         return 1
+    for row in result.get("by_servers", []):
+        if row["accepted"] < args.messages:
+            log(
+                f"raymail with {row['servers']} servers left "
+                f"{args.messages - row['accepted']} unaccepted"
+            )
+            return 1
     for name in ("dkim", "dkim_ed25519"):
         missing = args.messages - result.get(f"raymail_{name}_accepted", args.messages)
         if missing:

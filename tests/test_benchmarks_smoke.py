@@ -47,7 +47,7 @@ def test_throughput_benchmark_small_run(tmp_path: Path) -> None:
     done = subprocess.run(
         [
             sys.executable, str(BENCHMARK), "--messages", str(MESSAGES), "--no-warmup",
-            "--json-out", str(out),
+            "--json-out", str(out), "--servers", "1",
         ],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420, check=False,
     )  # fmt: skip
@@ -74,6 +74,11 @@ def test_throughput_benchmark_small_run(tmp_path: Path) -> None:
     assert printed["raymail_vs_limit"] == pytest.approx(
         printed["raymail_msg_s"] / printed["smtp_source_msg_s"], rel=0.01
     )
+    (one_server,) = printed["by_servers"]
+    assert one_server["servers"] == 1
+    assert one_server["connections_per_server"] == printed["connections"]
+    assert one_server["accepted"] == MESSAGES
+    assert one_server["raymail_msg_s"] > 0
 
 
 @pytest.mark.slow
