@@ -81,7 +81,7 @@ def measure(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     from raymail.compose import dkim as raymail_dkim
     from raymail.compose.dkim_keys import generate_key, load_private_key
     from raymail.compose.message import MessageTemplate
-    from raymail.spec import DkimSettings
+    from raymail.compose.settings import DkimSettings
 
     recipients = write_recipients(folder / "r.parquet", args.messages)
     spec = make_spec(recipients, 2525, 2, 20)

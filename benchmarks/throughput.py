@@ -350,7 +350,7 @@ def build_workload(
 def dkim_specs(workload: Workload, folder: Path, ed25519: bool) -> dict[str, Any]:
     """The workload's spec signed with a fresh RSA-2048 key (and, if asked, Ed25519 alone)."""
     from raymail.compose.dkim_keys import generate_key
-    from raymail.spec import DkimSettings
+    from raymail.compose.settings import DkimSettings
 
     domain = workload.spec.sender_domain
     specs: dict[str, Any] = {}

@@ -22,10 +22,11 @@ from dkim_dns import dkim_dns, records_for, signatures, verify_all, write_key
 from raymail.cli import _register, app
 from raymail.compose.dkim import DkimSigner, alignment_warnings, canonical_body, canonical_header
 from raymail.compose.message import MessageTemplate
+from raymail.compose.settings import DKIM_REQUIRED_HEADERS
 from raymail.delivery.envelope import helo_name, sender_setup_warnings
 from raymail.errors import DkimError, SpecError
 from raymail.run.rundir import RunDir
-from raymail.spec import DKIM_REQUIRED_HEADERS, load_spec, parse_spec
+from raymail.spec import load_spec, parse_spec
 
 DOMAIN = "sender.test"
 

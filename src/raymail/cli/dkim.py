@@ -41,7 +41,7 @@ def keygen(
     import re
 
     from raymail.compose.dkim_keys import generate_key, record_name, write_key_pair, zone_line
-    from raymail.spec import DKIM_SELECTOR_PATTERN, DOMAIN_RE
+    from raymail.compose.settings import DKIM_SELECTOR_PATTERN, DOMAIN_RE
 
     domain, selector = domain.lower().rstrip("."), selector.lower()
     if not DOMAIN_RE.match(domain):

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import quote
 
+from raymail.compose.settings import AttachmentSettings
 from raymail.errors import AttachmentError, SpecError, TemplateError
-from raymail.spec import AttachmentSettings, CampaignSpec
+from raymail.spec import CampaignSpec
 
 _LINE: Final = 76  # base64 characters per line (RFC 2045 6.8)
 _CACHE_BYTES: Final = 64 * 1024 * 1024  # recipient files kept encoded per delivery server

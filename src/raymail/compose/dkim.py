@@ -30,7 +30,8 @@ from raymail.compose.dkim_keys import load_private_key
 from raymail.errors import DkimError
 
 if TYPE_CHECKING:
-    from raymail.spec import CampaignSpec, DkimSettings
+    from raymail.compose.settings import DkimSettings
+    from raymail.spec import CampaignSpec
 
 __all__ = [
     "DkimSigner",

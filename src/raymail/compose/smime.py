@@ -37,8 +37,9 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 
 from raymail.compose.attachments import base64_lines, list_folder
+from raymail.compose.settings import SmimeSettings
 from raymail.errors import SmimeError, TemplateError
-from raymail.spec import CampaignSpec, SmimeSettings
+from raymail.spec import CampaignSpec
 
 _CACHE: Final = 4096  # recipient certificates kept parsed per delivery server
 

@@ -16,7 +16,7 @@ renews its leases while their drivers run; a killed scheduler's leases expire an
 (or the same, restarted) takes them over and resumes the runs, whose run directories
 (resume, the ``flock``) make sure nobody is sent twice.
 
-One module of about 400 lines because it is the one place that writes the queue's tables:
+One module (over 400 lines) because it is the one place that writes the queue's tables:
 every status change and lease is a transaction here, so their rules can be read together.
 """
 
