@@ -12,7 +12,6 @@ attachments and S/MIME in ``compose/settings.py``; shaping in ``shaping/rules.py
 from __future__ import annotations
 
 import codecs
-import difflib
 import os
 import re
 import secrets
@@ -21,14 +20,13 @@ from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import (
-    BaseModel,
     Field,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-from raymail._strict import StrictModel
+from raymail._strict import StrictModel, error_lines
 from raymail.compose.settings import AttachmentSettings, DkimSettings, SmimeSettings
 from raymail.errors import SpecError
 from raymail.hostport import HostPort, ListenAddress
@@ -875,34 +873,6 @@ def sender_address(sender: str) -> str:
     return (match.group(1) if match else sender).strip()
 
 
-def _format_error(source: str, err: dict[str, Any], model: type[BaseModel]) -> str:
-    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-    if err["type"] == "extra_forbidden":
-        key = str(err["loc"][-1])
-        known = _known_keys(model, err["loc"][:-1])
-        hint = difflib.get_close_matches(key, known, n=1)
-        suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
-        return f"{source}: unknown key '{loc}'{suggestion}"
-    if err["type"] == "missing":
-        return f"{source}: missing required key '{loc}'"
-    return f"{source}: key '{loc}': {err['msg']} (got {err.get('input')!r})"
-
-
-def _known_keys(model: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
-    current: type[BaseModel] = model
-    for part in path:
-        field = current.model_fields.get(str(part))
-        annotation = field.annotation if field else None
-        # An optional section (``X | None``): look inside it.
-        models = [a for a in get_args(annotation) if isinstance(a, type) and a is not type(None)]
-        if len(models) == 1:
-            annotation = models[0]
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return []
-        current = annotation
-    return list(current.model_fields)
-
-
 def parse_spec(data: Any, source: str = "<spec>", base: Path | None = None) -> CampaignSpec:
     """Validate already-parsed YAML/JSON data; raise SpecError naming every bad key.
 
@@ -913,8 +883,7 @@ def parse_spec(data: Any, source: str = "<spec>", base: Path | None = None) -> C
     try:
         return CampaignSpec.model_validate(data, context={"base": base})
     except ValidationError as exc:
-        lines = [_format_error(source, e, CampaignSpec) for e in exc.errors()]  # type: ignore[arg-type]
-        raise SpecError("\n".join(lines)) from None
+        raise SpecError("\n".join(error_lines(source, exc, CampaignSpec))) from None
 
 
 def load_spec(path: str | Path) -> CampaignSpec:

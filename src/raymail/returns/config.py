@@ -20,11 +20,11 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError
 
-from raymail._strict import StrictModel
+from raymail._strict import StrictModel, error_lines
 from raymail.errors import ReturnsError, SpecError
 from raymail.returns.registry import CampaignRegistry, KnownCampaign
 from raymail.run.rundir import SPEC, RunDir
-from raymail.spec import ReturnsSettings, _format_error, load_spec
+from raymail.spec import ReturnsSettings, load_spec
 
 
 class CampaignEntry(StrictModel):
@@ -81,8 +81,7 @@ def parse_returns_config(data: Any, source: str = "<returns config>") -> Returns
     try:
         return ReturnsConfig.model_validate(data)
     except ValidationError as exc:
-        lines = [_format_error(source, e, ReturnsConfig) for e in exc.errors()]  # type: ignore[arg-type]
-        raise ReturnsError("\n".join(lines)) from None
+        raise ReturnsError("\n".join(error_lines(source, exc, ReturnsConfig))) from None
 
 
 def load_returns_config(path: Path) -> ReturnsConfig:

@@ -21,15 +21,14 @@ rather than a fault that silently never fires. Example::
 
 from __future__ import annotations
 
-import difflib
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Final, get_args, get_origin
+from typing import Annotated, Any, Final
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from raymail._strict import StrictModel
+from raymail._strict import StrictModel, error_lines
 from raymail.errors import SinkConfigError
 from raymail.hostport import HostPort
 
@@ -214,36 +213,6 @@ class SinkConfig(StrictModel):
         return {k.lower(): v for k, v in value.items()}
 
 
-def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The model whose keys are valid at ``path`` (walks into dict values too)."""
-    current: Any = SinkConfig
-    for part in path:
-        if isinstance(current, type) and issubclass(current, BaseModel):
-            field = current.model_fields.get(str(part))
-            if field is None:
-                return None
-            current = field.annotation
-        elif get_origin(current) is dict:
-            current = get_args(current)[1]
-        else:
-            return None
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return current
-    return None
-
-
-def _format_error(source: str, err: Any) -> str:
-    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-    if err["type"] == "extra_forbidden":
-        key = str(err["loc"][-1])
-        model = _model_at(tuple(err["loc"][:-1]))
-        known = list(model.model_fields) if model else []
-        hint = difflib.get_close_matches(key, known, n=1)
-        suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
-        return f"{source}: unknown key '{loc}'{suggestion}"
-    return f"{source}: key '{loc}': {err['msg']} (got {err.get('input')!r})"
-
-
 def parse_config(data: Any, source: str = "<sink config>") -> SinkConfig:
     """Validate already-parsed YAML/JSON data; raise SinkConfigError naming every bad key."""
     if data is None:
@@ -253,8 +222,7 @@ def parse_config(data: Any, source: str = "<sink config>") -> SinkConfig:
     try:
         return SinkConfig.model_validate(data)
     except ValidationError as exc:
-        lines = [_format_error(source, e) for e in exc.errors()]
-        raise SinkConfigError("\n".join(lines)) from None
+        raise SinkConfigError("\n".join(error_lines(source, exc, SinkConfig))) from None
 
 
 def load_config(path: str | Path) -> SinkConfig:
