@@ -244,6 +244,8 @@ class LaneSending(OutcomeRecording):
                         [email for _, email in ahead.recipients],
                         ahead.message,
                     )
+                if self._shaper is not None:
+                    await self._shaper.pace(target.mx_host)  # the MX's message rate
                 try:
                     tx = await conn.send(
                         job.mail_from,

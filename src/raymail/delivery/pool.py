@@ -155,6 +155,19 @@ class ConnectionPool:
             return 0
         return self._limit - self._open + sum(len(conns) for conns in self._idle.values())
 
+    def idle_of(self, key: str) -> int:
+        """Idle connections kept for MX ``key`` (open at the receiver, holding no permit)."""
+        return sum((c.limit_key or c.host) == key for cs in self._idle.values() for c in cs)
+
+    def close_idle(self, key: str, count: int) -> None:
+        """Close up to ``count`` idle connections to MX ``key``: its share was lowered
+        (a fleet-wide limit given to another delivery server)."""
+        for conns in self._idle.values():
+            for conn in [c for c in conns if (c.limit_key or c.host) == key][:count]:
+                conns.remove(conn)
+                self._discard(conn)
+                count -= 1
+
     def _take_idle(self, dest: Destination) -> SmtpConnection | None:
         idle = self._idle.get(dest)
         now = time.monotonic()

@@ -38,6 +38,7 @@ from raymail.delivery.stats import ServerStats, StatsReporting, node_id
 from raymail.driver.plan import PortionTask
 from raymail.errors import MXResolutionError
 from raymail.routing.table import default_table_dir
+from raymail.shaping.fleet import FleetShaper, shaper_for
 from raymail.shaping.limiter import LocalShaper
 from raymail.shaping.persist import load_limits, save_limits
 from raymail.spec import CampaignSpec
@@ -97,8 +98,11 @@ class DeliveryServer(JobRendering, LaneSending, StatsReporting):
                 port=self.spec.smtp.port,
             )
             if self.spec.shaping.enabled:
-                self._shaper = LocalShaper(
-                    self.spec.shaping, self.spec.concurrency, load_limits(self._limits_dir())
+                self._shaper = shaper_for(  # shared with the fleet when the driver says so
+                    self.spec.shaping,
+                    self.spec.concurrency,
+                    self.name,
+                    load_limits(self._limits_dir()),
                 )
             self._pool = ConnectionPool(
                 self.spec.concurrency,
@@ -106,6 +110,8 @@ class DeliveryServer(JobRendering, LaneSending, StatsReporting):
                 max_transactions=self.spec.smtp.max_messages_per_connection,
                 limiter=self._shaper,
             )
+            if self._shaper is not None:
+                self._shaper.attach(self._pool)
         return self._resolver, self._pool
 
     async def _open(self, host: str, port: int) -> SmtpConnection:
@@ -237,6 +243,8 @@ class DeliveryServer(JobRendering, LaneSending, StatsReporting):
         """Close pooled connections politely; keep what shaping learned for the next run."""
         if self._pool is not None:
             await self._pool.close()
+        if isinstance(self._shaper, FleetShaper):
+            await self._shaper.close()  # the last outcomes to the fleet's state
         if self._shaper is not None:
             try:
                 save_limits(self._limits_dir(), list(self._shaper.hosts.values()))

@@ -35,6 +35,8 @@ from raymail.errors import DeliveryError
 from raymail.hostport import split_host_port
 from raymail.routing.table import default_table_dir
 from raymail.runtime import DELIVERY_RESOURCE, delivery_slots
+from raymail.shaping.fleet import start_state_actor
+from raymail.shaping.persist import load_limits
 from raymail.spec import CampaignSpec
 from raymail.status import ACCEPTED, FAILED
 
@@ -107,6 +109,7 @@ class Fleet:
         self.epoch = 0  # resumes so far: part of server names, so journals never mix
         self._replacements = 0
         self._journals: dict[str, tuple[tuple[int, ...], pl.DataFrame]] = {}
+        self._shaping: Any = None  # the run's shared per-MX state (raymail/shaping/fleet.py)
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -125,6 +128,7 @@ class Fleet:
                 "them (see cluster.yaml)",
                 DELIVERY_RESOURCE,
             )
+        spec = self._shared_shaping(spec, count)
         nameservers = [split_host_port(ns) for ns in spec.nameservers] or None
         journal_dir = str((self.run_dir / JOURNAL_DIR).resolve())
         attaching: list[Any] = []
@@ -155,6 +159,27 @@ class Fleet:
             # Waited for: a shared server's heartbeat runs in its control group and its
             # deliveries may arrive before an unwaited attach (seen: "not attached").
             ray.get(attaching, timeout=ATTACH_TIMEOUT_S)
+
+    def _shared_shaping(self, spec: CampaignSpec, count: int) -> CampaignSpec:
+        """The spec the servers get: naming the run's shaping state actor (started here on
+        first use), so per-MX limits hold for all servers together. Servers of a shared
+        delivery pool keep their own state (they serve other campaigns too)."""
+        if not spec.shaping.enabled or spec.delivery_pool is not None:
+            return spec
+        name = f"raymail-shaping-{id(self):x}-{time.time_ns():x}"
+        if self._shaping is None:
+            assert spec.routing.table is not None
+            self._shaping = (
+                name,
+                start_state_actor(
+                    name,
+                    spec.shaping,
+                    spec.concurrency * max(count, spec.delivery_servers),
+                    load_limits(Path(spec.routing.table).expanduser()),
+                ),
+            )
+        shaping = spec.shaping.model_copy(update={"state_actor": self._shaping[0]})
+        return spec.model_copy(update={"shaping": shaping})
 
     def _attach(
         self,
@@ -206,6 +231,7 @@ class Fleet:
         """Close connections politely where possible, then end every server."""
         handles = [s.handle for s in self.servers]
         if not handles:
+            self._stop_shaping()
             return
         try:
             ray.wait([h.shutdown.remote() for h in handles], num_returns=len(handles), timeout=5)
@@ -215,6 +241,13 @@ class Fleet:
             if not isinstance(handle, CampaignHandle):  # shared servers outlive the run
                 ray.kill(handle)
         self.servers.clear()
+        self._stop_shaping()
+
+    def _stop_shaping(self) -> None:
+        if self._shaping is not None:
+            with contextlib.suppress(Exception):  # already gone: nothing to end
+                ray.kill(self._shaping[1])
+            self._shaping = None
 
     def handles(self) -> dict[str, Any]:
         """Actor name -> handle of the healthy servers (the router probes through them)."""

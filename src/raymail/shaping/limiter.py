@@ -4,10 +4,12 @@ Implements the connection pool's ``HostLimiter`` seam (``delivery/pool.py``): a 
 connection in use, at most the MX's current limit. Replies come back through
 :meth:`LocalShaper.success` and :meth:`LocalShaper.reply`, which move the limit.
 
-This holds the state of one process. Delivery servers are separate Ray actors, so the
-fleet-wide state is meant to live in one shaper actor that grants each server a share of
-every MX's limit in batches (a sync call every half second or on a refusal, never one call
-per message); a server's share is then this limiter's limit.
+:meth:`LocalShaper.pace` holds each message to the MX's rate (a ``lower_rate`` rule, or a
+fixed ``shaping.hosts`` cap) with a token bucket.
+
+This holds the state of one process. A run's delivery servers share one state instead
+through ``raymail.shaping.fleet`` (a subclass whose limits are leases from one Ray actor);
+this class is also what they fall back to when that actor is gone.
 """
 
 from __future__ import annotations
@@ -20,6 +22,27 @@ from typing import Any
 from raymail.shaping.persist import seed
 from raymail.shaping.rules import ShapingSettings, rules_of
 from raymail.shaping.state import HostState
+
+
+def new_state(
+    settings: ShapingSettings,
+    key: str,
+    start: int,
+    most: int,
+    learned: dict[str, Any] | None,
+) -> HostState:
+    """A host's state: started at ``start`` connections (or what an earlier run learned),
+    under ``most`` and under the spec's fixed ``shaping.hosts`` limits for it."""
+    fixed = settings.limits_for(key)
+    if fixed is not None and fixed.max_connections is not None:
+        most = min(most, fixed.max_connections)
+    host = seed(HostState(key, float(min(start, most)), most), learned)
+    if fixed is not None:
+        host.max_rate = fixed.max_rate_per_s
+        mpc = fixed.messages_per_connection
+        if mpc is not None:
+            host.messages_per_connection = min(mpc, host.messages_per_connection or mpc)
+    return host
 
 
 class LocalShaper:
@@ -39,15 +62,49 @@ class LocalShaper:
         self.learned = learned or {}  # from earlier runs (shaping/persist.py)
         self.in_use: dict[str, int] = {}
         self._cond = asyncio.Condition()
+        self._buckets: dict[str, list[float]] = {}  # MX -> [tokens, refilled at]
+        self._sent: dict[str, list[float]] = {}  # MX -> [messages, since] (observed rate)
 
     def state(self, key: str) -> HostState:
         host = self.hosts.get(key)
         if host is None:
-            host = seed(
-                HostState(key, float(min(self.start, self.max)), self.max), self.learned.get(key)
-            )
+            host = new_state(self.settings, key, self.start, self.max, self.learned.get(key))
             self.hosts[key] = host
         return host
+
+    def attach(self, pool: Any) -> None:
+        """The connection pool this limiter serves (a shared lease trims its idle ones)."""
+
+    def rate(self, key: str) -> float | None:
+        """Messages per second this process may send to ``key`` (None: no limit)."""
+        return self.state(key).allowed_rate()
+
+    async def pace(self, key: str) -> None:
+        """Wait until one more message to ``key`` keeps within its rate (token bucket,
+        bursts of a tenth of a second at most). Bounded; returns at once when unlimited."""
+        self._count_sent(key)
+        for _ in range(1_000_000):  # each round sleeps up to 0.25 s
+            rate = self.rate(key)
+            if rate is None:
+                return
+            now = time.monotonic()
+            bucket = self._buckets.setdefault(key, [1.0, now])
+            tokens = min(max(1.0, rate * 0.1), bucket[0] + (now - bucket[1]) * rate)
+            bucket[1] = now
+            if tokens >= 1.0:
+                bucket[0] = tokens - 1.0
+                return
+            bucket[0] = tokens
+            await asyncio.sleep(min((1.0 - tokens) / rate if rate > 0 else 0.1, 0.25))
+
+    def _count_sent(self, key: str) -> None:
+        """Messages per second seen lately: where a ``lower_rate`` rule starts from."""
+        now = time.monotonic()
+        seen = self._sent.setdefault(key, [0.0, now])
+        seen[0] += 1
+        if now - seen[1] >= 1.0:
+            self.state(key).observed_rate = seen[0] / (now - seen[1])
+            seen[0], seen[1] = 0.0, now
 
     def _allowed(self, key: str) -> int:
         host = self.state(key)

@@ -64,6 +64,34 @@ class ShapingRule(StrictModel):
         return _compiled(self.text).search(text) is not None
 
 
+class HostLimits(StrictModel):
+    """Fixed limits for the MX hosts a pattern names (a provider's published limits):
+    learned limits never go above them, and they hold for the whole fleet of a run."""
+
+    mx: str = Field(
+        ...,
+        min_length=1,
+        description="Regular expression matched against the MX host name (case-insensitive, "
+        "whole name), e.g. '.*\\.google\\.com'.",
+    )
+    max_connections: int | None = Field(None, ge=1, description="Most connections at once.")
+    max_rate_per_s: float | None = Field(
+        None, gt=0.0, description="Most messages (SMTP transactions) per second."
+    )
+    messages_per_connection: int | None = Field(
+        None, ge=1, description="Most transactions one connection carries."
+    )
+
+    @field_validator("mx")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        return value
+
+
 class ShapingSettings(StrictModel):
     """The spec's ``shaping`` key."""
 
@@ -88,6 +116,22 @@ class ShapingSettings(StrictModel):
     max_errors_per_connection: int = Field(
         3, ge=1, description="5xx in a row after which a connection is closed and replaced."
     )
+    hosts: list[HostLimits] = Field(
+        default_factory=list,
+        description="Fixed per-MX limits (first match wins), for the whole fleet of a run.",
+    )
+    state_actor: str | None = Field(
+        None,
+        description="Set by the driver, not by hand: the named Ray actor holding this run's "
+        "per-MX state, shared by all its delivery servers (raymail/shaping/fleet.py).",
+    )
+
+    def limits_for(self, mx_host: str) -> HostLimits | None:
+        """The first ``hosts`` entry naming this MX host."""
+        for entry in self.hosts:
+            if _compiled(entry.mx).fullmatch(mx_host):
+                return entry
+        return None
 
 
 @cache

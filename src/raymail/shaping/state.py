@@ -24,7 +24,9 @@ class HostState:
     mx_host: str
     limit: float  # connections allowed (all delivery servers together)
     max_limit: int
-    rate: float | None = None  # messages per second; None: not limited
+    rate: float | None = None  # messages per second learned; None: not lowered
+    max_rate: float | None = None  # a fixed cap (spec ``shaping.hosts``); None: none
+    observed_rate: float = 0.0  # messages per second seen lately (where lower_rate starts)
     messages_per_connection: int | None = None
     suspended_until: float = 0.0  # monotonic seconds
     reason: str = ""  # the reply that caused the last backoff
@@ -39,6 +41,12 @@ class HostState:
     def in_backoff(self, now: float) -> bool:
         return self.suspended_until > now or self.limit < self.max_limit or self.rate is not None
 
+    def allowed_rate(self) -> float | None:
+        """Messages per second allowed now: the learned rate under the fixed cap."""
+        if self.rate is None:
+            return self.max_rate
+        return self.rate if self.max_rate is None else min(self.rate, self.max_rate)
+
     def on_success(self, settings: ShapingSettings, transactions: int, now: float) -> None:
         """Additive increase (and the way back from a rule's rate or limit)."""
         if now < self.backoff_at + self.quiet_s:
@@ -51,8 +59,8 @@ class HostState:
             self.successes -= every
             if self.rate is not None:
                 self.rate *= 1.25
-                if self.rate > 1e6:
-                    self.rate = None
+                if self.rate > (self.max_rate or 1e6):
+                    self.rate = None  # back to normal (or to the fixed cap)
             elif self.limit < self.max_limit:
                 self.limit = min(self.limit + 1, self.max_limit)
                 self._log(now, "increase")
@@ -86,7 +94,10 @@ class HostState:
             self._decrease(settings, rule.factor, open_ok)
             self.quiet_s = rule.recover_after_s
         elif rule.action == "lower_rate":
-            self.rate = max(0.1, (self.rate or max(open_ok, 1) * 10.0) * rule.factor)
+            start = self.allowed_rate() or self.observed_rate or max(open_ok, 1) * 10.0
+            if self.observed_rate:
+                start = min(start, self.observed_rate)
+            self.rate = max(0.1, start * rule.factor)
             self.quiet_s = rule.recover_after_s
         else:
             self.suspended_until = max(self.suspended_until, now + rule.suspend_s)
@@ -96,6 +107,10 @@ class HostState:
 
     def _decrease(self, settings: ShapingSettings, factor: float, open_ok: int) -> None:
         refused_at = math.floor(self.limit)
+        if refused_at > settings.min_connections and open_ok >= refused_at:
+            # Refused while over the limit: a connection tried before the last cut (they
+            # arrive in batches from the fleet). The cut already happened; not another.
+            return
         cut = self.limit * factor
         if open_ok > 0:  # the receiver took open_ok and refused the next one
             cut = min(open_ok, max(refused_at - 1, 1))
@@ -117,7 +132,7 @@ class HostState:
         return {
             "mx_host": self.mx_host,
             "connections": int(self.limit),
-            "rate_per_s": None if self.rate is None else round(self.rate, 2),
+            "rate_per_s": None if self.rate is None else round(self.allowed_rate() or 0.0, 2),
             "suspended": self.suspended_until > now,
             "reason": self.reason,
             "next_try_at": None if next_try is None else next_try + wall_offset,
