@@ -20,6 +20,14 @@ Postfix's ``smtp-sink`` on loopback:
     (``dkim_vs_unsigned``, target 0.8); ``--dkim-ed25519`` adds a round signed with Ed25519
     instead (``dkim_ed25519_vs_unsigned``). ``dkim_sign_us_per_message`` is the signer
     alone on the pre-rendered messages, in this process.
+``raymail_smime`` (unless ``--no-smime``)
+    Encrypted S/MIME (RFC 8551 enveloped-data, AES-256 to each recipient's RSA-2048
+    certificate) on the first ``--smime-messages`` recipients (default 10,000: issuing a
+    certificate per recipient takes about a millisecond), side by side in each round with a
+    plain run of exactly those recipients: ``smime_vs_plain``. The certificates share one
+    RSA key (the per-message cost, an RSA public-key operation and AES, is the same for
+    distinct keys) and are issued by a throwaway Ed25519 CA. ``smime_render_us_per_message``
+    and ``plain_render_us_per_message``: the renderer alone, in this process.
 
 Ray starts once, before any clock. With ``--repeat N`` the three alternate N times and the
 medians are reported; every ratio comes from measurements of this one run, because the
@@ -39,6 +47,7 @@ this runs as root, it is installed with apt-get, else the benchmark exits saying
     python benchmarks/throughput.py [--messages 50000] [--connections 50] [--repeat 1]
                                     [--json-out PATH] [--profile DIR] [--no-warmup]
                                     [--no-dkim] [--dkim-ed25519] [--servers 1,2,4]
+                                    [--no-smime] [--smime-messages 10000]
 
 ``--servers 1,2,4`` adds, after the rounds, one raymail run per delivery-server count (the
 connections in total unchanged, the same sink and messages): ``by_servers`` in the JSON,
@@ -376,6 +385,72 @@ def signing_cost_us(spec: Any, workload: Workload, limit: int = 5000) -> float:
     for message in messages:
         signer.sign(message)
     return round((time.perf_counter() - started) / len(messages) * 1e6, 1)
+
+
+@dataclass
+class SmimeWorkload:
+    """The S/MIME round's recipients, as a plain and as an encrypted campaign."""
+
+    messages: int
+    plain: Any  # raymail.spec.CampaignSpec
+    encrypted: Any
+    message_bytes: int  # one encrypted message, rendered
+    render_us: dict[str, float]  # plain / smime: the renderer alone, per message
+
+
+def issue_certificates(folder: Path, emails: list[str]) -> Path:
+    """``ADDRESS.pem`` per recipient (one RSA-2048 key, an Ed25519 CA): a certificate dir."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+    from cryptography.x509.oid import NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ca = ed25519.Ed25519PrivateKey.generate()
+    public = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    issuer = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Raymail Bench CA")])
+    now = dt.datetime.now(dt.UTC)
+    for serial, email in enumerate(emails, start=1):
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, email)]))
+            .issuer_name(issuer)
+            .public_key(public)
+            .serial_number(serial)
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(email)]), critical=False)
+            .sign(ca, None)
+        )
+        (folder / f"{email.lower()}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return folder
+
+
+def build_smime(workload: Workload, folder: Path, count: int) -> SmimeWorkload:
+    """The first ``count`` recipients with certificates; the plain and encrypted specs."""
+    from raymail.compose.message import MessageTemplate
+    from raymail.spec import SmimeSettings
+
+    recipients = write_recipients(folder / "smime-recipients.parquet", count)
+    emails = [address for _, address, _ in workload.jobs[:count]]
+    certs = issue_certificates(folder / "smime-certs", emails)
+    plain = workload.spec.model_copy(
+        update={"recipients": str(recipients), "campaign": "throughput-bench-smime-plain"}
+    )
+    settings = SmimeSettings(mode="encrypt", certificate_dir=str(certs))  # type: ignore[call-arg]
+    encrypted = plain.model_copy(update={"smime": settings, "campaign": "throughput-bench-smime"})
+    rows = list(_merge_rows(recipients))[: min(count, 1000)]
+    render_us: dict[str, float] = {}
+    for name, spec in (("plain", plain), ("smime", encrypted)):
+        template = MessageTemplate(spec)
+        started = time.perf_counter()
+        for address, merge in rows:
+            template.render(address, merge)
+        render_us[name] = round((time.perf_counter() - started) / len(rows) * 1e6, 1)
+    size = len(MessageTemplate(encrypted).render(*rows[0]))
+    return SmimeWorkload(count, plain, encrypted, size, render_us)
 
 
 # -- the three senders ---------------------------------------------------------------------
@@ -742,6 +817,7 @@ def _round(
     workload: Workload,
     work: Path,
     signed: dict[str, Any],
+    smime: SmimeWorkload | None = None,
 ) -> dict[str, Any]:
     """One round: the loop, raymail, smtp-source, each with its CPU accounting."""
     count = len(workload.jobs)
@@ -795,6 +871,21 @@ def _round(
             ),
         }
 
+    smime_round: dict[str, Any] = {}
+    if smime is not None:  # plain, then encrypted, on the same recipients, back to back
+        for name, spec in (("plain", smime.plain), ("smime", smime.encrypted)):
+            gc.collect()
+            smime_dir = work / f"run-{n + 1}-smime-{name}"
+            result = run_raymail(spec, smime_dir)
+            shutil.rmtree(smime_dir, ignore_errors=True)
+            log(
+                f"round {n + 1}: raymail S/MIME round, {name}: {result.rate:,.0f} msg/s "
+                f"({result.seconds:.2f} s, {result.accepted}/{result.messages} accepted)"
+            )
+            smime_round[f"{name}_msg_s"] = round(result.rate, 1)
+            smime_round[f"{name}_accepted"] = result.accepted
+        smime_round["vs_plain"] = _ratio(smime_round["smime_msg_s"], smime_round["plain_msg_s"])
+
     with CpuWatch() as source_cpu:
         source = run_smtp_source(source_bin, port, workload, count, args.connections)
     log(f"round {n + 1}: smtp-source {source.rate:,.0f} msg/s ({source.seconds:.2f} s)")
@@ -823,6 +914,7 @@ def _round(
         "raymail_attempts": raymail.extra["attempts"],
         "aiosmtplib_loop_accepted": loop.accepted,
         "signed": dkim_rounds,
+        "smime": smime_round,
         "cpu": {
             "smtp_source": cpu(source_cpu),
             "aiosmtplib_loop": cpu(loop_cpu),
@@ -891,15 +983,21 @@ def benchmark(
         )
         signed = dkim_specs(workload, work, args.dkim_ed25519) if args.dkim else {}
         sign_us = {name: signing_cost_us(spec, workload) for name, spec in signed.items()}
+        smime = None
+        if args.smime:
+            count = min(args.smime_messages, args.messages)
+            log(f"S/MIME: issuing {count} recipient certificates")
+            smime = build_smime(workload, work, count)
         if args.warmup:
             warm = min(args.messages, 1000)
             log(f"warm-up: raymail with {warm} messages (worker imports, caches)")
             warm_list = str(write_recipients(work / "warmup.parquet", warm))
-            for n, spec in enumerate([workload.spec, *signed.values()]):
+            protected = [smime.encrypted] if smime else []
+            for n, spec in enumerate([workload.spec, *signed.values(), *protected]):
                 warm_spec = spec.model_copy(update={"recipients": warm_list})
                 run_raymail(warm_spec, work / f"run-warmup-{n}")
         rounds = [
-            _round(n, args, sink.port, source_bin, workload, work, signed)
+            _round(n, args, sink.port, source_bin, workload, work, signed, smime)
             for n in range(args.repeat)
         ]
         by_servers = servers_sweep(args, workload, work, rounds)
@@ -953,6 +1051,7 @@ def benchmark(
         "background_cpu_share": background,
         **_dkim_summary(rounds, signed, sign_us),
         **({"by_servers": by_servers} if by_servers else {}),
+        **_smime_summary(rounds, smime),
         "rounds": rounds,
         "cpu_count": os.cpu_count(),
         "cpus_usable": cores,
@@ -980,6 +1079,24 @@ def _dkim_summary(
     return out
 
 
+def _smime_summary(rounds: list[dict[str, Any]], smime: SmimeWorkload | None) -> dict[str, Any]:
+    """The S/MIME rounds' medians; the ratio pairs each round's encrypted and plain runs."""
+    if smime is None:
+        return {}
+    runs = [r["smime"] for r in rounds]
+    return {
+        "smime_messages": smime.messages,
+        "smime_message_bytes": smime.message_bytes,
+        "raymail_smime_msg_s": round(_median([r["smime_msg_s"] for r in runs]), 1),
+        "raymail_smime_plain_msg_s": round(_median([r["plain_msg_s"] for r in runs]), 1),
+        "smime_vs_plain": round(_median([r["vs_plain"] or 0.0 for r in runs]), 3),
+        "raymail_smime_accepted": min(r["smime_accepted"] for r in runs),
+        "raymail_smime_plain_accepted": min(r["plain_accepted"] for r in runs),
+        "smime_render_us_per_message": smime.render_us["smime"],
+        "plain_render_us_per_message": smime.render_us["plain"],
+    }
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=50_000, help="messages per method")
@@ -1005,6 +1122,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="after the rounds, raymail again with these delivery-server counts (e.g. 1,2,4; "
         "same connections in total, same sink): the servers table",
     )
+    parser.add_argument(
+        "--no-smime", dest="smime", action="store_false", help="skip the S/MIME round"
+    )
+    parser.add_argument(
+        "--smime-messages", type=int, default=10_000, help="recipients of the S/MIME round"
+    )
     args = parser.parse_args(argv)
     try:
         args.servers = [int(x) for x in args.servers.split(",") if x.strip()]
@@ -1012,6 +1135,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--servers: comma-separated whole numbers expected, got {args.servers!r}")
     if any(n < 1 or n > args.connections for n in args.servers):
         parser.error("--servers: each count must be between 1 and --connections")
+    if args.smime and args.smime_messages < 1:
+        parser.error("--smime-messages must be >= 1")
     if args.messages < 1 or args.connections < 2 or args.repeat < 1:
         parser.error("--messages and --repeat must be >= 1, --connections >= 2")
     return args
@@ -1045,6 +1170,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"raymail with {row['servers']} servers left "
                 f"{args.messages - row['accepted']} unaccepted"
             )
+            return 1
+    for name in ("smime", "smime_plain"):
+        expected = result.get("smime_messages", 0)
+        missing = expected - result.get(f"raymail_{name}_accepted", expected)
+        if missing:
+            log(f"raymail {name} left {missing} of {expected} messages unaccepted")
             return 1
     for name in ("dkim", "dkim_ed25519"):
         missing = args.messages - result.get(f"raymail_{name}_accepted", args.messages)

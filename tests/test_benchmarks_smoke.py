@@ -15,6 +15,7 @@ from system_packages import require_binary
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARK = ROOT / "benchmarks" / "throughput.py"
 MESSAGES = 2000
+SMIME_MESSAGES = 500
 
 KEYS = {
     "messages",
@@ -32,6 +33,9 @@ KEYS = {
     "raymail_dkim_msg_s",
     "dkim_vs_unsigned",
     "raymail_dkim_accepted",
+    "raymail_smime_msg_s",
+    "smime_vs_plain",
+    "raymail_smime_accepted",
     "rounds",
     "cpu_count",
     "versions",
@@ -47,7 +51,7 @@ def test_throughput_benchmark_small_run(tmp_path: Path) -> None:
     done = subprocess.run(
         [
             sys.executable, str(BENCHMARK), "--messages", str(MESSAGES), "--no-warmup",
-            "--json-out", str(out), "--servers", "1",
+            "--json-out", str(out), "--servers", "1", "--smime-messages", str(SMIME_MESSAGES),
         ],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420, check=False,
     )  # fmt: skip
@@ -66,6 +70,11 @@ def test_throughput_benchmark_small_run(tmp_path: Path) -> None:
         printed["raymail_dkim_msg_s"] / printed["raymail_msg_s"], rel=0.05
     )
     assert 1500 <= printed["message_bytes"] <= 2600
+    assert printed["raymail_smime_accepted"] == printed["raymail_smime_plain_accepted"] == 500
+    assert printed["smime_message_bytes"] > printed["message_bytes"]  # enveloped, base64
+    assert printed["smime_vs_plain"] == pytest.approx(
+        printed["raymail_smime_msg_s"] / printed["raymail_smime_plain_msg_s"], rel=0.05
+    )
     for key in ("smtp_source_msg_s", "aiosmtplib_loop_msg_s", "raymail_msg_s"):
         assert printed[key] > 0, key
     assert printed["raymail_vs_loop"] == pytest.approx(
