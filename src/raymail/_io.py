@@ -87,3 +87,20 @@ def flocked(lock_path: Path, *, wait: bool = True) -> Iterator[bool]:
             yield True
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def read_yaml(path: Path, what: str, error: type[Exception]) -> Any:
+    """The parsed YAML (or JSON) of a config file; ``error`` says which file and why it
+    cannot be read: "PATH: WHAT not found", "cannot read WHAT: ...", "not valid YAML: ..."."""
+    import yaml  # here: most users of this module never read YAML
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise error(f"{path}: not valid YAML: {exc}") from None

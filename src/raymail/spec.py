@@ -18,7 +18,6 @@ import secrets
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-import yaml
 from pydantic import (
     Field,
     ValidationError,
@@ -26,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from raymail._io import read_yaml
 from raymail._strict import StrictModel, error_lines
 from raymail.compose.settings import AttachmentSettings, DkimSettings, SmimeSettings
 from raymail.errors import SpecError
@@ -889,16 +889,7 @@ def parse_spec(data: Any, source: str = "<spec>", base: Path | None = None) -> C
 def load_spec(path: str | Path) -> CampaignSpec:
     """Read a YAML spec file; relative recipient paths are taken from the spec's folder."""
     spec_path = Path(path)
-    try:
-        text = spec_path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(f"{spec_path}: spec file not found") from None
-    except OSError as exc:
-        raise SpecError(f"{spec_path}: cannot read spec file: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{spec_path}: not valid YAML: {exc}") from None
+    data = read_yaml(spec_path, "spec file", SpecError)
     spec = parse_spec(data, str(spec_path), spec_path.parent)
     # Relative local paths are taken from the spec's folder; URLs are left alone.
     updates: dict[str, Any] = {

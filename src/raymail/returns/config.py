@@ -17,9 +17,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, ValidationError
 
+from raymail._io import read_yaml
 from raymail._strict import StrictModel, error_lines
 from raymail.errors import ReturnsError, SpecError
 from raymail.returns.registry import CampaignRegistry, KnownCampaign
@@ -86,13 +86,7 @@ def parse_returns_config(data: Any, source: str = "<returns config>") -> Returns
 
 def load_returns_config(path: Path) -> ReturnsConfig:
     """Read a returns config YAML file."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ReturnsError(f"{path}: returns config not found") from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise ReturnsError(f"{path}: cannot read returns config: {exc}") from None
-    return parse_returns_config(data, str(path))
+    return parse_returns_config(read_yaml(path, "returns config", ReturnsError), str(path))
 
 
 def config_from_paths(paths: list[Path], base: ReturnsConfig | None = None) -> ReturnsConfig:

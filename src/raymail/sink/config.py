@@ -25,9 +25,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Final
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from raymail._io import read_yaml
 from raymail._strict import StrictModel, error_lines
 from raymail.errors import SinkConfigError
 from raymail.hostport import HostPort
@@ -228,14 +228,5 @@ def parse_config(data: Any, source: str = "<sink config>") -> SinkConfig:
 def load_config(path: str | Path) -> SinkConfig:
     """Read a sink YAML (or JSON) file."""
     config_path = Path(path)
-    try:
-        text = config_path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SinkConfigError(f"{config_path}: sink config file not found") from None
-    except OSError as exc:
-        raise SinkConfigError(f"{config_path}: cannot read sink config: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise SinkConfigError(f"{config_path}: not valid YAML: {exc}") from None
+    data = read_yaml(config_path, "sink config file", SinkConfigError)
     return parse_config(data, str(config_path))

@@ -30,7 +30,8 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError
 
-from raymail._strict import StrictModel
+from raymail._io import read_yaml
+from raymail._strict import StrictModel, error_lines
 from raymail.errors import SinkConfigError
 from raymail.sink.config import Rule, SinkConfig
 
@@ -53,18 +54,11 @@ class Topology(StrictModel):
 def load_topology(path: str | Path) -> Topology:
     """Read a topology YAML (or JSON) file; errors name the file and the key."""
     source = Path(path)
-    try:
-        data = yaml.safe_load(source.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SinkConfigError(f"{source}: topology file not found") from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise SinkConfigError(f"{source}: cannot read topology: {exc}") from None
+    data = read_yaml(source, "topology file", SinkConfigError)
     try:
         return Topology.model_validate(data or {})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise SinkConfigError(f"{source}: key '{loc}': {first['msg']}") from None
+        raise SinkConfigError("\n".join(error_lines(str(source), exc, Topology))) from None
 
 
 @dataclass(frozen=True)
