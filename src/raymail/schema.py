@@ -46,8 +46,19 @@ OUTCOME_SCHEMA: Final = pa.schema(
         pa.field("message_id", pa.string()),
         pa.field("started_at", _TS),
         pa.field("finished_at", _TS),
+        # Alternates (issue 14): 0 for the recipient's own address, N for its N-th
+        # alternate; a hop keeps the recipient's ``row`` and names the address it stands
+        # in for in ``alternate_of`` (null on hop 0).
+        pa.field("hop", pa.int32()),
+        pa.field("alternate_of", pa.string()),
     ]
 )
+
+# A hop's attempts are numbered HOP_STRIDE * hop + n (n = 1, 2, ...): the journal's
+# (portion, attempt, row) lines then say which address a recovered attempt went to, and
+# "latest attempt decides" picks a recipient's last hop.
+HOP_STRIDE: Final = 1000
+ALTERNATES: Final = "alternates"  # the recipient column: other addresses, in order
 
 # One row per SMTP transaction: what routing learns from (issue: learned routing).
 OBSERVATION_SCHEMA: Final = pa.schema(

@@ -92,7 +92,10 @@ class RetrySettings(StrictModel):
     """
 
     max_attempts: int = Field(
-        4, ge=1, description="Attempts per recipient within one run (without a schedule)."
+        4,
+        ge=1,
+        le=999,
+        description="Attempts per recipient (per address) within one run (without a schedule).",
     )
     initial_backoff_s: float = Field(2.0, ge=0, description="Wait before the first retry.")
     max_backoff_s: float = Field(60.0, ge=0, description="Upper bound of the backoff.")
@@ -161,6 +164,42 @@ class RetrySettings(StrictModel):
         """Whether a recipient still deferred after ``attempt`` stops being retried in this
         run: never with a schedule (``max_age`` decides), else after ``max_attempts``."""
         return not self.schedule and attempt >= self.max_attempts
+
+
+HopChoice = Literal["alternate", "give_up"]
+
+
+class OnFailure(StrictModel):
+    """Per kind of failure, what happens to a recipient that has alternates (issue 14).
+
+    A hop is sent in the same run once the failed attempt is settled, to the recipient's
+    next address in its ``alternates`` column, as a ledger row of its own (same ``row``,
+    ``hop`` N, ``alternate_of`` the address it stands in for). A recipient accepted at any
+    hop is never sent to another.
+    """
+
+    hard_bounce: HopChoice = Field(
+        "alternate",
+        description="A permanent refusal of the address (5xx other than a block, or no "
+        "mail exchanger): try the next alternate, or give up.",
+    )
+    expired: HopChoice = Field(
+        "alternate",
+        description="Only temporary failures until retry.max_age: try the next alternate, "
+        "or give up.",
+    )
+    blocked: HopChoice = Field(
+        "give_up",
+        description="A 5xx that refuses the sender rather than the address (policy, "
+        "reputation, spam): give up, or try the next alternate (often at another domain "
+        "that may not block the sender).",
+    )
+    in_doubt: Literal["resend", "skip", "alternate"] | None = Field(
+        None,
+        description="The message may have been delivered: resend, skip, or send to the "
+        "next alternate instead (risks two copies: the first may have arrived). Absent: "
+        "the spec's in_doubt decides.",
+    )
 
 
 def raymail_home() -> Path:
@@ -705,6 +744,11 @@ class CampaignSpec(StrictModel):
         "after the body was sent, or a server died mid-transaction): send again (risking a "
         "duplicate) or skip (risking a miss). Either way the report lists them.",
     )
+    on_failure: OnFailure = Field(
+        default_factory=OnFailure,
+        description="Per kind of failure (hard_bounce, expired, blocked, in_doubt), whether "
+        "a recipient moves on to its next address in the 'alternates' column.",
+    )
     stall_timeout_s: float = Field(
         120.0,
         gt=0,
@@ -765,6 +809,23 @@ class CampaignSpec(StrictModel):
         description="Key of the webhook's HMAC-SHA256 signature (X-Raymail-Signature); "
         "required with status_webhook.",
     )
+
+    @property
+    def resends_in_doubt(self) -> bool:
+        """In-doubt recipients are sent again to the same address (on_failure.in_doubt
+        first, then in_doubt)."""
+        choice = self.on_failure.in_doubt
+        return self.in_doubt == InDoubtPolicy.RESEND if choice is None else choice == "resend"
+
+    @model_validator(mode="after")
+    def _in_doubt_agrees(self) -> CampaignSpec:
+        choice = self.on_failure.in_doubt
+        explicit = "in_doubt" in self.model_fields_set
+        if choice in ("resend", "skip") and explicit and choice != self.in_doubt:
+            raise ValueError(
+                f"in_doubt is {self.in_doubt} but on_failure.in_doubt is {choice}: give one"
+            )
+        return self
 
     @model_validator(mode="after")
     def _webhook_needs_secret(self) -> CampaignSpec:

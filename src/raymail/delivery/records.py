@@ -13,7 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from raymail.schema import OBSERVATION_SCHEMA, OUTCOME_SCHEMA
+from raymail.schema import HOP_STRIDE, OBSERVATION_SCHEMA, OUTCOME_SCHEMA
 from raymail.status import FAILED
 
 
@@ -66,6 +66,8 @@ class OutcomeBuilder(_ColumnBuilder):
                 "portion": portion,
                 "attempt": attempt,
                 "domain": domain,
+                "hop": attempt // HOP_STRIDE,
+                "alternate_of": None,  # the driver knows what a hop stands in for
             }
         )
 

@@ -27,6 +27,7 @@ from raymail.compose.checks import recipient_checks
 from raymail.compose.preflight import check_templates
 from raymail.delivery.envelope import sender_setup_warnings
 from raymail.delivery.journal import FENCE_WAIT_S, JOURNAL_DIR, journal_files, write_fence
+from raymail.driver.alternates import NO_RESUME_HOPS, resume_hops
 from raymail.driver.dispatch import Router, WorkQueue
 from raymail.driver.fleet import Fleet, Server
 from raymail.driver.loop import DispatchLoop, DispatchState
@@ -79,7 +80,10 @@ def resume_campaign(
     rd = RunDir(run_dir)
     spec = rd.spec()
     if in_doubt is not None:
-        spec = spec.model_copy(update={"in_doubt": InDoubtPolicy(in_doubt)})
+        on_failure = spec.on_failure.model_copy(update={"in_doubt": None})  # the option wins
+        spec = spec.model_copy(
+            update={"in_doubt": InDoubtPolicy(in_doubt), "on_failure": on_failure}
+        )
     return CampaignDriver(spec, rd, live_progress=live_progress, resume=True).run()
 
 
@@ -100,6 +104,7 @@ class CampaignDriver:
         self.resume = resume
         router = make_router(spec, run_dir=run_dir.path, servers=lambda: self.fleet.handles())
         self.fleet = Fleet(spec, run_dir.path, router)
+        self._resume_hops = NO_RESUME_HOPS
 
     @property
     def router(self) -> Router:
@@ -221,31 +226,36 @@ class CampaignDriver:
         Only row numbers and attempt counts are held (16 bytes per recipient tried): the
         stream skips settled rows as it reads the list.
         """
-        resend_doubt = self.spec.in_doubt == InDoubtPolicy.RESEND
+        resend_doubt = self.spec.resends_in_doubt
         settled_statuses = [ACCEPTED, FAILED, EXPIRED, SUPPRESSED]
         settled_statuses += [] if resend_doubt else [IN_DOUBT]
-        is_settled = pl.col("status").is_in(settled_statuses)
+        hops = resume_hops(self.spec, self.rd.path, self.rd.path / RECIPIENTS, final)
+        going_on = pl.col("row").is_in(hops.rows.tolist())  # to an alternate, not the list
+        is_settled = pl.col("status").is_in(settled_statuses) & ~going_on
         settled = final.filter(is_settled)
         tally = Tally(
             accepted=int((settled["status"] == ACCEPTED).sum()),
             failed=int((settled["status"] == FAILED).sum()),
             in_doubt=int((settled["status"] == IN_DOUBT).sum()),
             expired=int((settled["status"] == EXPIRED).sum()),
+            retrying=len(hops.hops),
         )
-        tried = final.filter(~is_settled).sort("row")
+        tried = final.filter(~is_settled & ~going_on).sort("row")
         first_portion = int(final.get_column("portion").cast(pl.Int64).max() or 0) + 1  # type: ignore[arg-type]
         first, due = self._deferral_times(tried)
+        skip = np.union1d(settled["row"].cast(pl.Int64).to_numpy(), hops.rows)
         source = PortionStream(
             self.rd.path / RECIPIENTS,
             self.spec.portion_size,
             first_id=first_portion,
             batch_rows=self.spec.batch_rows,
-            skip=np.sort(settled["row"].cast(pl.Int64).to_numpy()),
+            skip=skip,
             prev_rows=tried["row"].cast(pl.Int64).to_numpy(),
             prev_attempts=tried["attempt"].cast(pl.Int64).to_numpy(),
             prev_first=first,
             prev_due=due,
         )
+        self._resume_hops = hops
         return source, tally
 
     def _deferral_times(
@@ -282,6 +292,8 @@ class CampaignDriver:
         spec, rd, fleet = self.spec, self.rd, self.fleet
         ensure_ray()
         state = DispatchState(tally=tally, source=source, ready=WorkQueue(new_id=source.new_id))
+        for work in self._resume_hops.works(source.new_id):  # hops a kill interrupted
+            state.ready.push(work)
         fleet.start(spec.delivery_servers - len(fleet.servers))  # a resume started some
         self._stage(
             DELIVERING,

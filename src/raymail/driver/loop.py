@@ -20,6 +20,7 @@ import polars as pl
 import pyarrow as pa
 
 from raymail.delivery.server import PortionResult
+from raymail.driver.alternates import Alternates
 from raymail.driver.dispatch import LeastLoadedRouter, Router, Work, WorkQueue
 from raymail.driver.fleet import Fleet, Server
 from raymail.driver.portions import PortionStream
@@ -36,11 +37,11 @@ from raymail.driver.settle import (
 from raymail.run.ledger import Ledger
 from raymail.run.recovery import recovered_outcomes
 from raymail.spec import CampaignSpec
-from raymail.status import InDoubtPolicy
 
 log = logging.getLogger(__name__)
 
 _FALLBACK_ROUTER = LeastLoadedRouter()
+HOP_PORTIONS = 1 << 40  # far above any list's portion ids
 
 
 @dataclass
@@ -103,7 +104,9 @@ class DispatchLoop:
         self.progress = progress
         self.state = state
         self.each_round = each_round  # e.g. sizing to a target time once warm
-        self._resend_doubt = spec.in_doubt == InDoubtPolicy.RESEND
+        self._resend_doubt = spec.resends_in_doubt
+        self.alternates = Alternates(spec)
+        self._next_hop_id = HOP_PORTIONS
         self._starved = False  # the router once handed out nothing with nothing in flight
 
     def run(self) -> None:
@@ -207,12 +210,17 @@ class DispatchLoop:
             self.state.attempts += len(works)
         return works
 
+    def _hop_ids(self) -> int:
+        """Portion ids for hops when the queue hands out none (a queue built by hand)."""
+        self._next_hop_id += 1
+        return self._next_hop_id
+
     # -- settling ------------------------------------------------------------------------
 
     def settle_result(self, server: Server, work: Work, result: PortionResult) -> None:
         """A portion came back: ledger it, retry what was deferred, judge and learn."""
         server.inflight -= 1
-        outcomes = result.outcomes
+        outcomes = self.alternates.link(work, result.outcomes)
         observations = result.observations
         self.ledger.add(outcomes, observations)
         retry = settle_outcomes(
@@ -224,6 +232,7 @@ class DispatchLoop:
             sent=work.rows,
         )
         self._requeue(work, retry)
+        self._hop(work, outcomes)
         self.fleet.returned(server, outcomes, work.task.domain)
         self.router.observe(server.name, outcomes, observations)
 
@@ -251,14 +260,22 @@ class DispatchLoop:
         )
         if settled.given_up.num_rows:
             failed = failed_outcomes(self.spec.campaign, work, settled.given_up, server.name, exc)
-            self.ledger.add(failed, pa.table({}))
+            self.ledger.add(self.alternates.link(work, failed), pa.table({}))
         self._requeue(work, settled.retry)
+        self._hop(work, recovered)
+
+    def _hop(self, work: Work, outcomes: pa.Table) -> None:
+        """Settled failures the spec sends on go to their next alternate, at once."""
+        new_id = self.state.ready.new_id or self._hop_ids
+        for hop in self.alternates.next_hops(work, outcomes, self.state.tally, new_id):
+            self.state.ready.push(hop)
 
     def _requeue(self, work: Work, retry: Retry) -> None:
         """Send some rows of a portion again, as the next attempt, after the retry's delay
         (and ledger the rows it gave up by age)."""
         if retry.expired is not None and retry.expired.num_rows:
             self.ledger.add(retry.expired, pa.table({}))
+            self._hop(work, retry.expired)  # expired at this address: maybe the next one
         if not retry:
             return
         item = next_attempt(work, retry.rows, retry.first_at)

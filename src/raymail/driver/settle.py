@@ -28,6 +28,7 @@ from raymail.driver.plan import PortionTask
 from raymail.driver.portions import FIRST_ATTEMPT
 from raymail.driver.progress import Tally
 from raymail.errors import first_line
+from raymail.schema import HOP_STRIDE
 from raymail.spec import RetrySettings
 from raymail.status import ACCEPTED, DEFERRED, EXPIRED, FAILED, IN_DOUBT
 
@@ -86,14 +87,14 @@ def settle_outcomes(
     again = outcomes.filter(pc.is_in(statuses, value_set=pa.array(again_statuses)))
     if not again.num_rows:
         return NO_RETRY
-    if retry.gives_up(task.attempt):
+    if retry.gives_up(local_attempt(task.attempt)):
         tally.deferred += count(again.column("status"), DEFERRED)
         tally.in_doubt += count(again.column("status"), IN_DOUBT)
         return NO_RETRY
     if not retry.deferral_queue:
         rows = plain(again.column("row"))
         tally.retrying += len(rows)
-        return Retry(rows, retry.delay(task.attempt))
+        return Retry(rows, retry.delay(local_attempt(task.attempt)))
     return _schedule(tally, task, again, retry, sent, time.time() if at is None else at)
 
 
@@ -118,7 +119,7 @@ def _schedule(
         return Retry(NO_RETRY.rows, expired=expired_rows)
     kept_first = first.filter(pc.invert(old))
     soonest = float(pc.min(pc.add(kept_first, retry.max_age_s)).as_py())
-    delay = max(0.0, min(retry.delay(task.attempt), soonest - at))
+    delay = max(0.0, min(retry.delay(local_attempt(task.attempt)), soonest - at))
     rows = plain(keep.column("row"))
     tally.retrying += len(rows)
     return Retry(rows, delay, kept_first, expired_rows)
@@ -235,6 +236,11 @@ def failed_outcomes(
     ):
         out.add_failed(row, email, reason, started)
     return out.table()
+
+
+def local_attempt(attempt: int) -> int:
+    """An attempt's number at its own address: a hop's (issue 14) count from 1 again."""
+    return attempt % HOP_STRIDE
 
 
 def plain(values: pa.ChunkedArray | pa.Array) -> pa.Array:

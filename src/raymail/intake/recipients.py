@@ -32,10 +32,11 @@ import pyarrow.parquet as pq
 
 from raymail._io import replace_atomic
 from raymail.errors import RecipientError
+from raymail.intake.alternates import normalise_alternates
 from raymail.intake.checks import as_string, clean_names, duplicates, validate
 from raymail.intake.readers import READERS, UTF8, Batch, csv_batches
 from raymail.intake.staging import stage_recipients
-from raymail.schema import DOMAIN, EMAIL, REJECTS_SCHEMA, ROW
+from raymail.schema import ALTERNATES, DOMAIN, EMAIL, REJECTS_SCHEMA, ROW
 from raymail.spec import S3Settings
 
 __all__ = [
@@ -239,7 +240,31 @@ def _check_batch(
         values=pa.concat_arrays([raw_email.take(bad), raw_email.take(dup_pos)]),
         reasons=checked.bad_reason + [f"duplicate of row {r}" for r in dup_first.tolist()],
     )
+    if ALTERNATES in columns:
+        columns[ALTERNATES], rejects = _alternates(columns, rejects, source)
     return pa.table(columns), rejects, len(dup_pos)
+
+
+def _alternates(
+    columns: dict[str, pa.Array | pa.ChunkedArray], rejects: pa.Table, source: str
+) -> tuple[pa.Array, pa.Table]:
+    """The kept rows' alternates normalised; a bad one joins ``rejects`` (its row stays)."""
+    cells = columns[ALTERNATES].to_pylist()
+    normal, problems = normalise_alternates(cells, columns[EMAIL].to_pylist())
+    if problems:
+        rows = columns[ROW].to_pylist()
+        extra = pa.table(
+            {
+                "file": pa.array([source] * len(problems), pa.string()),
+                "row": pa.array([rows[p[0]] for p in problems], pa.int64()),
+                "field": pa.array([ALTERNATES] * len(problems), pa.string()),
+                "value": pa.array([p[1] for p in problems], pa.string()),
+                "reason": pa.array([p[2] for p in problems], pa.string()),
+            },
+            schema=REJECTS_SCHEMA,
+        )
+        rejects = pa.concat_tables([rejects, extra]).sort_by("row")
+    return pa.array(normal, pa.string()), rejects
 
 
 def _checked_rows(

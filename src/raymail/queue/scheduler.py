@@ -34,7 +34,7 @@ from typing import IO, Any
 from raymail.errors import RaymailError
 from raymail.queue.aftercare import Aftercare, AftercareThread
 from raymail.queue.runner import EXIT_COMPLETE, EXIT_LOCKED, EXIT_STOPPED, EXIT_WAITING
-from raymail.queue.status import run_counts
+from raymail.queue.status import alternate_detail, run_counts
 from raymail.queue.store import DONE, FAILED, RUNNING, CampaignQueue, iso
 from raymail.queue.webhook import WebhookSender
 from raymail.run.rundir import RunDir
@@ -293,13 +293,15 @@ class StatusWatcher:
                 watched = dict(self._watched)
             for entry_id, run_dir in watched.items():
                 counts = _safe_counts(run_dir)
-                if counts and counts != self._last.get(entry_id):
+                before = self._last.get(entry_id)
+                if counts and counts != before:
                     with self._lock:
                         if entry_id not in self._watched:
                             continue
                         self._last[entry_id] = counts
                     try:
-                        self.queue.progress(entry_id, counts)
+                        detail = alternate_detail(before or {}, counts)
+                        self.queue.progress(entry_id, counts, detail)
                     except RaymailError as exc:
                         log.warning("status of %s not recorded: %s", entry_id, exc)
             # A big run's counts take a while to read: never spend more than a tenth of the

@@ -9,7 +9,10 @@ the queue's SQL); the queue keeps these campaign-level counts and their changes:
 - ``expired``: only temporary failures until the deferral queue's ``retry.max_age``;
 - ``waiting``: deferred recipients of a run in the waiting stage (due later);
 - ``done``: recipients whose fate is final (accepted, bounced, suppressed, expired);
-- ``complete``: 1 once the run reached its last stage.
+- ``complete``: 1 once the run reached its last stage;
+- ``to_alternate``: recipients moved on to an alternate address (spec ``on_failure``),
+  ``alternate_N``: those moved to their N-th (present once nonzero), and
+  ``accepted_at_alternate``: those an alternate's receiver accepted.
 """
 
 from __future__ import annotations
@@ -48,4 +51,19 @@ def run_counts(run_dir: str | Path) -> dict[str, int]:
         "done": int(accepted + failed + suppressed + report.expired),
         "rejected_input": int(report.rejected_input),
         "complete": int(report.status == "complete"),
+        "to_alternate": int(report.alternates.get("1", 0)),
+        "accepted_at_alternate": int(report.accepted_at_alternate),
+        **{f"alternate_{hop}": int(n) for hop, n in report.alternates.items()},
     }
+
+
+def alternate_detail(before: dict[str, int], after: dict[str, int]) -> str | None:
+    """'moved to alternate N: K recipient(s)' for each hop whose count grew (a status
+    event's detail, so a webhook consumer reads the move without diffing counts)."""
+    moves = [
+        f"moved to alternate {key.removeprefix('alternate_')}: {n - before.get(key, 0)} "
+        "recipient(s)"
+        for key, n in sorted(after.items())
+        if key.startswith("alternate_") and n > before.get(key, 0)
+    ]
+    return "; ".join(moves) or None

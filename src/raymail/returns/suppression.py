@@ -177,6 +177,8 @@ def _suppressed_outcomes(rows: pa.Table, active: pl.DataFrame, campaign: str) ->
             pl.lit(None, pl.String).alias("message_id"),
             pl.lit(now).dt.convert_time_zone("UTC").alias("started_at"),
             pl.lit(now).dt.convert_time_zone("UTC").alias("finished_at"),
+            pl.lit(0, pl.Int32).alias("hop"),
+            pl.lit(None, pl.String).alias("alternate_of"),
         )
     )  # fmt: skip
     return frame.select(OUTCOME_SCHEMA.names).to_arrow().cast(OUTCOME_SCHEMA)

@@ -15,8 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raymail.delivery.journal import STATUS_OF_STATE, journal_files, journal_states
+from raymail.intake.alternates import with_hop_addresses
 from raymail.run.ledger import final_outcomes, read_outcomes
-from raymail.schema import OUTCOME_SCHEMA
+from raymail.schema import ALTERNATES, OUTCOME_SCHEMA
 from raymail.status import ACCEPTED, DEFERRED, EXPIRED, FAILED, IN_DOUBT
 
 RECOVERED_RESPONSE = {
@@ -38,11 +39,14 @@ def recovered_outcomes(
     missing = journal.join(known.select(["row", "attempt"]), on=["row", "attempt"], how="anti")
     if missing.height == 0:
         return OUTCOME_SCHEMA.empty_table()
-    people = pl.from_arrow(recipients.select(["row", "email", "domain"]))
+    known_columns = ["row", "email", ALTERNATES, "alternate_of"]
+    people = pl.from_arrow(
+        recipients.select([c for c in known_columns if c in recipients.schema.names])
+    )
     assert isinstance(people, pl.DataFrame)
     at = datetime.now(UTC)
     frame = (
-        missing.join(people, on="row", how="inner")
+        with_hop_addresses(missing.join(people, on="row", how="inner"))  # a hop's address
         .with_columns(
             pl.col("state").replace_strict(STATUS_OF_STATE, return_dtype=pl.String).alias("status"),
         )
@@ -89,8 +93,15 @@ _FATE = ["row", "attempt", "portion", "status", "started_at", "finished_at"]
 
 
 def _rows_of(recipients: Path, rows: list[int]) -> pa.Table:
-    """``row``, ``email`` and ``domain`` of the given rows of the validated list."""
+    """``row``, ``email`` and ``domain`` (and ``alternates``) of the given rows of the list."""
     columns = ["row", "email", "domain"]
+    if ALTERNATES in pq.read_schema(recipients).names:
+        columns.append(ALTERNATES)
     if not rows:
-        return pa.table({c: pa.array([], OUTCOME_SCHEMA.field(c).type) for c in columns})
+        return pa.table(
+            {
+                c: pa.array([], pa.string() if c == ALTERNATES else OUTCOME_SCHEMA.field(c).type)
+                for c in columns
+            }
+        )
     return pq.read_table(recipients, columns=columns, filters=[("row", "in", rows)])

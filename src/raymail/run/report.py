@@ -18,6 +18,7 @@ from pydantic import Field
 from raymail._strict import StrictModel
 from raymail.run.ledger import final_outcomes, retry_merged, scan_outcomes
 from raymail.run.rundir import REJECTS, RunDir
+from raymail.schema import HOP_STRIDE
 from raymail.status import ACCEPTED, DEFERRED, EXPIRED, FAILED, IN_DOUBT, SUPPRESSED
 
 _LISTED = 1000  # in-doubt recipients named in the report; all are in the ledger
@@ -89,6 +90,14 @@ class RunReport(StrictModel):
         description="MX hosts in backoff when sending stopped (traffic shaping): mx_host, "
         "connections, rate_per_s, suspended, reason (the reply), next_try_at (Unix time).",
     )
+    alternates: dict[str, int] = Field(
+        default_factory=dict,
+        description="Recipients moved to their N-th alternate (key N) by on_failure; the "
+        "ledger's rows with hop N say how each went.",
+    )
+    accepted_at_alternate: int = Field(
+        0, description="Recipients accepted at an alternate address (counted in accepted)."
+    )
     note: str | None = Field(
         None, exclude_if=_unset, description="Why nothing happened (resume of a finished run)."
     )
@@ -111,6 +120,7 @@ def build_report(run_dir: str | Path) -> RunReport:
     rd = RunDir(run_dir)
     manifest = rd.manifest()
     by_domain, doubted = retry_merged(lambda: _fates(rd.path))
+    moved, accepted_at_alternate = retry_merged(lambda: _hops(rd.path))
     counts = _status_counts(by_domain)
     settled = int(by_domain["len"].sum())
     rejects_path = rd.path / REJECTS
@@ -146,11 +156,30 @@ def build_report(run_dir: str | Path) -> RunReport:
         backoff=list(manifest.get("backoff") or []),
         waiting=int(manifest.get("waiting") or 0) if waiting else 0,
         next_due_at=_iso(float(manifest["next_due_at"])) if waiting else None,
+        alternates=moved,
+        accepted_at_alternate=accepted_at_alternate,
     )
 
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def _hops(run_dir: Path) -> tuple[dict[str, int], int]:
+    """(recipients per alternate hop, recipients accepted at an alternate), from the
+    attempt numbers (a hop's are HOP_STRIDE * hop + n): only hop rows are read."""
+    hops = (
+        scan_outcomes(run_dir)
+        .select(["row", "attempt", "status"])
+        .filter(pl.col("attempt") >= HOP_STRIDE)
+        .with_columns((pl.col("attempt") // HOP_STRIDE).alias("hop"))
+        .collect()
+    )
+    if hops.height == 0:
+        return {}, 0
+    moved = hops.group_by("hop").agg(pl.col("row").n_unique()).sort("hop")
+    accepted = hops.filter(pl.col("status") == ACCEPTED)["row"].n_unique()
+    return {str(h): int(n) for h, n in moved.iter_rows()}, int(accepted)
 
 
 def _fates(run_dir: Path) -> tuple[pl.DataFrame, pl.Series]:

@@ -1,0 +1,116 @@
+"""Alternates (issue 14): a recipient's failure moves it on to its next address, per spec
+``on_failure``, as linked ledger rows; never two accepted copies; a kill and resume keep it.
+
+Real parts: the project's sink on loopback answering 5xx for chosen addresses, a real
+local Ray (the session fixture), the real run directory, and a driver killed with kill -9.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from conftest import make_spec, write_csv
+from raymail.driver.alternates import BLOCKED, HARD_BOUNCE, failure_kind, hop_kinds
+from raymail.driver.campaign import run_campaign
+from raymail.errors import SpecError
+from raymail.intake.recipients import load_recipients
+from raymail.run.ledger import read_outcomes
+from raymail.sink import SinkConfig, read_capture, run_sink
+from raymail.spec import parse_spec
+
+
+def test_intake_rejects_a_bad_alternate_and_keeps_the_rest(tmp_path: Path) -> None:
+    csv = write_csv(
+        tmp_path / "list.csv",
+        "email,name,alternates",
+        [
+            "a@x.test,A,b@y.test; C@Z.TEST",
+            'd@x.test,D,"bad@@y.test, e@y.test"',
+            "f@x.test,F,",
+            "g@x.test,G,g@x.test",  # its own address adds nothing
+        ],
+    )
+    load = load_recipients(csv)
+    by_row = {r["row"]: r for r in load.table.to_pylist()}
+    assert load.accepted == 4  # a bad alternate never costs the recipient
+    assert by_row[1]["alternates"] == "b@y.test;C@z.test"  # normalised like email
+    assert by_row[2]["alternates"] == "e@y.test"
+    assert by_row[3]["alternates"] == by_row[4]["alternates"] == ""
+    [reject] = load.rejects.to_pylist()
+    assert (reject["file"], reject["row"], reject["field"]) == (str(csv), 2, "alternates")
+    assert reject["value"] == "bad@@y.test" and "@" in reject["reason"]
+
+
+def test_on_failure_defaults_and_conflicts(tmp_path: Path) -> None:
+    base = {
+        "campaign": "c", "sender": "a@b.test", "subject": "s", "text": "t",
+        "recipients": "x.csv", "verp_secret": "s3cret",
+    }  # fmt: skip
+    spec = parse_spec(base, "spec")
+    assert hop_kinds(spec) == {"hard_bounce", "expired"}  # blocked and in doubt stay put
+    assert spec.resends_in_doubt
+    doubt = parse_spec({**base, "on_failure": {"in_doubt": "alternate"}}, "spec")
+    assert "in_doubt" in hop_kinds(doubt) and not doubt.resends_in_doubt
+    with pytest.raises(SpecError, match="in_doubt"):
+        parse_spec({**base, "in_doubt": "resend", "on_failure": {"in_doubt": "skip"}}, "spec")
+    with pytest.raises(SpecError, match="hard_bounce"):
+        parse_spec({**base, "on_failure": {"hard_bounce": "later"}}, "spec")
+
+
+def test_failure_kinds() -> None:
+    assert failure_kind("failed", 550, "5.1.1", "550 5.1.1 no such user") == HARD_BOUNCE
+    assert failure_kind("failed", 550, "5.7.1", "550 5.7.1 blocked by policy") == BLOCKED
+    assert failure_kind("failed", None, None, "x.test has no MX records") == HARD_BOUNCE
+    assert failure_kind("failed", None, None, "template: 'x' is undefined") is None
+    assert failure_kind("accepted", 250, None, "250 ok") is None
+    assert failure_kind("expired", 451, None, "451 later") == "expired"
+
+
+def _people(n: int) -> list[str]:
+    """Person i: primary p{i}@prim.test, alternates a{i}@alt1.test then a{i}@alt2.test."""
+    return [f"p{i}@prim.test,N{i},a{i}@alt1.test;a{i}@alt2.test" for i in range(n)]
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_hard_bounce_moves_to_the_alternate(tmp_path: Path) -> None:
+    n = 40
+    people = _people(n)
+    people[10] = "p10@blk.test,N10,a10@alt1.test;a10@alt2.test"
+    csv = write_csv(tmp_path / "list.csv", "email,name,alternates", people)
+    # Persons 0-9 hard-bounce at home, 0-4 at alt1 too (so they go on to alt2); person 10
+    # is blocked at home (default policy: give up); the rest are accepted at home.
+    addresses = {f"p{i}@prim.test": "permfail" for i in range(10)}
+    addresses |= {f"a{i}@alt1.test": "permfail" for i in range(5)}
+    addresses["p10@blk.test"] = "permfail"
+    config = SinkConfig(
+        addresses=addresses,  # type: ignore[arg-type]
+        domains={
+            "prim.test": {"permfail_reply": "550 5.1.1 no such user"},
+            "alt1.test": {"permfail_reply": "550 5.1.1 no such user"},
+            "blk.test": {"permfail_reply": "550 5.7.1 blocked by policy"},
+        },  # type: ignore[dict-item]
+    )
+    capture = tmp_path / "cap"
+    with run_sink(config, capture_dir=capture) as sink:
+        report = run_campaign(make_spec(csv, sink.port), tmp_path / "run", live_progress=False)
+    got = read_capture(capture).group_by("rcpt_to").len()
+    copies = dict(zip(got["rcpt_to"].to_list(), got["len"].to_list(), strict=True))
+    assert max(copies.values()) == 1
+    for i in range(n):  # each person got one copy, at the first address that took it
+        mine = [a for a in (f"p{i}@prim.test", f"a{i}@alt1.test", f"a{i}@alt2.test") if a in copies]
+        expected = [f"a{i}@alt2.test"] if i < 5 else [f"a{i}@alt1.test"] if i < 10 else []
+        assert mine == (expected if i <= 10 else [f"p{i}@prim.test"]), i
+    ledger = read_outcomes(tmp_path / "run")
+    first = ledger.filter(pl.col("row") == 1).sort("attempt")  # person 0
+    assert first["hop"].to_list() == [0, 1, 2]
+    assert first["status"].to_list() == ["failed", "failed", "accepted"]
+    assert first["email"].to_list() == ["p0@prim.test", "a0@alt1.test", "a0@alt2.test"]
+    assert first["alternate_of"].to_list() == [None, "p0@prim.test", "p0@prim.test"]
+    assert ledger.filter(pl.col("row") == 11)["hop"].to_list() == [0]  # blocked: gave up
+    accepted = ledger.filter(pl.col("status") == "accepted").group_by("row").len()
+    assert accepted.height == n - 1 and accepted["len"].max() == 1  # nobody accepted twice
+    assert report.accepted == n - 1 and report.failed == 1
+    assert report.alternates == {"1": 10, "2": 5} and report.accepted_at_alternate == 10
