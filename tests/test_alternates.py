@@ -85,13 +85,15 @@ def test_hard_bounce_moves_to_the_alternate(tmp_path: Path) -> None:
     addresses = {f"p{i}@prim.test": "permfail" for i in range(10)}
     addresses |= {f"a{i}@alt1.test": "permfail" for i in range(5)}
     addresses["p10@blk.test"] = "permfail"
-    config = SinkConfig(
-        addresses=addresses,  # type: ignore[arg-type]
-        domains={
-            "prim.test": {"permfail_reply": "550 5.1.1 no such user"},
-            "alt1.test": {"permfail_reply": "550 5.1.1 no such user"},
-            "blk.test": {"permfail_reply": "550 5.7.1 blocked by policy"},
-        },  # type: ignore[dict-item]
+    config = SinkConfig.model_validate(
+        {
+            "addresses": addresses,
+            "domains": {
+                "prim.test": {"permfail_reply": "550 5.1.1 no such user"},
+                "alt1.test": {"permfail_reply": "550 5.1.1 no such user"},
+                "blk.test": {"permfail_reply": "550 5.7.1 blocked by policy"},
+            },
+        }
     )
     capture = tmp_path / "cap"
     with run_sink(config, capture_dir=capture) as sink:
