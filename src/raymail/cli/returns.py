@@ -14,6 +14,7 @@ from raymail.errors import ReturnsError
 
 if TYPE_CHECKING:
     from raymail.returns.config import ReturnsConfig
+    from raymail.returns.report import ReturnsReport
 
 returns_app = typer.Typer(
     name="returns",
@@ -158,7 +159,7 @@ def report(
         _print_report(result)
 
 
-def _print_report(result: dict[str, object]) -> None:
+def _print_report(result: ReturnsReport) -> None:
     from rich.table import Table
 
     summary = Table(title=f"returns in {result['home']}")
@@ -171,13 +172,13 @@ def _print_report(result: dict[str, object]) -> None:
     reasons = Table(title="by category and reason")
     for col in ("category", "reason", "count"):
         reasons.add_column(col, justify="right" if col == "count" else "left")
-    for row in result["by_reason"]:  # type: ignore[attr-defined]
+    for row in result["by_reason"]:
         reasons.add_row(row["category"], row["reason"], str(row["count"]))
     console.print(reasons)
     domains = Table(title="by domain (largest 20)")
     domains.add_column("domain")
     domains.add_column("categories")
-    for domain, counts in result["by_domain"].items():  # type: ignore[attr-defined]
+    for domain, counts in result["by_domain"].items():
         domains.add_row(domain, ", ".join(f"{k} {v}" for k, v in counts.items()))
     console.print(domains)
 

@@ -6,7 +6,7 @@ the outbox and the rejects, so it works while the server runs.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Final, TypedDict
 
 import polars as pl
 
@@ -15,12 +15,37 @@ from raymail.returns.store import ReturnsStore
 _TOP: Final = 20
 
 
+class ReasonCount(TypedDict):
+    category: str
+    reason: str
+    count: int
+
+
+class ReturnsReport(TypedDict):
+    """The report, JSON-ready: counts of the current events, suppression list and outbox."""
+
+    home: str
+    campaign: str | None
+    events: int
+    messages: int
+    ledger_rejections: int
+    by_category: dict[str, int]
+    by_reason: list[ReasonCount]
+    by_domain: dict[str, dict[str, int]]  # the largest domains, by category
+    by_campaign: dict[str, int]
+    suppressed: int
+    suppressed_by_category: dict[str, int]
+    outbox_waiting: int
+    outbox_parked: int
+    rejects: int
+
+
 def _counts(frame: pl.DataFrame, column: str) -> dict[str, int]:
     ranked = frame.group_by(column).len().sort(["len", column], descending=[True, False])
     return {str(k): int(n) for k, n in ranked.iter_rows()}
 
 
-def returns_report(store: ReturnsStore, *, campaign: str | None = None) -> dict[str, Any]:
+def returns_report(store: ReturnsStore, *, campaign: str | None = None) -> ReturnsReport:
     """The report as a JSON-ready dict."""
     events = store.events.read(current=True)
     if campaign is not None:
