@@ -193,7 +193,12 @@ def settle_failed_call(
         tally.failed += given_up.num_rows
     elif len(untouched):  # never touched: at once, together with what goes again
         rows_again = pa.concat_arrays([again.rows, plain(untouched)])
-        again = Retry(rows_again, 0.0, _firsts(work.rows, rows_again), again.expired)
+        firsts = _firsts(work.rows, rows_again)
+        if again.first_at is not None:  # the deferred rows' own, then the untouched rows'
+            known = _firsts(work.rows, plain(untouched))
+            rest = known if known is not None else pa.nulls(len(untouched), pa.float64())
+            firsts = pa.concat_arrays([again.first_at.cast(pa.float64()), rest.cast(pa.float64())])
+        again = Retry(rows_again, 0.0, firsts, again.expired)
     return FailedCall(again, given_up)
 
 
