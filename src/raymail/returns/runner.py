@@ -8,14 +8,12 @@ in this process; ``serve_returns`` blocks until SIGINT/SIGTERM and is what
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
-import signal
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
+from raymail._loop import on_own_loop, serve_until_signal
 from raymail.errors import ReturnsError
 from raymail.returns.config import ReturnsConfig
 from raymail.returns.server import ReturnsServer
@@ -62,58 +60,15 @@ def run_returns_server(
     **options: Any,
 ) -> Iterator[RunningReturnsServer]:
     """Run a returns server on its own thread and loop for the ``with`` block."""
-    ready: concurrent.futures.Future[tuple[ReturnsServer, asyncio.Event]] = (
-        concurrent.futures.Future()
-    )
-    loop_box: list[asyncio.AbstractEventLoop] = []
-
-    async def main() -> None:
-        loop_box.append(asyncio.get_running_loop())
-        try:
-            server = ReturnsServer(config, host=host, port=port, **options)
-            await server.start()
-        except BaseException as exc:
-            ready.set_exception(exc)
-            return
-        stop = asyncio.Event()
-        ready.set_result((server, stop))
-        try:
-            await stop.wait()
-        finally:
-            await server.stop()
-
-    thread = threading.Thread(target=asyncio.run, args=(main(),), name="raymail-returns")
-    thread.daemon = True
-    thread.start()
-    try:
-        server, stop = ready.result(timeout=start_timeout_s)
-    except concurrent.futures.TimeoutError:
-        raise ReturnsError(f"returns server did not start within {start_timeout_s} s") from None
-    except BaseException:
-        thread.join(_JOIN_TIMEOUT_S)
-        raise
-    loop = loop_box[0]
-    try:
+    with on_own_loop(
+        lambda: ReturnsServer(config, host=host, port=port, **options),
+        name="raymail-returns",
+        what="returns server",
+        error=ReturnsError,
+        start_timeout_s=start_timeout_s,
+        join_timeout_s=_JOIN_TIMEOUT_S,
+    ) as (server, loop):
         yield RunningReturnsServer(server, loop)
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(_JOIN_TIMEOUT_S)
-        if thread.is_alive():
-            raise ReturnsError(f"returns server did not stop within {_JOIN_TIMEOUT_S} s")
-
-
-async def _serve(server: ReturnsServer, on_ready: Callable[[ReturnsServer], None]) -> None:
-    await server.start()
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signum, stop.set)
-    try:
-        on_ready(server)
-        await stop.wait()
-    finally:
-        await server.stop()
 
 
 def serve_returns(
@@ -127,7 +82,7 @@ def serve_returns(
 
     async def main() -> ReturnsServer:
         server = ReturnsServer(config, host=host, port=port)
-        await _serve(server, on_ready)
+        await serve_until_signal(server, on_ready)
         return server
 
     return asyncio.run(main())

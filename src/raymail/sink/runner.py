@@ -8,16 +8,15 @@ until SIGINT/SIGTERM (or, for a child process, until its parent closes stdin) an
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import os
-import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from raymail._loop import on_own_loop, serve_until_signal
 from raymail.errors import SinkError
 from raymail.sink.config import SinkConfig
 from raymail.sink.server import SinkServer
@@ -65,39 +64,15 @@ def run_sink(
         tls_key=tls_key,
         stats_path=stats_path,
     )
-    ready: concurrent.futures.Future[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = (
-        concurrent.futures.Future()
-    )
-
-    async def main() -> None:
-        try:
-            await server.start()
-        except BaseException as exc:
-            ready.set_exception(exc)
-            return
-        stop = asyncio.Event()
-        ready.set_result((asyncio.get_running_loop(), stop))
-        try:
-            await stop.wait()
-        finally:
-            await server.stop()
-
-    thread = threading.Thread(target=asyncio.run, args=(main(),), name="raymail-sink", daemon=True)
-    thread.start()
-    try:
-        loop, stop = ready.result(timeout=start_timeout_s)
-    except concurrent.futures.TimeoutError:
-        raise SinkError(f"sink did not start within {start_timeout_s} s") from None
-    except BaseException:
-        thread.join(_JOIN_TIMEOUT_S)  # start failed: the thread is already finishing
-        raise
-    try:
+    with on_own_loop(
+        lambda: server,
+        name="raymail-sink",
+        what="sink",
+        error=SinkError,
+        start_timeout_s=start_timeout_s,
+        join_timeout_s=_JOIN_TIMEOUT_S,
+    ):
         yield RunningSink(server.host, server.port, server)
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(_JOIN_TIMEOUT_S)
-        if thread.is_alive():
-            raise SinkError(f"sink thread did not stop within {_JOIN_TIMEOUT_S} s")
 
 
 def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
@@ -115,19 +90,10 @@ def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
 async def _serve(
     server: SinkServer, on_ready: Callable[[SinkServer], None], stop_on_stdin_eof: bool
 ) -> SinkStats:
-    await server.start()
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signum, stop.set)
-    if stop_on_stdin_eof:
+    def watch(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
         threading.Thread(target=_watch_stdin, args=(loop, stop), daemon=True).start()
-    try:
-        on_ready(server)
-        await stop.wait()
-    finally:
-        await server.stop()
+
+    await serve_until_signal(server, on_ready, watch if stop_on_stdin_eof else None)
     return server.stats()
 
 
