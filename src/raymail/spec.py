@@ -3,7 +3,7 @@
 Every model forbids unknown keys, so a typo in a spec file is an error that names the key
 (and suggests the nearest valid one) instead of a silently ignored setting.
 
-One module of about 950 lines because it is the schema of one YAML file: ``CampaignSpec``,
+One module, longer than the rest, because it is the schema of one YAML file: ``CampaignSpec``,
 its sections and the loader, every key with its description, read top to bottom like a
 reference. Sections that belong to one package are kept there (the message's DKIM,
 attachments and S/MIME in ``compose/settings.py``; shaping in ``shaping/rules.py``).
