@@ -13,13 +13,15 @@ import polars as pl
 import pytest
 
 from conftest import make_spec, write_csv
+from helpers import wait_for
 from raymail.driver.alternates import BLOCKED, HARD_BOUNCE, failure_kind, hop_kinds
-from raymail.driver.campaign import run_campaign
+from raymail.driver.campaign import resume_campaign, run_campaign
 from raymail.errors import SpecError
 from raymail.intake.recipients import load_recipients
 from raymail.run.ledger import read_outcomes
 from raymail.sink import SinkConfig, read_capture, run_sink
 from raymail.spec import parse_spec
+from test_resume import _captured, _kill_session, _spawn_send, _spec_file
 
 
 def test_intake_rejects_a_bad_alternate_and_keeps_the_rest(tmp_path: Path) -> None:
@@ -116,3 +118,45 @@ def test_hard_bounce_moves_to_the_alternate(tmp_path: Path) -> None:
     assert accepted.height == n - 1 and accepted["len"].max() == 1  # nobody accepted twice
     assert report.accepted == n - 1 and report.failed == 1
     assert report.alternates == {"1": 10, "2": 5} and report.accepted_at_alternate == 10
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_kill_during_hops_then_resume_keeps_them(tmp_path: Path) -> None:
+    """kill -9 of the driver and all its Ray while alternates are being sent: the resumed
+    run sends the hops still owed, re-sends none accepted, and links every one."""
+    n = 160
+    csv = write_csv(tmp_path / "list.csv", "email,name,alternates", _people(n))
+    config = SinkConfig.model_validate(
+        {
+            "domains": {
+                "prim.test": {"permfail_rate": 1.0, "permfail_reply": "550 5.1.1 no such user"},
+                "alt1.test": {"latency_ms": 400},  # hops slow enough to be killed among
+            }
+        }
+    )
+    capture = tmp_path / "cap"
+    with run_sink(config, capture_dir=capture) as sink:
+        spec = _spec_file(tmp_path / "c.yaml", sink.port, csv)
+        proc = _spawn_send(spec, tmp_path / "run")
+        try:
+            wait_for("some alternates delivered", lambda: _captured(capture) >= 20, 180)
+        finally:
+            _kill_session(proc.pid)
+            proc.wait(timeout=30)
+        before = _captured(capture)
+        assert before < n, "the run finished before the kill; the test proves nothing"
+        report = resume_campaign(tmp_path / "run", live_progress=False)
+    got = read_capture(capture).group_by("rcpt_to").len()
+    copies = dict(zip(got["rcpt_to"].to_list(), got["len"].to_list(), strict=True))
+    assert set(copies) == {f"a{i}@alt1.test" for i in range(n)}  # alt1 took everyone
+    twice = {a for a, k in copies.items() if k > 1}
+    assert twice <= set(report.in_doubt_recipients)  # only ones in flight at the kill
+    assert report.status == "complete" and report.accepted == n and report.failed == 0
+    assert report.alternates == {"1": n} and report.accepted_at_alternate == n
+    ledger = read_outcomes(tmp_path / "run")
+    home = ledger.filter(pl.col("hop") == 0)
+    assert home["row"].n_unique() == n and set(home["status"].to_list()) == {"failed"}
+    hops = ledger.filter(pl.col("hop") == 1)
+    assert set(hops["alternate_of"].to_list()) == {f"p{i}@prim.test" for i in range(n)}
+    assert hops.filter(pl.col("status") == "accepted").group_by("row").len()["len"].max() == 1
