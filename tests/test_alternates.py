@@ -18,6 +18,7 @@ from raymail.driver.alternates import BLOCKED, HARD_BOUNCE, failure_kind, hop_ki
 from raymail.driver.campaign import resume_campaign, run_campaign
 from raymail.errors import SpecError
 from raymail.intake.recipients import load_recipients
+from raymail.queue.status import alternate_detail, run_counts
 from raymail.run.ledger import read_outcomes
 from raymail.sink import SinkConfig, read_capture, run_sink
 from raymail.spec import parse_spec
@@ -160,3 +161,35 @@ def test_kill_during_hops_then_resume_keeps_them(tmp_path: Path) -> None:
     hops = ledger.filter(pl.col("hop") == 1)
     assert set(hops["alternate_of"].to_list()) == {f"p{i}@prim.test" for i in range(n)}
     assert hops.filter(pl.col("status") == "accepted").group_by("row").len()["len"].max() == 1
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_expired_and_in_doubt_move_on_when_the_policy_says(tmp_path: Path) -> None:
+    """Person 0 only ever gets 4xx at home (expires after max_age), person 1's connection
+    drops after the body (in doubt; policy: alternate), person 2 is accepted at home."""
+    csv = write_csv(tmp_path / "list.csv", "email,name,alternates", _people(3))
+    config = SinkConfig.model_validate(
+        {"addresses": {"p0@prim.test": "tempfail", "p1@prim.test": "drop"}}
+    )
+    capture = tmp_path / "cap"
+    with run_sink(config, capture_dir=capture) as sink:
+        spec = make_spec(
+            csv,
+            sink.port,
+            retry={"schedule": ["1s"], "max_age": "3s"},
+            on_failure={"in_doubt": "alternate"},
+        )
+        report = run_campaign(spec, tmp_path / "run", live_progress=False)
+    got = read_capture(capture)["rcpt_to"].to_list()
+    # p1's message may have arrived before the drop: the documented risk of this policy
+    assert sorted(a for a in got if a != "p1@prim.test") == [
+        "a0@alt1.test", "a1@alt1.test", "p2@prim.test",
+    ]  # fmt: skip
+    ledger = read_outcomes(tmp_path / "run").sort(["row", "attempt"])
+    last_home = ledger.filter(pl.col("hop") == 0).group_by("row").agg(pl.col("status").last())
+    assert dict(last_home.iter_rows()) == {1: "expired", 2: "in_doubt", 3: "accepted"}
+    assert report.accepted == 3 and report.alternates == {"1": 2}
+    counts = run_counts(tmp_path / "run")
+    assert counts["alternate_1"] == counts["to_alternate"] == 2
+    assert alternate_detail({}, counts) == "moved to alternate 1: 2 recipient(s)"
+    assert alternate_detail(counts, counts) is None
