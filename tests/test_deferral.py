@@ -58,12 +58,16 @@ def test_schedule_delays_and_validation() -> None:
         make_spec(Path("r.csv"), 25, retry={"schedule": ["1s"], "max_age": "forever"})
 
 
-def test_deferred_recipients_retry_in_run_then_expire(tmp_path: Path) -> None:
+@pytest.mark.parametrize("dispatch", ["push", "pull"])
+def test_deferred_recipients_retry_in_run_then_expire(tmp_path: Path, dispatch: str) -> None:
     recipients = write_csv(tmp_path / "r.csv", "email,name", [f"{e},N" for e in EVERYONE])
     capture = tmp_path / "cap"
     with run_sink(_sink_config(), capture_dir=capture) as sink:
         spec = make_spec(
-            recipients, sink.port, retry={"schedule": ["1s"], "max_age": "4s", "linger": "1m"}
+            recipients,
+            sink.port,
+            dispatch=dispatch,
+            retry={"schedule": ["1s"], "max_age": "4s", "linger": "1m"},
         )
         started = time.time()
         report = run_campaign(spec, tmp_path / "run")
