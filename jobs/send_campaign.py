@@ -73,6 +73,14 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         return 130
+    if report.note:
+        print(f"raymail: {report.note}", flush=True)
+    if report.status == "waiting":  # the deferral queue: only retries due later are left
+        print(
+            f"raymail: waiting: {report.waiting} deferred recipient(s), next attempt due at "
+            f"{report.next_due_at}; submit again with --resume and the same --run-dir then",
+            flush=True,
+        )
     print(json.dumps(report.as_json(), indent=2, sort_keys=True, default=str), flush=True)
     return 0
 
