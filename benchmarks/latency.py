@@ -22,6 +22,12 @@ Prints one JSON object on stdout and the table as Markdown on stderr.
 
     python benchmarks/latency.py [--latencies 0,0.1,1] [--connections 25,100,250,500,1000]
                                  [--recipients 10000] [--cell-seconds 25] [--json-out PATH]
+                                 [--shaping on|off|both]
+
+Per-MX traffic shaping is on in the cells, as in a default spec: on a loaded machine a
+loopback sink's replies slow down now and then and shaping's slow-reply rule lowers the
+connections to 127.0.0.1 (the cell's ``backoff`` lines); ``--shaping both`` runs each cell
+shaped and then unshaped, side by side (the target is judged on the shaped one).
 """
 
 from __future__ import annotations
@@ -79,13 +85,14 @@ def cell_recipients(latency_s: float, connections: int, args: argparse.Namespace
 def run_cell(
     latency_s: float,
     connections: int,
+    shaping: bool,
     args: argparse.Namespace,
     sink_bin: str,
     source_bin: str,
     work: Path,
 ) -> dict[str, Any]:
     count = cell_recipients(latency_s, connections, args)
-    folder = work / f"cell-{latency_s:g}-{connections}"
+    folder = work / f"cell-{latency_s:g}-{connections}-{'shaped' if shaping else 'unshaped'}"
     folder.mkdir()
     recipients = tp.write_recipients(folder / "recipients.parquet", count, domains=DOMAINS)
     with _sink(latency_s, connections, sink_bin, folder) as sink:
@@ -94,7 +101,8 @@ def run_cell(
         smtp = spec.smtp.model_copy(update={"max_connections_per_mx": spec.concurrency})
         # Each cell its own routing table: no cell starts from limits another one learned.
         routing = spec.routing.model_copy(update={"table": str(folder / "routing")})
-        spec = spec.model_copy(update={"smtp": smtp, "routing": routing})
+        shaped = spec.shaping.model_copy(update={"enabled": shaping})
+        spec = spec.model_copy(update={"smtp": smtp, "routing": routing, "shaping": shaped})
         with tp.CpuWatch() as watch:
             result = tp.run_raymail(spec, folder / "run")
         source_rate: float | None = None
@@ -117,6 +125,7 @@ def run_cell(
         "latency_s": latency_s,
         "connections": connections,
         "servers": SERVERS,
+        "shaping": shaping,
         "recipients": count,
         "accepted": result.accepted,
         "raymail_msg_s": round(result.rate, 1),
@@ -128,7 +137,8 @@ def run_cell(
         "cpu_us_per_msg": round(watch.own_s / max(result.accepted, 1) * 1e6, 1),
     }
     tp.log(
-        f"latency {latency_s:g} s, {connections} connections, {count} messages: "
+        f"latency {latency_s:g} s, {connections} connections, {count} messages, shaping "
+        f"{'on' if shaping else 'off'}: "
         f"raymail {result.rate:,.0f} msg/s"
         + (f", smtp-source {source_rate:,.0f} msg/s" if source_rate else "")
     )
@@ -138,9 +148,9 @@ def run_cell(
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The sweep as a README table (msg/s; ideal = connections / latency)."""
     lines = [
-        "| latency | connections (2 servers) | messages | raymail msg/s | of ideal "
+        "| latency | connections (2 servers) | shaping | messages | raymail msg/s | of ideal "
         "| smtp-source msg/s | raymail / smtp-source |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| ---: | ---: | :---: | ---: | ---: | ---: | ---: | ---: |",
     ]
 
     def fmt(value: float | None, pattern: str = "{:,.0f}") -> str:
@@ -148,7 +158,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
     for r in rows:
         lines.append(
-            f"| {r['latency_s']:g} s | {r['connections']} | {r['recipients']:,} "
+            f"| {r['latency_s']:g} s | {r['connections']} | {'on' if r['shaping'] else 'off'} "
+            f"| {r['recipients']:,} "
             f"| {fmt(r['raymail_msg_s'])} | {fmt(r['vs_ideal'], '{:.2f}')} "
             f"| {fmt(r['smtp_source_msg_s'])} | {fmt(r['raymail_vs_smtp_source'], '{:.2f}')} |"
         )
@@ -168,7 +179,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--recipients", type=int, default=10_000)
     parser.add_argument("--cell-seconds", type=float, default=25.0, help="slow cells' budget")
     parser.add_argument("--json-out", type=Path, help="also write the JSON here")
+    parser.add_argument(
+        "--shaping",
+        choices=("on", "off", "both"),
+        default="on",
+        help="per-MX traffic shaping in the cells (both: each cell shaped, then unshaped)",
+    )
     args = parser.parse_args(argv)
+    args.shaping_list = {"on": [True], "off": [False], "both": [True, False]}[args.shaping]
     args.latency_list = _floats(args.latencies)
     args.connection_list = [int(c) for c in _floats(args.connections)]
     if any(x < 0 for x in args.latency_list) or any(c < SERVERS for c in args.connection_list):
@@ -196,7 +214,10 @@ def main(argv: list[str] | None = None) -> int:
             tp.run_raymail(tp.make_spec(path, sink.port, 50, FILLER_LINES), warm / "run")
         for latency_s in args.latency_list:
             for connections in args.connection_list:
-                rows.append(run_cell(latency_s, connections, args, sink_bin, source_bin, work))
+                for shaping in args.shaping_list:
+                    rows.append(
+                        run_cell(latency_s, connections, shaping, args, sink_bin, source_bin, work)
+                    )
     target = next(
         (
             r
