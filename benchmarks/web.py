@@ -2,8 +2,9 @@
 with a bare FastAPI app on uvicorn that does nothing but answer 200, and kill trials.
 
 ``bare_fastapi``
-    ``uvicorn`` (one process) serving a FastAPI app whose two routes return 200 at once: the
-    floor of any Python web service on this machine.
+    ``uvicorn`` with ``--workers`` = ``--replicas`` (the same worker count as raymail)
+    serving a FastAPI app whose two routes return 200 at once: the floor of any Python web
+    service on this machine.
 ``raymail_web``
     ``raymail web serve`` (its own local Ray, Serve's proxy, ``--replicas`` ingress
     replicas, the applier), durability on: every 200 comes after its change record is
@@ -188,7 +189,8 @@ def wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 24
     raise RuntimeError("server did not become healthy")
 
 
-def start_bare(tmp: Path, port: int) -> subprocess.Popen[bytes]:
+def start_bare(tmp: Path, port: int, workers: int) -> subprocess.Popen[bytes]:
+    """The bare app with as many uvicorn worker processes as raymail has replicas."""
     (tmp / "bare_app.py").write_text(BARE_APP)
     cmd = [
         sys.executable,
@@ -200,6 +202,8 @@ def start_bare(tmp: Path, port: int) -> subprocess.Popen[bytes]:
         "--log-level",
         "warning",
         "--no-access-log",
+        "--workers",
+        str(workers),
     ]
     proc = subprocess.Popen(cmd, cwd=tmp, start_new_session=True)
     wait_healthy(port, proc)
@@ -340,7 +344,7 @@ def main() -> int:
             for system in ("bare_fastapi", "raymail_web"):
                 if system == "bare_fastapi":
                     port = free_port()
-                    proc, home = start_bare(tmp, port), None
+                    proc, home = start_bare(tmp, port, args.replicas), None
                 else:
                     proc, home, port = start_service_retrying(tmp, args.replicas, args.haproxy)
                 try:

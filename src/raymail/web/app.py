@@ -23,9 +23,10 @@ recorded. The :class:`ApplierDeployment` (one replica) applies the log in bulk e
 # No "from __future__ import annotations": FastAPI reads these annotations at run time.
 
 import asyncio
+import itertools
 import logging
+import secrets
 import threading
-import uuid
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -81,10 +82,21 @@ def _client(request: Request) -> tuple[str | None, str | None]:
     return request.headers.get("user-agent"), ip or None
 
 
+# A change's id: this process's random prefix and a counter, unique across replicas and
+# restarts like a uuid4, without a getrandom() call per request (4.8% of a replica's time
+# under load, py-spy).
+_ID_PREFIX: Final = secrets.token_hex(8)
+_ID_COUNTER: Final = itertools.count()
+
+
+def _change_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
+
+
 def _record(kind: str, request: Request, **fields: Any) -> dict[str, Any]:
     agent, ip = _client(request)
     return {
-        "id": uuid.uuid4().hex,
+        "id": _change_id(),
         "kind": kind,
         "at": datetime.now(UTC).isoformat(),
         "ua": agent,
