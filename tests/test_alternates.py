@@ -193,3 +193,24 @@ def test_expired_and_in_doubt_move_on_when_the_policy_says(tmp_path: Path) -> No
     assert counts["alternate_1"] == counts["to_alternate"] == 2
     assert alternate_detail({}, counts) == "moved to alternate 1: 2 recipient(s)"
     assert alternate_detail(counts, counts) is None
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_suppressed_alternate_is_skipped_for_the_next(tmp_path: Path) -> None:
+    from raymail.returns.suppression import SuppressionList
+
+    csv = write_csv(tmp_path / "list.csv", "email,name,alternates", _people(2))
+    home = tmp_path / "returns"
+    home.mkdir()
+    SuppressionList(home / "suppression.parquet").add(["A0@alt1.test"], detail="test")
+    config = SinkConfig.model_validate({"addresses": {"p0@prim.test": "permfail"}})
+    capture = tmp_path / "cap"
+    with run_sink(config, capture_dir=capture) as sink:
+        spec = make_spec(csv, sink.port, returns={"home": str(home)})
+        report = run_campaign(spec, tmp_path / "run", live_progress=False)
+    assert sorted(read_capture(capture)["rcpt_to"].to_list()) == ["a0@alt2.test", "p1@prim.test"]
+    person = read_outcomes(tmp_path / "run").filter(pl.col("row") == 1).sort("attempt")
+    assert person["status"].to_list() == ["failed", "suppressed", "accepted"]
+    assert person["hop"].to_list() == [0, 1, 2]
+    assert person["alternate_of"].to_list() == [None, "p0@prim.test", "p0@prim.test"]
+    assert report.accepted == 2 and report.alternates == {"1": 1, "2": 1}

@@ -38,10 +38,11 @@ from raymail.returns.reasons import classify_reply
 from raymail.run.ledger import read_outcomes
 from raymail.schema import ALTERNATES, EMAIL, HOP_STRIDE
 from raymail.spec import CampaignSpec
-from raymail.status import DEFERRED, EXPIRED, FAILED, IN_DOUBT, Category
+from raymail.status import DEFERRED, EXPIRED, FAILED, IN_DOUBT, SUPPRESSED, Category
 
 ALTERNATE_OF: Final = "alternate_of"
 HARD_BOUNCE, BLOCKED, EXPIRED_KIND, IN_DOUBT_KIND = "hard_bounce", "blocked", "expired", "in_doubt"
+SUPPRESSED_KIND = "suppressed"  # an alternate on the suppression list: always the next one
 _BLOCKING = {Category.BLOCKED, Category.CONTENT_REJECTED}  # the sender refused, not the address
 _ADDRESS = {Category.HARD_BOUNCE_ADDRESS, Category.HARD_BOUNCE_DOMAIN}
 _RECOVERED_PREFIX = "failed (recovered"  # a journal's F: an SMTP refusal whose reply is lost
@@ -151,7 +152,8 @@ class Alternates:
         rows = work.rows
         if not self.kinds or ALTERNATES not in rows.column_names or not outcomes.num_rows:
             return []
-        wanted = pc.is_in(outcomes.column("status"), pa.array([FAILED, EXPIRED, IN_DOUBT]))
+        going_on = [FAILED, EXPIRED, IN_DOUBT, SUPPRESSED]
+        wanted = pc.is_in(outcomes.column("status"), pa.array(going_on))
         candidates = outcomes.filter(wanted)
         if not candidates.num_rows:
             return []
@@ -166,8 +168,10 @@ class Alternates:
             kind = failure_kind(
                 out["status"], out["smtp_code"], out["enhanced_status"], out["response"] or ""
             )
+            if out["status"] == SUPPRESSED and hop_of(int(out["attempt"])) > 0:
+                kind = SUPPRESSED_KIND  # a suppressed alternate: the next one, if any
             i = position.get(out["row"])
-            if kind not in self.kinds or i is None:
+            if (kind not in self.kinds and kind != SUPPRESSED_KIND) or i is None:
                 continue
             hop = hop_of(int(out["attempt"])) + 1
             address = next_address(alternates[i], hop)
@@ -180,6 +184,31 @@ class Alternates:
             self.moved[hop] = self.moved.get(hop, 0) + 1
         tally.retrying += len(hops)
         return hop_works(rows, hops, new_id)
+
+    def screen(self, work: Work, spec: CampaignSpec) -> tuple[Work | None, pa.Table]:
+        """(the hop portion without suppressed alternates, ledger rows for those): an
+        alternate on the suppression list is never sent to, like any address."""
+        from raymail.returns.suppression import apply_suppression  # the C servers' list
+
+        kept, suppressed = apply_suppression(work.rows, spec)
+        if suppressed.num_rows:
+            task = work.task
+            fixed = {
+                "attempt": pa.array([task.attempt] * suppressed.num_rows, pa.int32()),
+                "hop": pa.array([hop_of(task.attempt)] * suppressed.num_rows, pa.int32()),
+                "portion": pa.array([task.portion] * suppressed.num_rows, pa.int64()),
+            }
+            for name, values in fixed.items():
+                index = suppressed.schema.get_field_index(name)
+                suppressed = suppressed.set_column(index, name, values)
+            suppressed = self.link(work, suppressed)
+        if not kept.num_rows:
+            return None, suppressed
+        if kept.num_rows == work.rows.num_rows:
+            return work, suppressed
+        task = work.task
+        piece = PortionTask(task.portion, task.domain, task.attempt, kept.num_rows)
+        return Work(piece, kept, work.internal_failures), suppressed
 
 
 def _unsettle(tally: Tally, status: str) -> None:
@@ -220,7 +249,7 @@ def resume_hops(
     unsettled = [DEFERRED] + ([IN_DOUBT] if spec.resends_in_doubt else [])
     in_hop = pl.col("attempt") >= HOP_STRIDE
     frame = final.filter(
-        (in_hop & pl.col("status").is_in(unsettled))
+        (in_hop & pl.col("status").is_in([*unsettled, SUPPRESSED]))
         | pl.col("status").is_in([FAILED, EXPIRED, IN_DOUBT])
     )
     if frame.height == 0:
@@ -246,7 +275,9 @@ def resume_hops(
             kind = failure_kind(
                 status, out["smtp_code"], out["enhanced_status"], out["response"] or ""
             )
-            if kind not in kinds:
+            if status == SUPPRESSED:
+                kind = SUPPRESSED_KIND  # a suppressed alternate: the one after it
+            elif kind not in kinds:
                 continue
             address, next_attempt = next_address(alternates[i], hop + 1), (hop + 1) * HOP_STRIDE + 1
         if address is not None:

@@ -292,8 +292,6 @@ class CampaignDriver:
         spec, rd, fleet = self.spec, self.rd, self.fleet
         ensure_ray()
         state = DispatchState(tally=tally, source=source, ready=WorkQueue(new_id=source.new_id))
-        for work in self._resume_hops.works(source.new_id):  # hops a kill interrupted
-            state.ready.push(work)
         fleet.start(spec.delivery_servers - len(fleet.servers))  # a resume started some
         self._stage(
             DELIVERING,
@@ -311,6 +309,7 @@ class CampaignDriver:
             spec, fleet, self.router, ledger, progress, state,
             each_round=lambda: sizer.check(state.tally),
         )  # fmt: skip
+        loop.queue_hops(self._resume_hops.works(source.new_id))  # hops a kill interrupted
         try:
             loop.run()
         finally:

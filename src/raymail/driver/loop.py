@@ -267,8 +267,22 @@ class DispatchLoop:
     def _hop(self, work: Work, outcomes: pa.Table) -> None:
         """Settled failures the spec sends on go to their next alternate, at once."""
         new_id = self.state.ready.new_id or self._hop_ids
-        for hop in self.alternates.next_hops(work, outcomes, self.state.tally, new_id):
-            self.state.ready.push(hop)
+        self.queue_hops(self.alternates.next_hops(work, outcomes, self.state.tally, new_id))
+
+    def queue_hops(self, hops: list[Work]) -> None:
+        """Queue hop portions; an alternate on the suppression list gets a ledger row of
+        its own (suppressed, at its hop) and the recipient goes on to the one after it."""
+        new_id = self.state.ready.new_id or self._hop_ids
+        pending = list(hops)
+        while pending:  # bounded: each round moves a recipient one alternate further
+            hop = pending.pop()
+            kept, suppressed = self.alternates.screen(hop, self.spec)
+            if suppressed.num_rows:
+                self.ledger.add(suppressed, pa.table({}))
+                self.state.tally.retrying -= suppressed.num_rows
+                pending += self.alternates.next_hops(hop, suppressed, self.state.tally, new_id)
+            if kept is not None:
+                self.state.ready.push(kept)
 
     def _requeue(self, work: Work, retry: Retry) -> None:
         """Send some rows of a portion again, as the next attempt, after the retry's delay
