@@ -226,3 +226,24 @@ def test_scheduler_review_kicks_a_pass(tmp_path: Path) -> None:
     assert scheduler.aftercare.stats.followups_queued == [
         followup_entry_id(parent.id, "reminder", "batch-000001")
     ]
+
+
+def test_a_send_archives_its_complete_run_at_its_end(s3: object, tmp_path: Path) -> None:
+    """What ``raymail send`` / ``resume`` call after the report (runs outside the queue)."""
+    from raymail.run.rundir import MANIFEST
+    from raymail.tracking.archive import archive_finished_run
+
+    run_dir = tmp_path / "run"
+    write_ledger(run_dir, C, recipients(30), failed={7, 8})
+    write_web_hits(events_root(), C)
+    policy = _archive(tmp_path, when_finished=True)
+    spec = make_spec(tmp_path / "list.csv", 25, campaign=C, **policy)
+    manifest = json.loads((run_dir / MANIFEST).read_text())
+    (run_dir / MANIFEST).write_text(json.dumps({**manifest, "status": "stopped"}))
+    assert archive_finished_run(spec, run_dir) is None  # not complete: nothing moves
+    assert event_parts(events_root(), C)
+    (run_dir / MANIFEST).write_text(json.dumps(manifest))
+    done = archive_finished_run(spec, run_dir)
+    assert done is not None and done.ledger_files == 1 and event_parts(events_root(), C) == []
+    no_policy = make_spec(tmp_path / "list.csv", 25, campaign=C)
+    assert archive_finished_run(no_policy, run_dir) is None

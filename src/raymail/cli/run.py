@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from raymail.cli.output import clean_errors, console, print_json, print_report
 from raymail.status import InDoubtPolicy
+
+if TYPE_CHECKING:
+    from raymail.spec import CampaignSpec
 
 
 def register(app: typer.Typer) -> None:
@@ -53,8 +56,10 @@ def send(
     from raymail.driver.campaign import run_campaign
     from raymail.spec import load_spec
 
-    result = run_campaign(load_spec(spec), run_dir)
+    loaded = load_spec(spec)
+    result = run_campaign(loaded, run_dir)
     print_json(result.as_json()) if json_output else print_report(result)
+    _archive_at_end(loaded, run_dir)
 
 
 @clean_errors
@@ -77,6 +82,29 @@ def resume(
     if result.note:
         console.print(f"raymail: {result.note}")
     print_json(result.as_json()) if json_output else print_report(result)
+    from raymail.run.rundir import RunDir
+
+    _archive_at_end(RunDir(run_dir).spec(), run_dir)
+
+
+def _archive_at_end(spec: CampaignSpec, run_dir: Path) -> None:
+    """``archive: {when_finished: true}``: the complete run goes to the archive now; a
+    failure is a warning (the run itself succeeded; ``raymail archive run`` or the
+    scheduler's next pass tries again)."""
+    from raymail.errors import RaymailError
+    from raymail.tracking.archive import archive_finished_run
+
+    try:
+        done = archive_finished_run(spec, run_dir)
+    except (RaymailError, OSError) as exc:
+        typer.echo(f"raymail: warning: the run is complete, its archive failed: {exc}", err=True)
+        return
+    if done is not None:
+        typer.echo(
+            f"raymail: archived {done.events_files} events files and {done.ledger_files} "
+            f"ledger files of {spec.campaign} (when_finished)",
+            err=True,
+        )
 
 
 @clean_errors

@@ -30,7 +30,7 @@ from raymail._io import fsync_path, write_json_atomic
 from raymail.errors import StorageError, TrackingError
 from raymail.run.ledger import ledger_parts
 from raymail.run.rundir import MANIFEST, OUTCOMES
-from raymail.spec import ArchiveSettings, S3Settings
+from raymail.spec import ArchiveSettings, CampaignSpec, S3Settings
 from raymail.tracking.catalog import ArchivedObject, Catalog, now_iso
 from raymail.tracking.dataset import local_files
 from raymail.tracking.objectstore import ObjectStore, sha256_of
@@ -226,3 +226,19 @@ def archive_settings_of(settings: ArchiveSettings | None, source: str) -> Archiv
     if settings is None:
         raise TrackingError(f"{source}: the spec has no 'archive' section (to: s3://...)")
     return settings
+
+
+def archive_finished_run(
+    spec: CampaignSpec, run_dir: Path, *, root: Path | None = None
+) -> ArchiveResult | None:
+    """At a run's end (``raymail send`` / ``resume``): archive it if its spec says
+    ``when_finished`` and the run is complete; None when there is nothing to do. The
+    scheduler does the same for queued runs, and its passes retry what failed here."""
+    from raymail.tracking.events import events_root
+
+    settings = spec.archive
+    if settings is None or not settings.when_finished or not _run_complete(run_dir):
+        return None
+    return archive_campaign(
+        spec.campaign, settings, root=root or events_root(), run_dir=run_dir, s3=spec.s3
+    )
