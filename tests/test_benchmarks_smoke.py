@@ -142,7 +142,7 @@ def test_shaping_benchmark_small_run(tmp_path: Path) -> None:
     done = subprocess.run(
         [
             sys.executable, str(ROOT / "benchmarks" / "shaping.py"), "--recipients", "600",
-            "--latency-ms", "5", "--json-out", str(out),
+            "--latency-ms", "5", "--postfix-recipients", "300", "--json-out", str(out),
         ],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
@@ -153,6 +153,9 @@ def test_shaping_benchmark_small_run(tmp_path: Path) -> None:
     assert printed["shaped"]["refusals"] > 0  # it started above the receiver's limit
     assert printed["hand_tuned"]["refusals"] == 0
     assert printed["vs_hand_tuned"] > 0 and printed["converge_s"] >= 0
+    postfix = printed["postfix"]  # the same two runs against a real Postfix (root here)
+    assert postfix["failed"] == 0 and postfix["shaped"]["accepted"] == 300
+    assert postfix["shaped"]["refusals"] > 0 and postfix["hand_tuned"]["refusals"] == 0
 
 
 @pytest.mark.slow

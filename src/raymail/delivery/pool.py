@@ -91,6 +91,7 @@ class ConnectionPool:
         self._open = 0
         self._cond = asyncio.Condition()
         self._waiting = 0  # callers blocked in acquire()
+        self._closing: dict[str, int] = {}  # MX -> connections whose QUIT is under way
         self.opened_total = 0
 
     @property
@@ -190,9 +191,19 @@ class ConnectionPool:
         self._discard(oldest)
         return True
 
+    def closing_of(self, key: str) -> int:
+        """Connections to MX ``key`` closed but not yet gone (the receiver still counts them)."""
+        return self._closing.get(key, 0)
+
     def _discard(self, conn: SmtpConnection) -> None:
         self._open -= 1
-        asyncio.get_running_loop().create_task(conn.quit())
+        key = conn.limit_key or conn.host
+        self._closing[key] = self._closing.get(key, 0) + 1
+
+        def gone(_: object) -> None:
+            self._closing[key] -= 1
+
+        asyncio.get_running_loop().create_task(conn.quit()).add_done_callback(gone)
 
     async def release(self, conn: SmtpConnection) -> None:
         """Give a connection back: kept for reuse when healthy and allowed, else closed.

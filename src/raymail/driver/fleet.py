@@ -176,6 +176,7 @@ class Fleet:
                     spec.shaping,
                     spec.concurrency * max(count, spec.delivery_servers),
                     load_limits(Path(spec.routing.table).expanduser()),
+                    ready_timeout_s=60.0,
                 ),
             )
         shaping = spec.shaping.model_copy(update={"state_actor": self._shaping[0]})

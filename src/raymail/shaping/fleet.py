@@ -38,16 +38,26 @@ log = logging.getLogger(__name__)
 
 SYNC_S = 0.25  # a server's lease renewal while it sends
 LEASE_S = 2.0  # a lease not renewed in this time lapses
+FIRST_ANSWER_S = 10.0  # how long a server waits for the actor's first answer (Ray starting)
 _CALL_TIMEOUT_S = 2.0
+# After a slow-down reply moved an MX's limits, the others reported within this time are
+# counted but do not move them again: they come in batches (a sync's worth, from every
+# server) and mostly from connections tried before the cut, so each would cut once more.
+HOLDOFF_S = 0.4
+TURN_S = 2.0  # how long the odd permit stays with one server before the next gets it
 
 
-def fair_shares(total: int, demands: dict[str, int]) -> dict[str, int]:
-    """Split ``total`` permits by demand: nobody gets more than it wants, the rest evenly
-    (one at a time in name order, so ties are stable)."""
+def fair_shares(total: int, demands: dict[str, int], turn: int = 0) -> dict[str, int]:
+    """Split ``total`` permits by demand: nobody gets more than it wants, the rest evenly,
+    one at a time in name order starting at the ``turn``-th name (so the odd one out, or
+    the only one when fewer permits than servers, changes hands as ``turn`` moves on)."""
     shares = dict.fromkeys(demands, 0)
     left = total
+    names = sorted(demands)
+    if names:
+        names = names[turn % len(names) :] + names[: turn % len(names)]
     for _ in range(max(total, 0)):  # bounded: each round hands out at least one
-        hungry = [s for s in sorted(demands) if shares[s] < demands[s]]
+        hungry = [s for s in names if shares[s] < demands[s]]
         if not hungry or left <= 0:
             break
         for server in hungry:
@@ -65,7 +75,8 @@ class _Lease:
     grant: int = 0  # connections granted in the last answer
     open: int = 0  # connections it reported open (in use and idle)
     in_use: int = 0
-    demand: int = 0
+    demand: int = 0  # connections it uses or waits for
+    idle: int = 0  # connections it keeps open unused (reused by its next portion)
     acked: int = 0  # the grant it was working under when it reported
     rate: float | None = None  # its share of the MX's rate in the last answer
     rate_acked: float | None = None
@@ -124,6 +135,7 @@ class ShapingState:
             lease = host.leases.setdefault(server, _Lease())
             lease.open, lease.in_use = int(rep["open"]), int(rep["in_use"])
             lease.demand, lease.acked = int(rep["demand"]), int(rep["acked"])
+            lease.idle = int(rep.get("idle", 0))
             lease.rate_acked, lease.seen = rep.get("rate_acked"), now
             self._learn(host, server, rep, now)
             answer[key] = self._lease(host, server, lease, now, offset)
@@ -133,6 +145,9 @@ class ShapingState:
         state = host.state
         others = sum(le.in_use for s, le in host.leases.items() if s != server)
         for code, text, signal, open_ok in rep.get("replies", []):
+            if state.backoff_at and now - state.backoff_at < HOLDOFF_S:
+                state.throttles += 1  # the same slow-down, reported late or twice
+                continue
             state.on_reply(
                 self.settings, self.rules, code, text, open_ok + others, now, signal=signal
             )
@@ -147,11 +162,18 @@ class ShapingState:
         self, host: _Host, server: str, lease: _Lease, now: float, offset: float
     ) -> dict[str, Any]:
         state = host.state
+        turn = int(now / TURN_S)
         total = 0
         if state.suspended_until <= now:
             total = max(int(state.limit), self.settings.min_connections)
-        demands = {s: le.demand for s, le in host.leases.items()}
-        target = fair_shares(total, demands)[server]
+        # Work first: connections in use or waited for; what is left keeps idle ones open.
+        shares = fair_shares(total, {s: le.demand for s, le in host.leases.items()}, turn)
+        left = total - sum(shares.values())
+        for name in sorted(shares):
+            extra = min(left, host.leases[name].idle)
+            shares[name] += extra
+            left -= extra
+        target = shares[server]
         others = sum(le.held() for s, le in host.leases.items() if s != server)
         lease.grant = max(0, min(target, total - others))
         rate = state.allowed_rate()
@@ -188,6 +210,8 @@ class _Pool(Protocol):
     def idle_of(self, key: str) -> int: ...
 
     def close_idle(self, key: str, count: int) -> None: ...
+
+    def closing_of(self, key: str) -> int: ...
 
 
 @dataclass(slots=True)
@@ -238,7 +262,7 @@ class FleetShaper(LocalShaper):
         fleet's, not this process's own."""
         now = time.monotonic()
         if not self.renewed_at:
-            return not self._started_at or now - self._started_at < LEASE_S
+            return not self._started_at or now - self._started_at < FIRST_ANSWER_S
         return now - self.renewed_at < LEASE_S
 
     def _lease(self, key: str) -> _Local:
@@ -263,15 +287,15 @@ class FleetShaper(LocalShaper):
     async def acquire(self, key: str) -> None:
         self._start()
         lease = self._lease(key)
-        if self.in_use.get(key, 0) >= self._allowed(key):
-            lease.waiting += 1
-            self._kick.set()  # ask for a share now, not at the next renewal
-            try:
-                await super().acquire(key)
-            finally:
-                lease.waiting -= 1
-        else:
+        # Counted as waiting all along (its demand), even if a permit looks free now: the
+        # grant may fall before it gets the lock, and a wait nobody reports is never granted.
+        lease.waiting += 1
+        try:
+            if self.in_use.get(key, 0) >= self._allowed(key):
+                self._kick.set()  # ask for a share now, not at the next renewal
             await super().acquire(key)
+        finally:
+            lease.waiting -= 1
 
     async def pace(self, key: str) -> None:
         self._lease(key).sent += 1
@@ -345,11 +369,13 @@ class FleetShaper(LocalShaper):
         for key, lease in self.leases.items():
             in_use = self.in_use.get(key, 0)
             idle = self.pool.idle_of(key) if self.pool is not None else 0
+            closing = self.pool.closing_of(key) if self.pool is not None else 0
             state = self.state(key)
             report[key] = {
-                "open": in_use + idle,
+                "open": in_use + idle + closing,  # the receiver counts closing ones too
                 "in_use": in_use,
-                "demand": in_use + max(lease.waiting, idle),
+                "demand": in_use + lease.waiting,
+                "idle": idle,
                 "acked": lease.grant if self.shared else in_use + idle,
                 "rate_acked": lease.rate if self.shared else None,
                 "successes": lease.successes,
@@ -412,12 +438,24 @@ class FleetShaper(LocalShaper):
 
 
 def start_state_actor(
-    name: str, settings: ShapingSettings, start_connections: int, learned: dict[str, Any]
+    name: str,
+    settings: ShapingSettings,
+    start_connections: int,
+    learned: dict[str, Any],
+    ready_timeout_s: float = 0.0,
 ) -> Any:
-    """The run's shared shaping state (named, so servers and their restarts find it)."""
-    return ShapingStateActor.options(name=name, get_if_exists=True).remote(
+    """The run's shared shaping state (named, so servers and their restarts find it).
+    With ``ready_timeout_s``, wait until it answers (servers starting before it would run
+    on their own limits meanwhile); a slow start is logged, never fatal."""
+    actor: Any = ShapingStateActor.options(name=name, get_if_exists=True).remote(
         settings, start_connections, learned
     )
+    if ready_timeout_s > 0:
+        try:
+            ray.get(actor.states.remote(), timeout=ready_timeout_s)
+        except Exception as exc:  # servers fall back to their own state until it answers
+            log.warning("shaping state actor %s not ready: %s", name, exc)
+    return actor
 
 
 def shaper_for(
