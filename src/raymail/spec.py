@@ -188,11 +188,21 @@ class OnFailure(StrictModel):
         description="Only temporary failures until retry.max_age: try the next alternate, "
         "or give up.",
     )
-    blocked: HopChoice = Field(
+    blocked: Literal["give_up", "alternate", "other_server"] = Field(
         "give_up",
         description="A 5xx that refuses the sender rather than the address (policy, "
-        "reputation, spam): give up, or try the next alternate (often at another domain "
-        "that may not block the sender).",
+        "reputation, spam): give up, try the next alternate (often at another domain "
+        "that may not block the sender), or retry the same address later through another "
+        "delivery server of the run (another source address), giving up once every "
+        "server has been refused.",
+    )
+    blocked_delay_s: float | None = Field(
+        None,
+        ge=0.0,
+        le=3600.0,
+        description="blocked: other_server waits this long before the retry through "
+        "another server; absent: the retry policy's delay after the failed attempt "
+        "(retry.schedule's step, else the backoff).",
     )
     in_doubt: Literal["resend", "skip", "alternate"] | None = Field(
         None,

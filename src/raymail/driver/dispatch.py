@@ -25,6 +25,9 @@ class Work:
     task: PortionTask
     rows: pa.Table  # the portion's rows (a zero-copy slice of the planned list)
     internal_failures: int = 0
+    # Delivery servers (source address, else name) that refused these rows as blocked:
+    # such work is handed only to another server (driver/reroute.py), never via the router.
+    avoid: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

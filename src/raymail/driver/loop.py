@@ -27,6 +27,7 @@ from raymail.driver.portions import PortionStream
 from raymail.driver.progress import ProgressReporter, Tally
 from raymail.driver.pull import PullStrategy
 from raymail.driver.push import PushStrategy
+from raymail.driver.reroute import Reroutes, server_key
 from raymail.driver.settle import (
     Retry,
     failed_outcomes,
@@ -106,6 +107,7 @@ class DispatchLoop:
         self.each_round = each_round  # e.g. sizing to a target time once warm
         self._resend_doubt = spec.resends_in_doubt
         self.alternates = Alternates(spec)
+        self.reroutes = Reroutes(spec)  # on_failure.blocked: other_server
         self._next_hop_id = HOP_PORTIONS
         self._starved = False  # the router once handed out nothing with nothing in flight
 
@@ -116,7 +118,7 @@ class DispatchLoop:
         )
         state = self.state
         try:
-            while state.ready or state.delayed or strategy.held() or state.more:
+            while self.has_work() or state.delayed or strategy.held() or state.more:
                 if self._only_later_retries(strategy):
                     break
                 self.refill()
@@ -125,6 +127,8 @@ class DispatchLoop:
                 state.peak_inflight = max(state.peak_inflight, strategy.held())
                 self.fleet.watch()
                 strategy.check()
+                if self.reroutes.pinned:
+                    self.reroutes.strand(self._server_keys(), state.tally)
                 self.router.tick(state.ready)
                 if self.ledger.due():
                     self.ledger.flush()
@@ -137,6 +141,14 @@ class DispatchLoop:
             strategy.close()
 
     # -- the queue -----------------------------------------------------------------------
+
+    def has_work(self) -> bool:
+        """Portions ready to hand out: the queue's, and blocked ones due for another server."""
+        return bool(self.state.ready) or bool(self.reroutes.pinned)
+
+    def _server_keys(self) -> set[str]:
+        """The healthy servers, as blocked recipients name them (driver/reroute.py)."""
+        return {server_key(s) for s in self.fleet.servers if s.healthy}
 
     def refill(self) -> None:
         """Back-pressure: read the next batch of the list only when the queue runs low.
@@ -167,7 +179,10 @@ class DispatchLoop:
         delayed = self.state.delayed
         while delayed and delayed[0][0] <= now:
             _, _, work = heapq.heappop(delayed)
-            self.state.ready.push(work)
+            if work.avoid:  # blocked by some server: only another one may take it
+                self.reroutes.pinned.append(work)
+            else:
+                self.state.ready.push(work)
 
     def _only_later_retries(self, strategy: Strategy) -> bool:
         """Deferral queue: when all that is left are retries due later than ``retry.linger``,
@@ -175,8 +190,10 @@ class DispatchLoop:
         Records the next due time in ``state.waiting_until``."""
         state = self.state
         retry = self.spec.retry
-        if not retry.deferral_queue or state.ready or strategy.held() or state.more:
+        if not retry.deferral_queue or self.has_work() or strategy.held() or state.more:
             return False
+        if any(work.avoid for _, _, work in state.delayed):
+            return False  # a resume would not retry blocked rows on another server: wait
         due = self.next_due_s()
         if due is None or due <= retry.linger_s:
             return False
@@ -195,7 +212,9 @@ class DispatchLoop:
         on to its end. The works returned are counted as handed to ``server``."""
         queue = self.state.ready
         view = self.fleet.view(server)
-        works = self.router.take(view, queue, limit)
+        works = self.reroutes.take(server, limit)  # never the router's: it may pick anyone
+        if len(works) < limit:
+            works += self.router.take(view, queue, limit - len(works))
         if not works and idle and queue:
             if not self._starved:
                 self._starved = True
@@ -233,6 +252,7 @@ class DispatchLoop:
         )
         self._requeue(work, retry)
         self._hop(work, outcomes)
+        self._reroute(server, work, outcomes)
         self.fleet.returned(server, outcomes, work.task.domain)
         self.router.observe(server.name, outcomes, observations)
 
@@ -268,6 +288,23 @@ class DispatchLoop:
         """Settled failures the spec sends on go to their next alternate, at once."""
         new_id = self.state.ready.new_id or self._hop_ids
         self.queue_hops(self.alternates.next_hops(work, outcomes, self.state.tally, new_id))
+
+    def _reroute(self, server: Server, work: Work, outcomes: pa.Table) -> None:
+        """Rows ``server`` refused as blocked go again later, through another server."""
+        new_id = self.state.ready.new_id or self._hop_ids
+        keys = self._server_keys()
+        again = self.reroutes.blocked(server, work, outcomes, self.state.tally, keys, new_id)
+        if again is not None:
+            item, delay_s = again
+            log.info(
+                "%d blocked recipient(s) of portion %d retried in %.1f s avoiding %s",
+                item.task.size,
+                work.task.portion,
+                delay_s,
+                ", ".join(sorted(item.avoid)),
+            )
+            due = time.monotonic() + delay_s
+            heapq.heappush(self.state.delayed, (due, item.task.portion, item))
 
     def queue_hops(self, hops: list[Work]) -> None:
         """Queue hop portions; an alternate on the suppression list gets a ledger row of

@@ -93,7 +93,7 @@ class PullStrategy:
         by_name = {s.name: s for s in loop.fleet.servers}
         for name, wanted in poll.wanted.items():
             server = by_name.get(name)
-            if server is None or not server.healthy or not loop.state.ready:
+            if server is None or not server.healthy or not loop.has_work():
                 continue
             free = min(wanted, loop.fleet.capacity - server.inflight)
             if free <= 0:

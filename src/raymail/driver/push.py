@@ -52,12 +52,12 @@ class PushStrategy:
     def _submit(self) -> None:
         """Let the router fill each healthy server's free capacity (most free first)."""
         loop = self.loop
-        if not loop.state.ready:
+        if not loop.has_work():
             return
         fleet = loop.fleet
         for server in sorted(fleet.healthy(), key=lambda s: s.inflight):
             free = fleet.capacity - server.inflight
-            if free <= 0 or not loop.state.ready or fleet.paused(server):
+            if free <= 0 or not loop.has_work() or fleet.paused(server):
                 continue
             for work in loop.take(server, free, idle=not self.inflight):
                 # Rows enter the object store only when handed out: its use stays

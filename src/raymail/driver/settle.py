@@ -216,7 +216,7 @@ def next_attempt(work: Work, rows: pa.Array, first_at: pa.Array | None = None) -
         else:
             again = again.append_column(FIRST_ATTEMPT, values)
     task = PortionTask(work.task.portion, work.task.domain, work.task.attempt + 1, again.num_rows)
-    return Work(task, again, work.internal_failures)
+    return Work(task, again, work.internal_failures, work.avoid)
 
 
 def _firsts(table: pa.Table, rows: pa.Array) -> pa.Array | None:
