@@ -14,8 +14,11 @@ from typing import Any
 
 import polars as pl
 import pytest
+from typer.testing import CliRunner
 
 from conftest import make_spec, write_csv
+from raymail.cli import app
+from raymail.cli.commands import register
 from raymail.driver.campaign import run_campaign
 from raymail.errors import SpecError
 from raymail.run.ledger import read_outcomes
@@ -99,3 +102,27 @@ def test_blocked_by_every_server_gives_up(tmp_path: Path) -> None:
     assert all(s.to_list() == [A, B] for s in tries["source_address"])
     assert set(ledger["status"].to_list()) == {"failed"}
     assert report.failed == n and report.accepted == 0
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_status_prints_the_alternates_line(tmp_path: Path) -> None:
+    # u0-u3 hard-bounce at home and go to their first alternate; v1 bounces too, so u1 goes
+    # on to its second; the others are accepted at home.
+    people = [f"u{i}@x.test,N{i},v{i}@y.test;w{i}@z.test" for i in range(8)]
+    csv = write_csv(tmp_path / "list.csv", "email,name,alternates", people)
+    bounce = dict.fromkeys([*(f"u{i}@x.test" for i in range(4)), "v1@y.test"], "permfail")
+    config = SinkConfig.model_validate({"addresses": bounce})
+    run_dir = tmp_path / "run"
+    with run_sink(config) as sink:
+        report = run_campaign(_spec(csv, sink.port), run_dir, live_progress=False)
+    assert report.alternates == {"1": 4, "2": 1} and report.accepted_at_alternate == 4
+    register(app)
+    shown = CliRunner().invoke(app, ["status", str(run_dir)])
+    assert shown.exit_code == 0, shown.output
+    line = "alternates: moved to alternate 1: 4, alternate 2: 1; accepted at an alternate: 4"
+    assert line in shown.output, shown.output
+    plain = write_csv(tmp_path / "plain.csv", "email,name", ["p@x.test,P"])
+    with run_sink() as sink:
+        run_campaign(_spec(plain, sink.port), tmp_path / "plain", live_progress=False)
+    quiet = CliRunner().invoke(app, ["status", str(tmp_path / "plain")])
+    assert quiet.exit_code == 0 and "alternates" not in quiet.output, quiet.output

@@ -41,6 +41,17 @@ def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
+def alternates_line(report: RunReport) -> str | None:
+    """'alternates: moved to alternate 1: N, ...; accepted at an alternate: K' when the
+    run moved anyone on (spec on_failure), else None."""
+    if not report.alternates:
+        return None
+    hops = sorted(report.alternates.items(), key=lambda kv: int(kv[0]))
+    moved = ", ".join(f"alternate {hop}: {n}" for hop, n in hops)
+    accepted = report.accepted_at_alternate
+    return f"alternates: moved to {moved}; accepted at an alternate: {accepted}"
+
+
 def print_report(report: RunReport) -> None:
     """A readable summary table, then the busiest domains."""
     summary = Table(title=f"campaign {report.campaign} ({report.status})")
@@ -70,6 +81,9 @@ def print_report(report: RunReport) -> None:
             highlight=False,
             soft_wrap=True,
         )
+    line = alternates_line(report)
+    if line is not None:
+        console.print(line, highlight=False, soft_wrap=True)
     if report.domains:
         table = Table(title="by domain (largest 15)")
         for col in ("domain", "accepted", "deferred", "failed"):

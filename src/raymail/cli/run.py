@@ -7,7 +7,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from raymail.cli.output import clean_errors, console, print_json, print_report
+from raymail.cli.output import (
+    alternates_line,
+    clean_errors,
+    console,
+    print_json,
+    print_report,
+)
 from raymail.status import InDoubtPolicy
 
 if TYPE_CHECKING:
@@ -143,6 +149,9 @@ def status(
             soft_wrap=True,
             highlight=False,
         )
+    line = alternates_line(result)
+    if line is not None:
+        console.print(f"  {line}", soft_wrap=True, highlight=False)
     from raymail.driver.progress import backoff_text
 
     for entry in result.backoff:
