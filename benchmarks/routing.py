@@ -97,7 +97,12 @@ def campaign_spec(
             "portion_size": args.portion_size,
             "verp_secret": "bench",
             "checkpoint_interval_s": 2.0,
-            "retry": {"max_attempts": 4, "initial_backoff_s": 0.2, "max_backoff_s": 1.0},
+            "retry": {
+                "schedule": [],
+                "max_attempts": 4,
+                "initial_backoff_s": 0.2,
+                "max_backoff_s": 1.0,
+            },
             "routing": routing,
         },
         "routing-bench",

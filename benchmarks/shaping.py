@@ -55,7 +55,12 @@ def _spec(csv: Path, port: int, servers: int, connections: int, shaping: bool) -
             "concurrency": connections,
             "portion_size": 50,
             "verp_secret": "bench-secret",
-            "retry": {"max_attempts": 4, "initial_backoff_s": 0.2, "max_backoff_s": 1.0},
+            "retry": {
+                "schedule": [],
+                "max_attempts": 4,
+                "initial_backoff_s": 0.2,
+                "max_backoff_s": 1.0,
+            },
             "routing": {"policy": "round_robin", "probe": False},
             "shaping": {"enabled": shaping},
         },

@@ -311,7 +311,10 @@ def make_spec(
         verp_secret="bench-secret",
         smtp=SmtpSettings(helo_name=HELO, starttls="never", pipelining=True),
         retry=RetrySettings(
-            max_attempts=max_attempts, initial_backoff_s=0.5, max_backoff_s=max_backoff_s
+            schedule=[],
+            max_attempts=max_attempts,
+            initial_backoff_s=0.5,
+            max_backoff_s=max_backoff_s,
         ),
     )  # type: ignore[call-arg]
 

@@ -152,7 +152,12 @@ def main(sink_port: int, capture: Path, work: Path) -> dict[str, Any]:
                 "delivery_servers": SERVERS,
                 "concurrency": 4,
                 "checkpoint_interval_s": 0.5,
-                "retry": {"max_attempts": 4, "initial_backoff_s": 0.2, "max_backoff_s": 1.0},
+                "retry": {
+                    "schedule": [],
+                    "max_attempts": 4,
+                    "initial_backoff_s": 0.2,
+                    "max_backoff_s": 1.0,
+                },
             }
         )
         driver = CampaignDriver(spec, RunDir(work / "run"), live_progress=False)

@@ -94,7 +94,9 @@ def test_tempfail_then_success_on_retry(tmp_path: Path) -> None:
     csv = _recipients(tmp_path / "list.csv", 200, ("flaky.test",))
     config = SinkConfig(seed=3, domains={"flaky.test": {"tempfail_rate": 0.5}})
     with run_sink(config, capture_dir=tmp_path / "cap") as sink:
-        spec = make_spec(csv, sink.port, retry={"max_attempts": 6, "initial_backoff_s": 0.1})
+        spec = make_spec(
+            csv, sink.port, retry={"schedule": [], "max_attempts": 6, "initial_backoff_s": 0.1}
+        )
         report = run_campaign(spec, tmp_path / "run", live_progress=False)
     final = _every_row_accounted(tmp_path / "run", 200)
     assert report.accepted >= 190

@@ -51,7 +51,12 @@ def test_schedule_delays_and_validation() -> None:
     retry = RetrySettings(schedule=["1s", "2s", "5m"], max_age="3d")
     assert [retry.delay(n) for n in (1, 2, 3, 4, 9)] == [1.0, 2.0, 300.0, 300.0, 300.0]
     assert retry.max_age_s == 3 * 86400 and not retry.gives_up(50)
-    assert RetrySettings().delay(2) == 4.0 and RetrySettings().gives_up(4)  # no schedule
+    default = RetrySettings()  # the deferral queue by default: 2m, 10m, 30m, 1h, then 2h
+    assert [default.delay(n) for n in range(1, 8)] == [120, 600, 1800, 3600, 7200, 7200, 7200]
+    assert default.deferral_queue and not default.gives_up(999) and default.max_age_s == 259200
+    in_run = RetrySettings(schedule=[])  # the documented way back to in-run retries only
+    assert not in_run.deferral_queue and in_run.delay(2) == 4.0 and in_run.gives_up(4)
+    assert not in_run.gives_up(3)
     with pytest.raises(SpecError, match=r"retry.*schedule.*1.*not a duration"):
         make_spec(Path("r.csv"), 25, retry={"schedule": ["1s", "soon"]})
     with pytest.raises(SpecError, match=r"max_age.*not a duration"):
@@ -128,6 +133,31 @@ def test_waiting_stage_and_resume(tmp_path: Path) -> None:
     outcomes = read_outcomes(run_dir)
     fine_tries = outcomes.filter(pl.col("email").is_in(FINE)).height
     assert fine_tries == len(FINE)  # the accepted were never tried again
+
+
+def test_default_schedule_waits_instead_of_settling_deferred(tmp_path: Path) -> None:
+    """With the default retry.schedule a recipient given a 4xx is not dropped as deferred
+    after a few quick tries: the run ends waiting, the next try due the schedule's 2 minutes
+    after the first (linger lowered so the test does not wait those 2 minutes in-run)."""
+    recipients = write_csv(tmp_path / "r.csv", "email,name", [f"{e},N" for e in EVERYONE])
+    capture = tmp_path / "cap"
+    with run_sink(_sink_config(), capture_dir=capture) as sink:
+        spec = make_spec(recipients, sink.port, retry={"linger": "1m"})
+        assert spec.retry.schedule == ["2m", "10m", "30m", "1h", "2h"]
+        started = time.time()
+        report = run_campaign(spec, tmp_path / "run")
+        ended = time.time()
+        assert resume_campaign(tmp_path / "run").resumes == 0  # not due: nothing sent
+    assert report.status == "waiting" and report.waiting == len(LATER) + len(NEVER)
+    assert report.accepted == len(FINE) and report.expired == 0
+    assert report.next_due_at is not None
+    due = datetime.fromisoformat(report.next_due_at).timestamp()
+    assert started + 120 <= due <= ended + 120  # 2m after a deferral, not the old seconds
+    outcomes = read_outcomes(tmp_path / "run")
+    late = outcomes.filter(pl.col("email").is_in(LATER + NEVER))
+    assert late.height == len(LATER + NEVER)  # one try each so far, not max_attempts
+    assert set(late["status"].to_list()) == {"deferred"}
+    assert set(_delivered(capture)["rcpt_to"].to_list()) == set(FINE)
 
 
 @pytest.mark.slow

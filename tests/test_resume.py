@@ -240,7 +240,12 @@ def test_failing_server_stops_getting_work(tmp_path: Path, dispatch: str) -> Non
             source_addresses=["127.0.0.2", "127.0.0.3"],
             portion_size=20,
             dispatch=dispatch,
-            retry={"max_attempts": 6, "initial_backoff_s": 0.1, "max_backoff_s": 0.5},
+            retry={
+                "schedule": [],
+                "max_attempts": 6,
+                "initial_backoff_s": 0.1,
+                "max_backoff_s": 0.5,
+            },
         )
         report = run_campaign(spec, tmp_path / "run", live_progress=False)
     assert report.accepted == n

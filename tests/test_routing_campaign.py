@@ -48,7 +48,7 @@ def _spec(
         concurrency=4,
         dispatch=dispatch,
         routing={"probe_interval_s": 1.0, **routing},
-        retry={"max_attempts": 4, "initial_backoff_s": 0.1, "max_backoff_s": 0.3},
+        retry={"schedule": [], "max_attempts": 4, "initial_backoff_s": 0.1, "max_backoff_s": 0.3},
     )
 
 

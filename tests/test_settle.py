@@ -27,7 +27,9 @@ from raymail.driver.settle import (
 from raymail.spec import RetrySettings, parse_spec
 from raymail.status import ACCEPTED, DEFERRED, FAILED, IN_DOUBT
 
-RETRY = RetrySettings(max_attempts=3, initial_backoff_s=2.0, multiplier=3.0, max_backoff_s=10.0)
+RETRY = RetrySettings(  # in-run retries (schedule: []); the deferral queue is tested below
+    schedule=[], max_attempts=3, initial_backoff_s=2.0, multiplier=3.0, max_backoff_s=10.0
+)
 SPEC: dict[str, Any] = {
     "campaign": "c",
     "sender": "news@sender.test",

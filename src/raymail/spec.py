@@ -16,7 +16,7 @@ import os
 import re
 import secrets
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Final, Literal, get_args
 
 from pydantic import (
     Field,
@@ -79,31 +79,39 @@ def exponential_backoff(attempt: int, initial_s: float, multiplier: float, max_s
     return min(initial_s * multiplier ** (attempt - 1), max_s)
 
 
+# The deferral queue's default waits after each temporary failure (the last one repeating):
+# the shape of an MTA's queue (issue 13: "2 m, 10 m, 30 m, 1 h, then every 2 h").
+DEFAULT_SCHEDULE: Final = ("2m", "10m", "30m", "1h", "2h")
+
+
 class RetrySettings(StrictModel):
     """What to do with deferred (4xx, dropped connection) recipients.
 
-    Without ``schedule`` a run retries within itself (``max_attempts``, exponential backoff)
-    and settles what is still deferred as ``deferred``. With ``schedule`` it behaves like an
-    MTA's deferral queue: the n-th temporary failure waits the n-th delay (the last one
-    repeats), with no attempt limit but ``max_age`` since the recipient's first attempt, after
-    which the recipient is ``expired``. A run whose only work left is retries due later than
-    ``linger`` ends its process in the ``waiting`` stage; ``raymail resume`` (or the queue
-    scheduler) continues it when they are due.
+    By default a run behaves like an MTA's deferral queue (issue 13): the n-th temporary
+    failure waits the n-th delay of ``schedule`` (2m, 10m, 30m, 1h, then every 2h), with no
+    attempt limit but ``max_age`` (3 days) since the recipient's first attempt, after which
+    the recipient is ``expired``. A retry due within ``linger`` is waited for in the run's
+    process; a run whose only work left is retries due later ends its process in the
+    ``waiting`` stage, and ``raymail resume`` (or the queue scheduler) continues it when they
+    are due. ``schedule: []`` restores in-run retries only: ``max_attempts`` attempts with
+    exponential backoff, then what is still deferred settles as ``deferred``.
     """
 
     max_attempts: int = Field(
         4,
         ge=1,
         le=999,
-        description="Attempts per recipient (per address) within one run (without a schedule).",
+        description="Attempts per recipient (per address) within one run (only with "
+        "schedule: [], the in-run retries).",
     )
     initial_backoff_s: float = Field(2.0, ge=0, description="Wait before the first retry.")
     max_backoff_s: float = Field(60.0, ge=0, description="Upper bound of the backoff.")
     multiplier: float = Field(2.0, ge=1, description="Backoff growth per attempt.")
     schedule: list[str] = Field(
-        default_factory=list,
+        default_factory=lambda: list(DEFAULT_SCHEDULE),
         description="Deferral queue: the wait after each temporary failure, in order, the "
-        "last repeating (e.g. [5m, 10m, 30m, 1h, 2h, 4h]); empty: retry within the run only.",
+        "last repeating (default [2m, 10m, 30m, 1h, 2h]); [] retries within the run only "
+        "(max_attempts, exponential backoff, then deferred).",
     )
     max_age: str = Field(
         "3d",
