@@ -105,6 +105,32 @@ def test_blocked_by_every_server_gives_up(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("ray_session")
+def test_blocked_by_every_server_then_the_alternate_in_pull_mode(tmp_path: Path) -> None:
+    n = 20
+    people = [f"u{i}@x.test,N{i},v{i}@y.test" for i in range(n)]
+    csv = write_csv(tmp_path / "list.csv", "email,name,alternates", people)
+    rule = {"permfail_rate": 1.0, "permfail_reply": POLICY_REPLY}
+    config = SinkConfig.model_validate(  # both servers refused at x.test only
+        {"topology": {A: {"x.test": rule}, B: {"x.test": rule}}}
+    )
+    capture = tmp_path / "cap"
+    with run_sink(config, capture_dir=capture) as sink:
+        spec = _spec(csv, sink.port, blocked="other_server_then_alternate")
+        spec = spec.model_copy(update={"dispatch": "pull"})
+        report = run_campaign(spec, tmp_path / "run", live_progress=False)
+    got = read_capture(capture)
+    assert sorted(got["rcpt_to"].to_list()) == sorted(f"v{i}@y.test" for i in range(n))
+    ledger = read_outcomes(tmp_path / "run")
+    for row in range(1, n + 1):  # A and B refused the own address, then the alternate took it
+        mine = ledger.filter(pl.col("row") == row).sort("attempt")
+        assert mine["status"].to_list() == ["failed", "failed", "accepted"], row
+        assert sorted(mine["source_address"].to_list()[:2]) == [A, B]
+        assert mine["hop"].to_list() == [0, 0, 1]
+        assert mine["alternate_of"].to_list()[2] == f"u{row - 1}@x.test"
+    assert report.accepted == n and report.accepted_at_alternate == n and report.failed == 0
+
+
+@pytest.mark.usefixtures("ray_session")
 def test_status_prints_the_alternates_line(tmp_path: Path) -> None:
     # u0-u3 hard-bounce at home and go to their first alternate; v1 bounces too, so u1 goes
     # on to its second; the others are accepted at home.

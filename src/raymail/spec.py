@@ -196,13 +196,14 @@ class OnFailure(StrictModel):
         description="Only temporary failures until retry.max_age: try the next alternate, "
         "or give up.",
     )
-    blocked: Literal["give_up", "alternate", "other_server"] = Field(
+    blocked: Literal["give_up", "alternate", "other_server", "other_server_then_alternate"] = Field(
         "give_up",
         description="A 5xx that refuses the sender rather than the address (policy, "
         "reputation, spam): give up, try the next alternate (often at another domain "
-        "that may not block the sender), or retry the same address later through another "
-        "delivery server of the run (another source address), giving up once every "
-        "server has been refused.",
+        "that may not block the sender), or retry the same address later through "
+        "another delivery server of the run (another source address), then, once "
+        "every server has been refused, give up (other_server) or try the next "
+        "alternate (other_server_then_alternate).",
     )
     blocked_delay_s: float | None = Field(
         None,

@@ -76,7 +76,7 @@ def hop_kinds(spec: CampaignSpec) -> frozenset[str]:
     kinds = {
         HARD_BOUNCE: policy.hard_bounce == "alternate",
         EXPIRED_KIND: policy.expired == "alternate",
-        BLOCKED: policy.blocked == "alternate",
+        BLOCKED: policy.blocked in ("alternate", "other_server_then_alternate"),
         IN_DOUBT_KIND: policy.in_doubt == "alternate",
     }
     return frozenset(k for k, on in kinds.items() if on)

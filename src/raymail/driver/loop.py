@@ -18,6 +18,7 @@ from typing import Protocol
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from raymail.delivery.server import PortionResult
 from raymail.driver.alternates import Alternates
@@ -251,8 +252,7 @@ class DispatchLoop:
             sent=work.rows,
         )
         self._requeue(work, retry)
-        self._hop(work, outcomes)
-        self._reroute(server, work, outcomes)
+        self._hop(work, self._reroute(server, work, outcomes))
         self.fleet.returned(server, outcomes, work.task.domain)
         self.router.observe(server.name, outcomes, observations)
 
@@ -289,22 +289,27 @@ class DispatchLoop:
         new_id = self.state.ready.new_id or self._hop_ids
         self.queue_hops(self.alternates.next_hops(work, outcomes, self.state.tally, new_id))
 
-    def _reroute(self, server: Server, work: Work, outcomes: pa.Table) -> None:
-        """Rows ``server`` refused as blocked go again later, through another server."""
+    def _reroute(self, server: Server, work: Work, outcomes: pa.Table) -> pa.Table:
+        """Rows ``server`` refused as blocked go again later, through another server;
+        returns the outcomes of the rest (for the alternates' turn)."""
         new_id = self.state.ready.new_id or self._hop_ids
         keys = self._server_keys()
         again = self.reroutes.blocked(server, work, outcomes, self.state.tally, keys, new_id)
-        if again is not None:
-            item, delay_s = again
-            log.info(
-                "%d blocked recipient(s) of portion %d retried in %.1f s avoiding %s",
-                item.task.size,
-                work.task.portion,
-                delay_s,
-                ", ".join(sorted(item.avoid)),
-            )
-            due = time.monotonic() + delay_s
-            heapq.heappush(self.state.delayed, (due, item.task.portion, item))
+        if again is None:
+            return outcomes
+        item, delay_s = again
+        log.info(
+            "%d blocked recipient(s) of portion %d retried in %.1f s avoiding %s",
+            item.task.size,
+            work.task.portion,
+            delay_s,
+            ", ".join(sorted(item.avoid)),
+        )
+        due = time.monotonic() + delay_s
+        heapq.heappush(self.state.delayed, (due, item.task.portion, item))
+        kind = outcomes.schema.field("row").type
+        retried = pa.array(item.rows.column("row").to_pylist(), kind)
+        return outcomes.filter(pc.invert(pc.is_in(outcomes.column("row"), value_set=retried)))
 
     def queue_hops(self, hops: list[Work]) -> None:
         """Queue hop portions; an alternate on the suppression list gets a ledger row of

@@ -10,10 +10,12 @@ that refused them (:attr:`Work.avoid`). Such work never goes through the router 
 routing policy may well pick the blocked server again): the loop hands it only to a
 healthy server not in ``avoid``. Once every healthy server of the run has refused it, the
 recipient stays failed (its ledger row, with ``server`` and ``source_address``, says
-which server was blocked last).
+which server was blocked last) or, with ``other_server_then_alternate``, moves on to its
+next alternate like any blocked recipient under ``blocked: alternate``.
 
 A blocked recipient was refused, not accepted, so the retry can never make a second
-copy. A killed run's pending retries are not resumed: those recipients stay failed.
+copy. A killed run's pending retries are not resumed: those recipients stay failed (with
+``other_server_then_alternate``, the resume sends them to their next alternate).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from raymail.status import FAILED
 
 log = logging.getLogger(__name__)
 OTHER_SERVER: Final = "other_server"
+THEN_ALTERNATE: Final = "other_server_then_alternate"
 
 
 def server_key(server: Server) -> str:
@@ -47,7 +50,7 @@ class Reroutes:
     """Which blocked rows go to another server, and the work waiting for one."""
 
     def __init__(self, spec: CampaignSpec) -> None:
-        self.enabled = spec.on_failure.blocked == OTHER_SERVER
+        self.enabled = spec.on_failure.blocked in (OTHER_SERVER, THEN_ALTERNATE)
         self.delay_s = spec.on_failure.blocked_delay_s
         self.retry = spec.retry
         self.pinned: list[Work] = []  # due, waiting for a server not in its avoid set
@@ -64,8 +67,8 @@ class Reroutes:
         new_id: Callable[[], int],
     ) -> tuple[Work, float] | None:
         """(the retry of ``outcomes``' blocked rows, its delay in seconds), or None when
-        none was blocked or every server in ``servers`` has refused them. ``tally`` counts
-        the retried rows as retrying instead of failed."""
+        none was blocked or every server in ``servers`` has refused them (they stay for
+        the alternates' turn). ``tally`` counts the retried rows as retrying, not failed."""
         if not self.enabled or not outcomes.num_rows:
             return None
         failed = outcomes.filter(pc.equal(outcomes.column("status"), FAILED))
