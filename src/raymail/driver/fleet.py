@@ -9,6 +9,10 @@ Liveness is judged on the driver's own monotonic clock: each server reports how 
 seconds ago (on *its* monotonic clock) it last made progress, and the driver subtracts
 that from the moment the reply arrived. No wall clocks are compared across machines, so
 clock skew between nodes can neither stall nor wrongly reclaim a server.
+
+One module of about 400 lines because it is one object's rules: every judgement about a
+server's health (start, attach, heartbeat, judge, restart, replace) reads and changes the
+same ``Server`` records, and split apart they would pass that state around.
 """
 
 from __future__ import annotations
