@@ -30,7 +30,6 @@ Idempotent and crash-safe, by the parts it calls:
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import threading
@@ -42,6 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
+from raymail._io import flocked
 from raymail.errors import QueueError, RaymailError
 from raymail.queue.store import DONE, CampaignQueue, Entry
 from raymail.spec import CampaignSpec, load_spec, raymail_home
@@ -164,16 +164,8 @@ class Aftercare:
     def _campaign_lock(self, campaign: str) -> Iterator[bool]:
         folder = (self.home or raymail_home()) / "aftercare"
         folder.mkdir(parents=True, exist_ok=True)
-        with (folder / f"archive-{campaign}.lock").open("a") as lock:
-            try:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+        with flocked(folder / f"archive-{campaign}.lock", wait=False) as held:
+            yield held
 
     # -- follow-ups --------------------------------------------------------------------------
 

@@ -24,6 +24,15 @@ _BUILTIN = Path(__file__).with_name("rules.yaml")
 Action = Literal["fewer_connections", "lower_rate", "suspend"]
 
 
+def _regex(value: str) -> str:
+    """A spec field that must be a regular expression: checked at load, named if bad."""
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a regular expression: {exc}") from None
+    return value
+
+
 class ShapingRule(StrictModel):
     """One reply pattern and its action."""
 
@@ -50,11 +59,7 @@ class ShapingRule(StrictModel):
     @field_validator("text")
     @classmethod
     def _compiles(cls, value: str) -> str:
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"not a regular expression: {exc}") from None
-        return value
+        return _regex(value)
 
     def matches(self, code: int, text: str) -> bool:
         if self.codes and code not in self.codes:
@@ -85,11 +90,7 @@ class HostLimits(StrictModel):
     @field_validator("mx")
     @classmethod
     def _compiles(cls, value: str) -> str:
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"not a regular expression: {exc}") from None
-        return value
+        return _regex(value)
 
 
 class ShapingSettings(StrictModel):
