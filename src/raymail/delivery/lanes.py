@@ -38,6 +38,7 @@ from raymail.status import DEFERRED, FAILED, IN_DOUBT
 
 _MAX_RECONNECTS = 3
 _MAX_REFUSALS = 20  # refused connections a shaped portion waits out before deferring
+_SLOW_BASELINE = 4  # transactions on a connection before a slow reply counts as a tarpit
 
 
 @dataclass(slots=True)
@@ -314,7 +315,12 @@ class LaneSending(OutcomeRecording):
             conn.errors_in_row = conn.errors_in_row + 1 if worst == 5 else 0
         usual = conn.usual_s
         conn.usual_s = tx.seconds if usual == 0.0 else 0.9 * usual + 0.1 * tx.seconds
-        slow = usual > 0.0 and tx.seconds > settings.slow_factor * max(usual, 0.05)
+        # Judged only against a baseline of a few transactions: one quick first reply (a
+        # receiver's delay varies, and a pipelined sink answers in batches) made every
+        # later ordinary one look like a tarpit and cut the whole MX's connections.
+        slow = conn.transactions > _SLOW_BASELINE and tx.seconds > settings.slow_factor * max(
+            usual, 0.05
+        )
         if slow:
             shaper.reply(key, 421, f"reply slowed down to {tx.seconds:.2f} s", signal=True)
         return slow or conn.errors_in_row >= settings.max_errors_per_connection

@@ -110,7 +110,7 @@ class SmtpConnection:
     usual_s: float = 0.0  # moving average of its transaction times (tarpit detection)
     limit_key: str = ""  # the MX host whose connection permit this holds (the pool's)
     # The next transaction's envelope, already sent with the last body: (key, payload, tx).
-    _prefetched: tuple[tuple[str, tuple[str, ...]], bytes, Transaction] | None = None
+    _prefetched: tuple[tuple[str, tuple[str, ...]], bytes, Transaction, float] | None = None
 
     @classmethod
     async def open(
@@ -278,12 +278,15 @@ class SmtpConnection:
             if not address or _UNSAFE_ADDRESS(address):
                 raise ValueError(f"unsafe address in envelope: {address!r}")
         started = time.perf_counter()
+        done_at: float | None = None
         key = (mail_from, tuple(rcpts))
         if self._prefetched is not None:
             if self._prefetched[0] != key:  # an envelope is open for another message
                 self.broken = True
                 raise ConnectionDropped("pipelined envelope does not match the message")
-            _, payload, tx = self._prefetched
+            # Its clock started when its envelope was written, with the last body: its
+            # seconds are its own replies' wait, comparable with an unpipelined one's.
+            _, payload, tx, started = self._prefetched
             self._prefetched = None
         else:
             payload = dot_stuff(message)
@@ -306,19 +309,23 @@ class SmtpConnection:
                 next_payload = dot_stuff(then[2])
                 lines = self._envelope(then[0], then[1], then[2], next_payload)
                 ahead = ((then[0], tuple(then[1])), next_payload, len(then[1]))
+                ahead_at = time.perf_counter()
                 self._write(payload + "".join(f"{x}\r\n" for x in lines).encode() + b"DATA\r\n")
             else:
                 self._write(payload)
             try:
                 await self._drain(self.data_timeout)
                 tx.data = await self.read_reply(self.data_timeout)
+                done_at = (
+                    time.perf_counter()
+                )  # its fate is known: the next envelope's wait is not its own
             except ConnectionDropped as exc:
                 raise ConnectionDropped(str(exc), data_sent=True) from None
             if ahead is not None:
                 try:
                     replies = await self._replies(ahead[2] + 2)
                     nxt = Transaction(replies[0], replies[1:-1], replies[-1])
-                    self._prefetched = (ahead[0], ahead[1], nxt)
+                    self._prefetched = (ahead[0], ahead[1], nxt, ahead_at)
                 except ConnectionDropped:
                     self.broken = True  # this message's fate is known; the next one retries
         elif tx.data is not None and tx.data.code == 354:
@@ -338,7 +345,7 @@ class SmtpConnection:
             tx.data = None
         self.transactions += 1
         self.last_used = time.monotonic()
-        tx.seconds = time.perf_counter() - started
+        tx.seconds = (done_at or time.perf_counter()) - started
         return tx
 
     def _envelope(
