@@ -17,13 +17,18 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import make_spec, write_csv
+from helpers import wait_for
 from raymail.cli import app
 from raymail.cli.commands import register
-from raymail.driver.campaign import run_campaign
+from raymail.driver.campaign import resume_campaign, run_campaign
+from raymail.driver.reroute import resume_blocked
 from raymail.errors import SpecError
 from raymail.run.ledger import read_outcomes
+from raymail.run.recovery import run_state
+from raymail.run.rundir import RECIPIENTS
 from raymail.sink import SinkConfig, read_capture, run_sink
 from raymail.spec import parse_spec
+from test_resume import _captured, _kill_session, _spawn_send, _spec_file
 
 A, B = "127.0.0.2", "127.0.0.3"
 POLICY_REPLY = "550 5.7.1 Service unavailable; client host blocked using policy (sink)"
@@ -85,6 +90,8 @@ def test_blocked_at_one_server_is_accepted_via_the_other_once(tmp_path: Path) ->
     accepted = ledger.filter(pl.col("status") == "accepted").group_by("row").len()
     assert accepted.height == n and accepted["len"].max() == 1
     assert report.accepted == n and report.failed == 0
+    owed = _owed(_spec(csv, 1), tmp_path / "run", {A, B, "127.0.0.4"})
+    assert owed.rows.size == 0  # accepted ones are never owed, whatever servers a resume has
 
 
 @pytest.mark.usefixtures("ray_session")
@@ -102,6 +109,13 @@ def test_blocked_by_every_server_gives_up(tmp_path: Path) -> None:
     assert all(s.to_list() == [A, B] for s in tries["source_address"])
     assert set(ledger["status"].to_list()) == {"failed"}
     assert report.failed == n and report.accepted == 0
+    spec, run_dir = _spec(csv, 1), tmp_path / "run"
+    assert _owed(spec, run_dir, {A, B}).rows.size == 0  # a resume gives them up too
+    owed = _owed(spec, run_dir, {A, "127.0.0.4"})  # one server neither refused: owed again
+    assert owed.rows.tolist() == list(range(1, n + 1))
+    works = [w for _, w in owed.works(iter(range(100, 200)).__next__)]
+    assert {w.avoid for w in works} == {frozenset({A, B})}
+    assert {w.task.attempt for w in works} == {3} and sum(w.task.size for w in works) == n
 
 
 @pytest.mark.usefixtures("ray_session")
@@ -152,3 +166,66 @@ def test_status_prints_the_alternates_line(tmp_path: Path) -> None:
         run_campaign(_spec(plain, sink.port), tmp_path / "plain", live_progress=False)
     quiet = CliRunner().invoke(app, ["status", str(tmp_path / "plain")])
     assert quiet.exit_code == 0 and "alternates" not in quiet.output, quiet.output
+
+
+def _refused(run_dir: Path) -> int:
+    """Blocked refusals the killed driver's ledger holds (0 before its first checkpoint)."""
+    try:
+        return read_outcomes(run_dir).filter(pl.col("status") == "failed").height
+    except Exception:  # no ledger part yet
+        return 0
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_kill_while_blocked_retries_wait_then_resume_sends_them_via_the_other(
+    tmp_path: Path,
+) -> None:
+    """kill -9 of the driver and its Ray while blocked retries wait out their delay: the
+    resumed run owes them again avoiding server A, and B delivers each exactly once."""
+    n = 40
+    csv = write_csv(tmp_path / "list.csv", "email,name", [f"u{i}@x.test,N{i}" for i in range(n)])
+    capture, run_dir = tmp_path / "cap", tmp_path / "run"
+    extra = (
+        f"source_addresses: ['{A}', '{B}']\nportion_size: 5\nrouting: {{policy: round_robin}}\n"
+        "on_failure: {blocked: other_server, blocked_delay_s: 6}\n"  # waits past the kill
+    )
+    with run_sink(_blocking(A), capture_dir=capture) as sink:
+        spec = _spec_file(tmp_path / "c.yaml", sink.port, csv, extra)
+        proc = _spawn_send(spec, run_dir)
+        try:  # every recipient settled once: accepted via B or its refusal by A ledgered
+            wait_for(
+                "B's deliveries and A's refusals ledgered",
+                lambda: _refused(run_dir) > 0 and _captured(capture) + _refused(run_dir) >= n,
+                180,
+            )
+        finally:
+            _kill_session(proc.pid)
+            proc.wait(timeout=30)
+        killed = read_outcomes(run_dir)
+        blocked = set(killed.filter(pl.col("status") == "failed")["row"].to_list())
+        assert killed.filter(pl.col("row").is_in(blocked))["status"].unique().to_list() == [
+            "failed"
+        ], "a blocked retry went before the kill; the test proves nothing"
+        before = read_capture(capture)
+        assert before.height == n - len(blocked)
+        report = resume_campaign(run_dir, live_progress=False)
+    got = read_capture(capture)
+    copies = got.group_by("rcpt_to").len()
+    assert copies.height == n and copies["len"].max() == 1  # everyone, exactly once
+    assert set(got["peer"].str.split(":").list.first().to_list()) == {B}
+    ledger = read_outcomes(run_dir)
+    for row in blocked:  # refused by A before the kill, then accepted via B after it
+        mine = ledger.filter(pl.col("row") == row).sort("attempt")
+        assert mine["status"].to_list() == ["failed", "accepted"], row
+        assert mine["source_address"].to_list() == [A, B]
+        assert mine["email"].n_unique() == 1 and mine["hop"].to_list() == [0, 0]
+    accepted = ledger.filter(pl.col("status") == "accepted").group_by("row").len()
+    assert accepted.height == n and accepted["len"].max() == 1
+    assert report.status == "complete" and report.accepted == n and report.failed == 0
+
+
+def _owed(spec: Any, run_dir: Path, servers: set[str]) -> Any:
+    """What a resume of ``run_dir`` with ``servers`` would owe as blocked retries."""
+    _, final = run_state(run_dir, run_dir / RECIPIENTS, spec.campaign)
+    return resume_blocked(spec, run_dir, run_dir / RECIPIENTS, final, servers)

@@ -96,7 +96,7 @@ class Hop:
 
     position: int  # in the source table
     email: str
-    own: str  # the recipient's own address (what the hop stands in for)
+    own: str | None  # the recipient's own address (what the hop stands in for); None at home
     attempt: int
 
 

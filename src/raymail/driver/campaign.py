@@ -33,6 +33,7 @@ from raymail.driver.fleet import Fleet, Server
 from raymail.driver.loop import DispatchLoop, DispatchState
 from raymail.driver.portions import PortionStream
 from raymail.driver.progress import ProgressReporter, Tally
+from raymail.driver.reroute import NO_RESUME_BLOCKED, resume_blocked, server_key
 from raymail.driver.sizing import TargetSizer
 from raymail.intake.recipients import intake_recipients
 from raymail.intake.staging import stage_recipients
@@ -105,6 +106,7 @@ class CampaignDriver:
         router = make_router(spec, run_dir=run_dir.path, servers=lambda: self.fleet.handles())
         self.fleet = Fleet(spec, run_dir.path, router)
         self._resume_hops = NO_RESUME_HOPS
+        self._resume_blocked = NO_RESUME_BLOCKED
 
     @property
     def router(self) -> Router:
@@ -229,8 +231,13 @@ class CampaignDriver:
         resend_doubt = self.spec.resends_in_doubt
         settled_statuses = [ACCEPTED, FAILED, EXPIRED, SUPPRESSED]
         settled_statuses += [] if resend_doubt else [IN_DOUBT]
-        hops = resume_hops(self.spec, self.rd.path, self.rd.path / RECIPIENTS, final)
-        going_on = pl.col("row").is_in(hops.rows.tolist())  # to an alternate, not the list
+        recipients = self.rd.path / RECIPIENTS
+        keys = {server_key(s) for s in self.fleet.servers if s.healthy}
+        blocked = resume_blocked(self.spec, self.rd.path, recipients, final, keys)
+        again = pl.col("row").is_in(blocked.rows.tolist())  # via another server, not the list
+        hops = resume_hops(self.spec, self.rd.path, recipients, final.filter(~again))
+        owed = np.union1d(hops.rows, blocked.rows)
+        going_on = pl.col("row").is_in(owed.tolist())  # to an alternate or another server
         is_settled = pl.col("status").is_in(settled_statuses) & ~going_on
         settled = final.filter(is_settled)
         tally = Tally(
@@ -238,12 +245,12 @@ class CampaignDriver:
             failed=int((settled["status"] == FAILED).sum()),
             in_doubt=int((settled["status"] == IN_DOUBT).sum()),
             expired=int((settled["status"] == EXPIRED).sum()),
-            retrying=len(hops.hops),
+            retrying=len(hops.hops) + blocked.rows.size,
         )
         tried = final.filter(~is_settled & ~going_on).sort("row")
         first_portion = int(final.get_column("portion").cast(pl.Int64).max() or 0) + 1  # type: ignore[arg-type]
         first, due = self._deferral_times(tried)
-        skip = np.union1d(settled["row"].cast(pl.Int64).to_numpy(), hops.rows)
+        skip = np.union1d(settled["row"].cast(pl.Int64).to_numpy(), owed)
         source = PortionStream(
             self.rd.path / RECIPIENTS,
             self.spec.portion_size,
@@ -256,6 +263,7 @@ class CampaignDriver:
             prev_due=due,
         )
         self._resume_hops = hops
+        self._resume_blocked = blocked
         return source, tally
 
     def _deferral_times(
@@ -310,6 +318,7 @@ class CampaignDriver:
             each_round=lambda: sizer.check(state.tally),
         )  # fmt: skip
         loop.queue_hops(self._resume_hops.works(source.new_id))  # hops a kill interrupted
+        loop.queue_blocked(self._resume_blocked.works(source.new_id))  # and blocked retries
         try:
             loop.run()
         finally:

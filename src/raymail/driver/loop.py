@@ -194,7 +194,7 @@ class DispatchLoop:
         if not retry.deferral_queue or self.has_work() or strategy.held() or state.more:
             return False
         if any(work.avoid for _, _, work in state.delayed):
-            return False  # a resume would not retry blocked rows on another server: wait
+            return False  # blocked retries wait out their (short) delay in this run
         due = self.next_due_s()
         if due is None or due <= retry.linger_s:
             return False
@@ -325,6 +325,13 @@ class DispatchLoop:
                 pending += self.alternates.next_hops(hop, suppressed, self.state.tally, new_id)
             if kept is not None:
                 self.state.ready.push(kept)
+
+    def queue_blocked(self, works: list[tuple[float, Work]]) -> None:
+        """Blocked retries a resumed run owes, each due at its Unix time: delayed like
+        in-run ones, then handed only to a server outside their ``avoid`` set."""
+        for due, work in works:
+            at = time.monotonic() + max(0.0, due - time.time())
+            heapq.heappush(self.state.delayed, (at, work.task.portion, work))
 
     def _requeue(self, work: Work, retry: Retry) -> None:
         """Send some rows of a portion again, as the next attempt, after the retry's delay

@@ -14,25 +14,36 @@ which server was blocked last) or, with ``other_server_then_alternate``, moves o
 next alternate like any blocked recipient under ``blocked: alternate``.
 
 A blocked recipient was refused, not accepted, so the retry can never make a second
-copy. A killed run's pending retries are not resumed: those recipients stay failed (with
-``other_server_then_alternate``, the resume sends them to their next alternate).
+copy. A killed run's pending retries are resumed (:func:`resume_blocked`): a recipient
+whose latest ledger row is such a refusal is owed again, avoiding every server its ledger
+rows at that address say refused it, when a server of the resumed run has not; else it is
+given up (or goes to its next alternate) as in-run. A refusal only the delivery journal
+kept (the driver died before its checkpoint) has lost its reply, so it counts as a hard
+bounce, as every journal-only failure does.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
-from dataclasses import replace
-from typing import Final
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Final
 
+import numpy as np
+import numpy.typing as npt
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from raymail.driver.alternates import BLOCKED, failure_kind
+from raymail.driver.alternates import BLOCKED, Hop, failure_kind, hop_of, hop_works
 from raymail.driver.dispatch import Work
 from raymail.driver.fleet import Server
 from raymail.driver.progress import Tally
 from raymail.driver.settle import local_attempt, next_attempt
+from raymail.run.ledger import read_outcomes
 from raymail.spec import CampaignSpec
 from raymail.status import FAILED
 
@@ -126,3 +137,78 @@ class Reroutes:
             tally.failed += n
             self.exhausted += n
         self.pinned = keep
+
+
+@dataclass(frozen=True)
+class ResumeBlocked:
+    """Blocked retries a killed run still owed: rows the list stream must skip, and the
+    retries to queue instead, each with the servers it avoids and when it is due (Unix
+    seconds), built once portion ids can be handed out."""
+
+    rows: npt.NDArray[np.int64]
+    source: pa.Table
+    groups: list[tuple[frozenset[str], float, list[Hop]]]
+
+    def works(self, new_id: Callable[[], int]) -> list[tuple[float, Work]]:
+        """(due, work) of every retry: one portion per domain, attempt and avoid set."""
+        return [
+            (due, Work(w.task, w.rows, 0, avoid))
+            for avoid, due, hops in self.groups
+            for w in hop_works(self.source, hops, new_id)
+        ]
+
+
+NO_RESUME_BLOCKED: Final = ResumeBlocked(np.array([], np.int64), pa.table({}), [])
+_REFUSAL = ["row", "attempt", "status", "smtp_code", "enhanced_status", "response", "server"]
+_REFUSAL += ["source_address", "email", "alternate_of", "finished_at"]
+
+
+def resume_blocked(
+    spec: CampaignSpec, run_dir: Path, recipients: Path, final: pl.DataFrame, servers: set[str]
+) -> ResumeBlocked:
+    """Blocked retries a killed run had pending: each recipient whose latest outcome in
+    ``final`` (latest per row, ledger and journals) is a blocked refusal and that some
+    server in ``servers`` (the resumed run's, as :func:`server_key` names them) has not
+    refused at that address. An accepted recipient's latest outcome is its acceptance,
+    so it is never owed."""
+    reroutes = Reroutes(spec)
+    failed = final.filter(pl.col("status") == FAILED).select(["row", "attempt"])
+    if not reroutes.enabled or failed.height == 0:
+        return NO_RESUME_BLOCKED
+    ledger = read_outcomes(run_dir, columns=_REFUSAL).filter(
+        (pl.col("status") == FAILED) & pl.col("row").is_in(failed["row"].to_list())
+    )
+    latest = {int(r): int(a) for r, a in failed.iter_rows()}
+    refused: dict[int, set[str]] = {}  # row -> servers that refused it at its latest address
+    last: dict[int, dict[str, Any]] = {}
+    for out in ledger.iter_rows(named=True):
+        row, attempt = int(out["row"]), int(out["attempt"])
+        code, text = out["smtp_code"], out["response"] or ""
+        kind = failure_kind(FAILED, code, out["enhanced_status"], text)
+        if kind != BLOCKED or hop_of(attempt) != hop_of(latest[row]):
+            continue
+        refused.setdefault(row, set()).add(str(out["source_address"] or out["server"]))
+        if attempt == latest[row]:
+            last[row] = out
+    owed = {row: out for row, out in last.items() if servers - refused[row]}
+    if not owed:
+        return NO_RESUME_BLOCKED
+    table = pq.read_table(recipients, filters=[("row", "in", list(owed))])
+    position = {r: i for i, r in enumerate(table.column("row").to_pylist())}
+    groups: dict[frozenset[str], tuple[float, list[Hop]]] = {}
+    for row, out in owed.items():
+        if row not in position:
+            continue
+        attempt = int(out["attempt"])
+        delay = reroutes.delay_s
+        if delay is None:
+            delay = reroutes.retry.delay(local_attempt(attempt))
+        ended = out["finished_at"]
+        due = (ended.timestamp() if ended is not None else time.time()) + delay
+        avoid = frozenset(refused[row])
+        hop = Hop(position[row], out["email"], out["alternate_of"], attempt + 1)
+        at, hops = groups.get(avoid, (0.0, []))
+        groups[avoid] = (max(at, due), [*hops, hop])
+    rows = np.sort(np.array([r for r in owed if r in position], np.int64))
+    log.info("resume: %d blocked recipient(s) retried via another server", rows.size)
+    return ResumeBlocked(rows, table, [(a, due, hops) for a, (due, hops) in groups.items()])
