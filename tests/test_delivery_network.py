@@ -7,13 +7,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from certs import self_signed
 from conftest import make_spec, write_csv
-from dns_server import Dnsmasq, free_port
+from helpers.certs import self_signed
+from helpers.dns_server import Dnsmasq, free_port
+from helpers.system_packages import require_binary
 from raymail.driver.campaign import run_campaign
 from raymail.run.ledger import final_outcomes, read_observations, read_outcomes
 from raymail.sink import SinkConfig, read_capture, run_sink
-from system_packages import require_binary
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 

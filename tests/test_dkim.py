@@ -18,7 +18,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from dkim_dns import dkim_dns, records_for, signatures, verify_all, write_key
+from helpers.dkim_dns import dkim_dns, records_for, signatures, verify_all, write_key
 from raymail.cli import _register, app
 from raymail.compose.dkim import DkimSigner, alignment_warnings, canonical_body, canonical_header
 from raymail.compose.message import MessageTemplate

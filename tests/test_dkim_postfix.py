@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from conftest import make_spec, write_csv
-from dkim_dns import dkim_dns, records_for, signatures, verify_all, write_key
 from helpers import wait_for
-from postfix_mta import relay_postfix
+from helpers.dkim_dns import dkim_dns, records_for, signatures, verify_all, write_key
+from helpers.postfix_mta import relay_postfix
 from raymail.driver.campaign import run_campaign
 from raymail.sink import SinkConfig, iter_capture, run_sink
 

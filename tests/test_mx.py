@@ -15,10 +15,10 @@ import dns.rcode
 import dns.resolver
 import pytest
 
-from dns_server import Dnsmasq, free_port
+from helpers.dns_server import Dnsmasq, free_port
+from helpers.system_packages import require_binary
 from raymail.delivery.mx import MXPermanentError, MXResolver, MXTarget, MXTemporaryError
 from raymail.errors import MXResolutionError, SpecError
-from system_packages import require_binary
 
 T = TypeVar("T")
 

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import polars as pl
 import pytest
 
-from pg_server import postgres_server
+from helpers.pg_server import postgres_server
 from raymail.errors import QueueError
 from raymail.queue.db import Database
 from raymail.queue.migrations import LATEST, migrate, schema_version

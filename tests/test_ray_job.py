@@ -21,8 +21,8 @@ import polars as pl
 import pytest
 
 from conftest import write_csv
-from dns_server import free_port
 from helpers import wait_for
+from helpers.dns_server import free_port
 from raymail.sink import SinkConfig, read_capture, run_sink
 
 ROOT = Path(__file__).resolve().parent.parent

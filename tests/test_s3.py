@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import make_spec
-from dns_server import free_port
+from helpers.dns_server import free_port
 from raymail.errors import RecipientError, StorageError
 from raymail.intake.recipients import load_recipients
 from raymail.intake.staging import locate

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from system_packages import require_binary
+from helpers.system_packages import require_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARK = ROOT / "benchmarks" / "scale.py"

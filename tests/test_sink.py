@@ -15,7 +15,7 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
-from certs import self_signed
+from helpers.certs import self_signed
 from raymail.sink import (
     SinkConfigError,
     SinkProcess,

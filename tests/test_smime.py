@@ -13,14 +13,14 @@ import polars as pl
 import pytest
 
 from conftest import make_spec, write_csv
+from helpers.smime_certs import SmimeCA
+from helpers.system_packages import require_binary
 from raymail.compose.checks import recipient_checks
 from raymail.compose.message import MessageTemplate
 from raymail.driver.campaign import run_campaign
 from raymail.errors import SmimeError, TemplateError
 from raymail.intake.recipients import intake_recipients
 from raymail.sink import SinkConfig, read_capture, run_sink
-from smime_certs import SmimeCA
-from system_packages import require_binary
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +182,7 @@ def test_encrypted_campaign_through_the_sink(openssl: str, ca: SmimeCA, tmp_path
 def test_dkim_signs_the_encrypted_message(openssl: str, ca: SmimeCA, tmp_path: Path) -> None:
     """S/MIME comes first, DKIM last: the signature covers the bytes that travel, and a
     verifier (dkimpy, keys from real DNS) accepts the encrypted message."""
-    from dkim_dns import dkim_dns, records_for, verify_all, write_key
+    from helpers.dkim_dns import dkim_dns, records_for, verify_all, write_key
 
     key_path, key = write_key(tmp_path, "rsa", "rsa-sha256")
     dkim = [{"domain": "sender.test", "selector": "s1", "key_file": str(key_path)}]

@@ -23,8 +23,8 @@ import polars as pl
 import pytest
 
 from helpers import wait_for
+from helpers.system_packages import require_binary
 from raymail.returns import classify_paths
-from system_packages import require_binary
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -215,7 +215,7 @@ EVERYONE = GONE + REFUSED + FULL + BLOCKED + DELIVERED
 @pytest.mark.timeout(400)
 def test_raymail_through_postfix_suppresses_dsns_and_rcpt_rejections(tmp_path: Path) -> None:
     from conftest import make_spec, write_csv
-    from postfix_mta import rejecting_sink, relay_postfix
+    from helpers.postfix_mta import rejecting_sink, relay_postfix
     from raymail.driver.campaign import run_campaign
     from raymail.returns.config import ReturnsConfig
     from raymail.returns.runner import run_returns_server

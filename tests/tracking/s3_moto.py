@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import boto3
 import pytest
 
-from dns_server import free_port
+from helpers.dns_server import free_port
 
 BUCKET = "archive"
 

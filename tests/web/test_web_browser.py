@@ -14,8 +14,8 @@ import pytest
 from webhelpers import PEOPLE, Service, web_service_fixture  # noqa: F401 (the fixture)
 
 from helpers import wait_for
+from helpers.system_packages import require_binary
 from raymail.returns.suppression import SuppressionList
-from system_packages import require_binary
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -1,7 +1,7 @@
 """A real PostgreSQL for tests: initdb + pg_ctl in a temporary folder, on a loopback port.
 
 Debian's ``postgresql`` package provides the server binaries (installed through
-tests/system_packages.py when missing). PostgreSQL refuses to run as root, so under root
+tests/helpers/system_packages.py when missing). PostgreSQL refuses to run as root, so under root
 the cluster is created and started as the ``postgres`` system user the package creates;
 otherwise as the current user. The cluster trusts local connections (loopback only) and is
 stopped and deleted when the test session ends.
@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from system_packages import require_binary
+from helpers.system_packages import require_binary
 
 _START_TIMEOUT_S = 60
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from helpers import wait_for
-from system_packages import require_binary
+from helpers.system_packages import require_binary
 
 
 def free_port() -> int:

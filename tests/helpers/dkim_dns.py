@@ -11,9 +11,9 @@ from pathlib import Path
 import dkim  # type: ignore[import-untyped]  # dkimpy ships no type hints
 import dns.resolver
 
-from dns_server import Dnsmasq
+from helpers.dns_server import Dnsmasq
+from helpers.system_packages import require_binary
 from raymail.compose.dkim_keys import GeneratedKey, generate_key, record_name
-from system_packages import require_binary
 
 DnsFunc = Callable[..., bytes | None]
 
