@@ -64,6 +64,7 @@ class _Local:
     grant: int = 0
     rate: float | None = None
     waiting: int = 0
+    wanted: int = 0  # spreads denied since the last report (pool.spare asked, no permit)
     successes: int = 0
     sent: int = 0
     replies: list[tuple[int, str, bool, int]] = field(default_factory=list)
@@ -140,6 +141,17 @@ class FleetShaper(LocalShaper):
             await super().acquire(key)
         finally:
             lease.waiting -= 1
+
+    def free(self, key: str) -> bool:
+        """A permit for ``key`` would be granted now. A "no" is demand too: a portion that
+        would spread over one more connection (``delivery/lanes.py``) asks here and never
+        waits, so without counting it the lease would only ever follow the connections in
+        use and a slow receiver's portions could never spread past their first lanes."""
+        if super().free(key):
+            return True
+        if self._check_shared():
+            self._lease(key).wanted += 1
+        return False
 
     async def pace(self, key: str) -> None:
         self._lease(key).sent += 1
@@ -218,8 +230,11 @@ class FleetShaper(LocalShaper):
             report[key] = {
                 "open": in_use + idle + closing,  # the receiver counts closing ones too
                 "in_use": in_use,
-                "demand": in_use + lease.waiting,
+                # Denied spreads count too; bounded by this server's concurrency (more
+                # would hold permits the other servers want).
+                "demand": min(in_use + lease.waiting + lease.wanted, self.start),
                 "idle": idle,
+                "wanted": lease.wanted,
                 "acked": lease.grant if self.shared else in_use + idle,
                 "rate_acked": lease.rate if self.shared else None,
                 "successes": lease.successes,
@@ -260,6 +275,7 @@ class FleetShaper(LocalShaper):
         lease = self._lease(key)
         lease.successes -= int(sent["successes"])  # what arrived meanwhile stays to report
         lease.sent -= int(sent["sent"])
+        lease.wanted = max(lease.wanted - int(sent["wanted"]), 0)
         del lease.replies[: len(sent["replies"])]
         lease.grant, lease.rate, lease.backoff = int(got["grant"]), got["rate"], got["backoff"]
         lease.mirrored = True

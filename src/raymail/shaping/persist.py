@@ -36,6 +36,15 @@ def load_limits(folder: Path, max_age_s: float = MAX_AGE_S) -> dict[str, dict[st
     }
 
 
+def held_limit(state: HostState) -> int:
+    """The connections known to hold: the limit, or below the last refused one when the
+    run ended while probing above it (the next run should not start with a refusal)."""
+    limit = int(state.limit)
+    if state.ceiling and limit >= state.ceiling:
+        return max(1, state.ceiling - 1)
+    return limit
+
+
 def save_limits(folder: Path, states: list[HostState]) -> None:
     """Merge these hosts' learned limits into the file (flocked, atomic)."""
     if not states:
@@ -46,7 +55,7 @@ def save_limits(folder: Path, states: list[HostState]) -> None:
         now = time.time()
         for state in states:
             hosts[state.mx_host] = {
-                "connections": int(state.limit),
+                "connections": held_limit(state),
                 "rate_per_s": state.rate,
                 "messages_per_connection": state.messages_per_connection,
                 "reason": state.reason,
