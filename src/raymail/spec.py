@@ -174,6 +174,17 @@ class RetrySettings(StrictModel):
         return not self.schedule and attempt >= self.max_attempts
 
 
+class ForwardRetrySettings(RetrySettings):
+    """Retries of a forward to customer service: the outbox's own backoff (``max_attempts``,
+    then parked), not a campaign's deferral queue, unless a schedule is given."""
+
+    schedule: list[str] = Field(
+        default_factory=list,
+        description="Delays between forward attempts (e.g. [1m, 5m]); empty: exponential "
+        "backoff from initial_backoff_s up to max_backoff_s.",
+    )
+
+
 HopChoice = Literal["alternate", "give_up"]
 
 
@@ -309,8 +320,8 @@ class ReturnsSettings(StrictModel):
         description="Envelope sender of forwarded messages; empty: the null sender <>, so a "
         "failed forward never bounces back into the returns server.",
     )
-    forward_retry: RetrySettings = Field(
-        default_factory=lambda: RetrySettings(
+    forward_retry: ForwardRetrySettings = Field(
+        default_factory=lambda: ForwardRetrySettings(
             max_attempts=8, initial_backoff_s=5.0, max_backoff_s=600.0
         ),
         description="Retries of a failed forward before it is parked (it stays in the "
