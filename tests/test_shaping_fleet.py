@@ -15,6 +15,7 @@ from conftest import make_spec, write_csv
 from raymail.driver.campaign import run_campaign
 from raymail.shaping.fleet import FleetShaper, fair_shares, start_state_actor
 from raymail.shaping.rules import HostLimits, ShapingSettings
+from raymail.shaping.shared_state import ShapingState
 from raymail.sink import SinkConfig, read_capture, run_sink
 
 MX = "mx.fleet.test"
@@ -25,6 +26,35 @@ def test_fair_shares_follow_demand() -> None:
     assert fair_shares(5, {"a": 1, "b": 25}) == {"a": 1, "b": 4}
     assert fair_shares(5, {"a": 0, "b": 0}) == {"a": 0, "b": 0}
     assert sum(fair_shares(7, {"a": 9, "b": 9, "c": 9}).values()) == 7
+
+
+def test_a_refusal_one_under_the_limit_cuts_again_within_the_holdoff() -> None:
+    """The first cut can land one over the receiver's limit (a connection still opening
+    counted as working); the refusals of that extra permit cut it to the receiver's at
+    once, while a late one from before the cut (fewer open) still does not cut again."""
+    state = ShapingState(ShapingSettings(), 25, {})
+
+    def refused(open_ok: int) -> float:
+        report = {
+            "open": open_ok,
+            "in_use": open_ok,
+            "demand": 25,
+            "idle": 0,
+            "wanted": 0,
+            "acked": 25,
+            "rate_acked": None,
+            "successes": 0,
+            "sent": 0,
+            "replies": [(421, "too many", True, open_ok)],
+            "limit": None,
+            "rate": None,
+        }
+        state.sync("ds0", {MX: report})
+        return state.hosts[MX].state.limit
+
+    assert refused(6) == 6  # one over a receiver allowing 5
+    assert refused(3) == 6  # within the holdoff: from before the cut, no second cut
+    assert refused(5) == 5  # the sixth refused with five open: the receiver's limit
 
 
 async def _until(check: object, timeout_s: float) -> bool:

@@ -168,9 +168,18 @@ class FleetShaper(LocalShaper):
     ) -> bool:
         if open_ok is None:
             open_ok = self.in_use.get(key, 0) - (1 if signal else 0)
+        if signal and self.pool is not None:  # the receiver counts idle and closing ones too
+            open_ok += self.pool.idle_of(key) + self.pool.closing_of(key)
         shaped = super().reply(key, code, text, signal=signal, open_ok=open_ok)
         if shaped:
-            self._lease(key).replies.append((code, text, signal, open_ok))
+            lease = self._lease(key)
+            lease.replies.append((code, text, signal, open_ok))
+            if signal and self.shared:
+                # Do not retry the refused permit before the fleet's answer: a refused
+                # connection frees its permit at once, and its portion would take it again
+                # and be refused again, hundreds of times before the next lease.
+                floor = self.settings.min_connections
+                lease.grant = min(lease.grant, max(self.in_use.get(key, 0), floor))
             self._kick.set()
         return shaped
 

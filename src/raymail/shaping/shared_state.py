@@ -9,6 +9,7 @@ within the MX's limit while shares move; a lease not renewed within ``LEASE_S`` 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -125,9 +126,16 @@ class ShapingState:
 
     def _learn(self, host: _Host, server: str, rep: dict[str, Any], now: float) -> None:
         state = host.state
-        others = sum(le.in_use for s, le in host.leases.items() if s != server)
+        # What the receiver counts from the other servers: every connection they have
+        # open there (idle and closing ones too), not only those in use.
+        others = sum(le.open for s, le in host.leases.items() if s != server)
         for code, text, signal, open_ok in rep.get("replies", []):
-            if state.backoff_at and now - state.backoff_at < HOLDOFF_S:
+            held = state.backoff_at and now - state.backoff_at < HOLDOFF_S
+            # Refused with exactly one fewer open than the limit: the limit is still one
+            # over the receiver's (the cut counted a connection still opening). Within
+            # the holdoff too, or the extra permit is refused over and over until it ends.
+            one_over = signal and open_ok + others == math.floor(state.limit) - 1
+            if held and not one_over:
                 state.throttles += 1  # the same slow-down, reported late or twice
                 continue
             state.on_reply(
