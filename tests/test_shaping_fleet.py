@@ -193,7 +193,11 @@ def test_fleet_of_two_keeps_an_mx_limit_and_rate_at_the_sink(tmp_path: Path) -> 
         stats = sink.stats()
     assert report.accepted == 300 and report.failed == 0 and report.deferred == 0
     assert stats.connections_refused == 0
-    assert stats.peak_connections <= 4, stats
+    # The sink counts a connection until it sees the client's close; a server that has
+    # closed one (QUIT answered, permit returned) may open the next first, so the sink can
+    # see one over the cap for a moment (seen: 5 once in a loaded CI run, 0 refusals).
+    # Without a shared state it sees 8.
+    assert stats.peak_connections <= 4 + 1, stats
     capture = read_capture(tmp_path / "cap")
     assert capture.height == 300 and capture["rcpt_to"].n_unique() == 300
     times = [t.timestamp() for t in capture["received_at"].to_list()]
