@@ -52,6 +52,17 @@ def alternates_line(report: RunReport) -> str | None:
     return f"alternates: moved to {moved}; accepted at an alternate: {accepted}"
 
 
+def waiting_line(report: RunReport) -> str | None:
+    """'waiting: N deferred recipient(s), next attempt due at T ...' for a run that ended
+    its process waiting for later retries (retry.schedule), else None."""
+    if report.next_due_at is None:
+        return None
+    return (
+        f"waiting: {report.waiting} deferred recipient(s), next attempt due at "
+        f"{report.next_due_at} (then: raymail resume {report.run_dir})"
+    )
+
+
 def print_report(report: RunReport) -> None:
     """A readable summary table, then the busiest domains."""
     summary = Table(title=f"campaign {report.campaign} ({report.status})")
@@ -74,16 +85,9 @@ def print_report(report: RunReport) -> None:
     ):
         summary.add_row(key, f"{shown[key]}")
     console.print(summary)
-    if report.next_due_at is not None:
-        console.print(
-            f"waiting: {report.waiting} deferred recipient(s); next attempt due at "
-            f"{report.next_due_at} (raymail resume {report.run_dir})",
-            highlight=False,
-            soft_wrap=True,
-        )
-    line = alternates_line(report)
-    if line is not None:
-        console.print(line, highlight=False, soft_wrap=True)
+    for line in (waiting_line(report), alternates_line(report)):
+        if line is not None:
+            console.print(line, highlight=False, soft_wrap=True)
     if report.domains:
         table = Table(title="by domain (largest 15)")
         for col in ("domain", "accepted", "deferred", "failed"):

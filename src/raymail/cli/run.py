@@ -13,6 +13,7 @@ from raymail.cli.output import (
     console,
     print_json,
     print_report,
+    waiting_line,
 )
 from raymail.status import InDoubtPolicy
 
@@ -142,16 +143,9 @@ def status(
         soft_wrap=True,  # one line, whatever the width: scripts and logs read it
         highlight=False,
     )
-    if result.next_due_at is not None:
-        console.print(
-            f"  waiting: {result.waiting} deferred recipient(s), next attempt due at "
-            f"{result.next_due_at} ('raymail resume {run_dir}' then)",
-            soft_wrap=True,
-            highlight=False,
-        )
-    line = alternates_line(result)
-    if line is not None:
-        console.print(f"  {line}", soft_wrap=True, highlight=False)
+    for line in (waiting_line(result), alternates_line(result)):
+        if line is not None:
+            console.print(f"  {line}", soft_wrap=True, highlight=False)
     from raymail.driver.progress import backoff_text
 
     for entry in result.backoff:
