@@ -101,7 +101,8 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Head]:
         wait_for(lambda: f"ray head to start: {log.read_text()[-2000:]}", up, 120, 1)
         yield Head(address, agent_ports["metrics-export-port"])
     finally:
-        for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 10)):  # a test head: no clean stop needed
+        # A test head needs no clean stop: 3 s for SIGTERM, then SIGKILL.
+        for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 10)):
             try:
                 os.killpg(proc.pid, sig)
             except ProcessLookupError:
