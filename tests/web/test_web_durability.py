@@ -8,6 +8,7 @@ open hits carry a unique User-Agent so each acknowledged one can be found in the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -173,11 +174,11 @@ def test_kill_whole_service_then_apply_from_the_log(web_service: Service, tmp_pa
                 headers={"Content-Type": "application/x-www-form-urlencoded"},
             )
         assert one_click.status_code == 200
-        group = os.getpgid(proc.pid)
+        session = os.getsid(proc.pid)
 
         def kill() -> None:
             time.sleep(1.5)
-            os.killpg(group, signal.SIGKILL)
+            _kill_session(session)
 
         killer = threading.Thread(target=kill, daemon=True)
         killer.start()
@@ -187,9 +188,9 @@ def test_kill_whole_service_then_apply_from_the_log(web_service: Service, tmp_pa
         assert acked and failures  # load was running when everything died
     finally:
         if proc.poll() is None:
-            os.killpg(os.getpgid(proc.pid), signal.SIGKILL)
+            _kill_session(os.getsid(proc.pid))
         proc.wait(timeout=30)
-    wait_for("the killed group gone", lambda: not _group_alive(group), timeout_s=30)
+    wait_for("the killed service gone", lambda: not _session_pids(session), timeout_s=30)
     home = tmp_path / "home"
     result = CliRunner().invoke(
         cli_app, ["lists", "apply", "--spec", str(spec), "--runs", runs, "--json"]
@@ -210,12 +211,30 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def _group_alive(group: int) -> bool:
+def _session_pids(session: int) -> list[int]:
+    """Live processes of the session: `raymail web serve` and all of its Ray.
+
+    Not its process group: Ray makes each worker process (Serve's proxy, the replicas, the
+    applier) the leader of a group of its own, so a killpg of the service's group leaves
+    them serving until they notice their raylet is gone (seconds, more under load).
+    """
+    pids: list[int] = []
     for entry in Path("/proc").glob("[0-9]*"):
         try:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == group and fields[0] != "Z":
-            return True
-    return False
+        if int(fields[3]) == session and fields[0] != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def _kill_session(session: int) -> None:
+    """kill -9 every process of the session at once (bounded: new ones may appear)."""
+    for _ in range(5):
+        pids = _session_pids(session)
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
