@@ -14,6 +14,7 @@ import pytest
 
 from conftest import make_spec, write_csv
 from helpers import wait_for
+from helpers.sessions import kill_session
 from raymail.driver.alternates import BLOCKED, HARD_BOUNCE, failure_kind, hop_kinds
 from raymail.driver.campaign import resume_campaign, run_campaign
 from raymail.errors import SpecError
@@ -22,7 +23,7 @@ from raymail.queue.status import alternate_detail, run_counts
 from raymail.run.ledger import read_outcomes
 from raymail.sink import SinkConfig, read_capture, run_sink
 from raymail.spec import parse_spec
-from test_resume import _captured, _kill_session, _spawn_send, _spec_file
+from test_resume import _captured, _spawn_send, _spec_file
 
 
 def test_intake_rejects_a_bad_alternate_and_keeps_the_rest(tmp_path: Path) -> None:
@@ -143,7 +144,7 @@ def test_kill_during_hops_then_resume_keeps_them(tmp_path: Path) -> None:
         try:
             wait_for("some alternates delivered", lambda: _captured(capture) >= 20, 180)
         finally:
-            _kill_session(proc.pid)
+            kill_session(proc.pid)
             proc.wait(timeout=30)
         before = _captured(capture)
         assert before < n, "the run finished before the kill; the test proves nothing"

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from conftest import make_spec, write_csv
 from helpers import wait_for
+from helpers.sessions import kill_session
 from raymail.cli import app
 from raymail.cli.commands import register
 from raymail.driver.campaign import resume_campaign, run_campaign
@@ -28,7 +29,7 @@ from raymail.run.recovery import run_state
 from raymail.run.rundir import RECIPIENTS
 from raymail.sink import SinkConfig, read_capture, run_sink
 from raymail.spec import parse_spec
-from test_resume import _captured, _kill_session, _spawn_send, _spec_file
+from test_resume import _captured, _spawn_send, _spec_file
 
 A, B = "127.0.0.2", "127.0.0.3"
 POLICY_REPLY = "550 5.7.1 Service unavailable; client host blocked using policy (sink)"
@@ -200,7 +201,7 @@ def test_kill_while_blocked_retries_wait_then_resume_sends_them_via_the_other(
                 180,
             )
         finally:
-            _kill_session(proc.pid)
+            kill_session(proc.pid)
             proc.wait(timeout=30)
         killed = read_outcomes(run_dir)
         blocked = set(killed.filter(pl.col("status") == "failed")["row"].to_list())

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ from typer.testing import CliRunner
 
 from conftest import write_csv
 from helpers import wait_for
+from helpers.sessions import kill_session
 from raymail.cli import app
 from raymail.cli.commands import register
 from raymail.queue.schedule import schedule_campaign
@@ -212,20 +212,6 @@ def test_status_webhook_is_signed_retried_and_complete(tmp_path: Path) -> None:
     assert rows[0] == (3, len(events))  # the first event needed three attempts
 
 
-def _kill_session(sid: int) -> None:
-    """kill -9 every process of a session (the scheduler, its run, their Ray workers)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry.name), signal.SIGKILL)
-
-
 def test_killed_scheduler_and_run_are_resumed_by_another(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'queue.sqlite'}"
     capture = tmp_path / "cap"
@@ -264,7 +250,7 @@ def test_killed_scheduler_and_run_are_resumed_by_another(tmp_path: Path) -> None
             first.wait(timeout=30)
             run_pid = _run_pid(entry.run_dir)
             if run_pid:
-                _kill_session(run_pid)
+                kill_session(run_pid)
         sent_before = _captured(capture).height
         assert sent_before < n, "finished before the kill: the test proves nothing"
         assert queue.get(entry.id).status == "running"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -16,6 +15,7 @@ import pytest
 
 from conftest import make_spec, write_csv
 from helpers import wait_for
+from helpers.sessions import kill_session
 from raymail.driver.campaign import resume_campaign, run_campaign
 from raymail.run.report import RunReport
 from raymail.sink import SinkConfig, read_capture, run_sink
@@ -56,22 +56,6 @@ def _spawn_send(spec_path: Path, run_dir: Path) -> subprocess.Popen[bytes]:
     )
 
 
-def _kill_session(sid: int) -> None:
-    """kill -9 every process of a session: the driver, Ray's daemons and its workers
-    (Ray puts each worker in a process group of its own, so killpg is not enough)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[3]) == sid:  # field 6 of /proc/PID/stat: the session id
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry.name), signal.SIGKILL)
-
-
 def _spec_file(path: Path, port: int, recipients: Path, extra: str = "") -> Path:
     path.write_text(
         "campaign: killme\nsender: news@sender.test\nsubject: 'Hi {{ name }}'\n"
@@ -93,7 +77,7 @@ def test_whole_ray_kill_then_resume(tmp_path: Path) -> None:
         try:
             wait_for("a quarter to be delivered", lambda: _captured(capture) >= n // 4, 180)
         finally:
-            _kill_session(proc.pid)  # the driver and all of its Ray, at once
+            kill_session(proc.pid)  # the driver and all of its Ray, at once
             proc.wait(timeout=30)
         before = _captured(capture)
         assert before < n, "the run finished before the kill; the test proves nothing"
@@ -120,7 +104,7 @@ def test_resume_with_in_doubt_skip_does_not_resend(tmp_path: Path) -> None:
                 180,
             )
         finally:
-            _kill_session(proc.pid)
+            kill_session(proc.pid)
             proc.wait(timeout=30)
         report = resume_campaign(tmp_path / "run", in_doubt="skip", live_progress=False)
     assert "u0@d0.test" in report.in_doubt_recipients

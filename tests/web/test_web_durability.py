@@ -8,7 +8,6 @@ open hits carry a unique User-Agent so each acknowledged one can be found in the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import subprocess
@@ -25,6 +24,7 @@ from typer.testing import CliRunner
 from webhelpers import PEOPLE, Service, free_port, web_service_fixture  # noqa: F401 (the fixture)
 
 from helpers import wait_for
+from helpers.sessions import kill_session, session_pids
 from raymail.cli import _register
 from raymail.cli import app as cli_app
 from raymail.returns.suppression import SuppressionList
@@ -178,7 +178,7 @@ def test_kill_whole_service_then_apply_from_the_log(web_service: Service, tmp_pa
 
         def kill() -> None:
             time.sleep(1.5)
-            _kill_session(session)
+            kill_session(session)
 
         killer = threading.Thread(target=kill, daemon=True)
         killer.start()
@@ -188,9 +188,9 @@ def test_kill_whole_service_then_apply_from_the_log(web_service: Service, tmp_pa
         assert acked and failures  # load was running when everything died
     finally:
         if proc.poll() is None:
-            _kill_session(os.getsid(proc.pid))
+            kill_session(os.getsid(proc.pid))
         proc.wait(timeout=30)
-    wait_for("the killed service gone", lambda: not _session_pids(session), timeout_s=30)
+    wait_for("the killed service gone", lambda: not session_pids(session), timeout_s=30)
     home = tmp_path / "home"
     result = CliRunner().invoke(
         cli_app, ["lists", "apply", "--spec", str(spec), "--runs", runs, "--json"]
@@ -209,32 +209,3 @@ def _healthy(url: str) -> bool:
         return httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200
     except httpx.HTTPError:
         return False
-
-
-def _session_pids(session: int) -> list[int]:
-    """Live processes of the session: `raymail web serve` and all of its Ray.
-
-    Not its process group: Ray makes each worker process (Serve's proxy, the replicas, the
-    applier) the leader of a group of its own, so a killpg of the service's group leaves
-    them serving until they notice their raylet is gone (seconds, more under load).
-    """
-    pids: list[int] = []
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == session and fields[0] != "Z":
-            pids.append(int(entry.name))
-    return pids
-
-
-def _kill_session(session: int) -> None:
-    """kill -9 every process of the session at once (bounded: new ones may appear)."""
-    for _ in range(5):
-        pids = _session_pids(session)
-        if not pids:
-            return
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
