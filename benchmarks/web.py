@@ -23,6 +23,10 @@ over all trials (must be 0).
 
     python benchmarks/web.py [--seconds 8] [--concurrency 32] [--rounds 2] [--replicas 1]
                              [--kill-trials 3] [--haproxy] [--json-out PATH]
+                             [--warmup-s 2] [--kill-last-round]
+
+``--kill-last-round`` makes the first kill trial load and kill the last round's raymail
+service instead of a fresh one: one Ray start less, for smoke runs (the test suite).
 
 Prints one JSON object on stdout; progress on stderr. Loopback only.
 """
@@ -320,6 +324,12 @@ def main() -> int:
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--kill-trials", type=int, default=3)
     parser.add_argument("--haproxy", action="store_true", help="Serve's HAProxy ingress")
+    parser.add_argument("--warmup-s", type=float, default=2.0, help="load before each measure")
+    parser.add_argument(
+        "--kill-last-round",
+        action="store_true",
+        help="the first kill trial kills the last round's service (no fresh start)",
+    )
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
 
@@ -339,6 +349,7 @@ def main() -> int:
     }
     with tempfile.TemporaryDirectory(prefix="raymail-web-bench-") as name:
         tmp = Path(name)
+        kept: tuple[subprocess.Popen[bytes], Path, int] | None = None
         for n in range(args.rounds):
             round_result: dict[str, Any] = {}
             for system in ("bare_fastapi", "raymail_web"):
@@ -347,9 +358,15 @@ def main() -> int:
                     proc, home = start_bare(tmp, port, args.replicas), None
                 else:
                     proc, home, port = start_service_retrying(tmp, args.replicas, args.haproxy)
+                keep = (
+                    home is not None
+                    and n == args.rounds - 1
+                    and args.kill_last_round
+                    and args.kill_trials > 0
+                )
                 try:
                     for load, (requests, method) in loads.items():
-                        run_load(port, requests, method, 2.0, args.concurrency, "warm")
+                        run_load(port, requests, method, args.warmup_s, args.concurrency, "warm")
                         measured = run_load(
                             port,
                             requests,
@@ -363,8 +380,11 @@ def main() -> int:
                             measured["acked_not_logged"] = len(set(acked) - logged_agents(home))
                         round_result.setdefault(load, {})[system] = measured
                         log(f"round {n + 1} {system} {load}: {measured}")
+                    if keep and home is not None:
+                        kept = (proc, home, port)
                 finally:
-                    stop(proc)
+                    if kept is None or kept[0] is not proc:
+                        stop(proc)
             for load in loads:
                 pair = round_result[load]
                 pair["vs_bare_fastapi"] = round(
@@ -390,7 +410,7 @@ def main() -> int:
                 "bare_fastapi_p99_ms": median("bare_fastapi", "p99_ms"),
                 "vs_bare_fastapi": round(statistics.median(ratios), 3),
             }
-        result["kill_trials"] = kill_trials(tmp, args, unsub, pixel)
+        result["kill_trials"] = kill_trials(tmp, args, unsub, pixel, kept)
         result["lost_acknowledged"] = sum(t["lost_acknowledged"] for t in result["kill_trials"])
     text = json.dumps(result, indent=2)
     print(text)
@@ -400,11 +420,19 @@ def main() -> int:
 
 
 def kill_trials(
-    tmp: Path, args: argparse.Namespace, unsub: list[tuple[str, str]], pixel: list[tuple[str, str]]
+    tmp: Path,
+    args: argparse.Namespace,
+    unsub: list[tuple[str, str]],
+    pixel: list[tuple[str, str]],
+    kept: tuple[subprocess.Popen[bytes], Path, int] | None = None,
 ) -> list[dict[str, Any]]:
+    """Each trial kills a service under load; the first may be one already running (kept)."""
     trials = []
     for n in range(args.kill_trials):
-        proc, home, port = start_service_retrying(tmp, args.replicas, args.haproxy)
+        if n == 0 and kept is not None:
+            proc, home, port = kept
+        else:
+            proc, home, port = start_service_retrying(tmp, args.replicas, args.haproxy)
         requests, method = (unsub, "POST") if n % 2 == 0 else (pixel, "GET")
         group = os.getpgid(proc.pid)
         delay = 1.0 + n * 0.7
