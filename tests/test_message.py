@@ -347,3 +347,28 @@ def test_international_sender_domain_becomes_a_label() -> None:
     assert message["From"] == "Jörg Müller <news@xn--bcher-kva.example>"
     assert message["Message-ID"].endswith("@xn--bcher-kva.example>")
     assert template.envelope_sender("ann@example.com").endswith("@xn--bcher-kva.example")
+
+
+@pytest.mark.parametrize("autoescape", [False, True])
+def test_plain_templates_render_as_jinja_does(autoescape: bool) -> None:
+    """Text-and-``{{ name }}`` templates skip jinja's render; the text must not change."""
+    from markupsafe import Markup
+
+    from raymail.compose.message import _environment, _Part
+
+    env = _environment("spring-sale", autoescape=autoescape)
+    source = "Hi {{ name }},\n\n{{ city }} & {{ campaign }}: {{ n }} {{ nothing }} {{ html }}\r\n"
+    part = _Part(env, "text", source)
+    assert part._pieces is not None  # the fast path, not jinja's
+    values: list[Any] = [
+        "Ann", "a\nb\r\nc", "<b>&\"'", 42, 1.5, None, True, Markup("<i>x</i>"), "", "ünï",
+    ]  # fmt: skip
+    for value in values:
+        context = {"name": value, "city": "Oslo\n", "n": 3, "nothing": None, "html": value}
+        assert part.render(context, "a@b.example") == part.template.render(context)
+    shadowed = {"name": "x", "city": "y", "n": 1, "nothing": 2, "html": 3, "campaign": "mine"}
+    assert part.render(shadowed, None) == part.template.render(shadowed)
+    with pytest.raises(TemplateError, match="merge field 'city' is missing"):
+        part.render({"name": "x"}, "a@b.example")
+    assert _Part(env, "text", "{{ name | upper }}")._pieces is None  # jinja renders these
+    assert _Part(env, "text", "{% if name %}{{ name }}{% endif %}")._pieces is None
