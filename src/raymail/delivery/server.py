@@ -49,7 +49,8 @@ __all__ = ["DeliveryServer", "DeliveryServerActor", "PortionResult", "ServerStat
 
 
 class DeliveryServer(JobRendering, LaneSending, StatsReporting):
-    """The actor's implementation; ``DeliveryServerActor`` below is its Ray wrapper."""
+    """The actor's implementation; ``DeliveryServerActor`` below is its Ray wrapper (a
+    plain object inside the actor: see ``DeliveryServerCalls``)."""
 
     def __init__(
         self,
@@ -201,12 +202,10 @@ class DeliveryServer(JobRendering, LaneSending, StatsReporting):
             return
         await broker.complete.remote(result)
 
-    @ray.method(concurrency_group="control")
     async def heartbeat(self) -> ServerStats:
         """Counters for the driver's watchdog; never queued behind sends."""
         return self._current_stats()
 
-    @ray.method(concurrency_group="control")
     async def probe(
         self, domains: list[str], timeout_s: float = 10.0, max_hosts: int = 20
     ) -> bytes:
@@ -253,5 +252,45 @@ class DeliveryServer(JobRendering, LaneSending, StatsReporting):
         return self._current_stats()
 
 
-# Health calls run in their own group so they never wait behind sends.
-DeliveryServerActor = ray.remote(concurrency_groups={"control": 2})(DeliveryServer)  # type: ignore[call-overload]
+class DeliveryServerCalls:
+    """The actor's calls, each handed to a :class:`DeliveryServer` held inside.
+
+    Ray wraps every method of an actor class, inherited ones too, in a tracing shim that
+    costs about 0.5 us a call even with tracing off (measured on Ray 2.60: 0.53 us against
+    0.04 us for a plain method); the delivery server calls a dozen of its own methods per
+    message, so they live on a plain object and only these few calls are wrapped.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        spec: CampaignSpec,
+        source_address: str | None = None,
+        nameservers: list[tuple[str, int]] | None = None,
+        journal_dir: str | None = None,
+        epoch: int = 0,
+    ) -> None:
+        self._server = DeliveryServer(name, spec, source_address, nameservers, journal_dir, epoch)
+
+    async def deliver(self, task: PortionTask, rows_ipc: bytes) -> PortionResult:
+        return await self._server.deliver(task, rows_ipc)
+
+    async def pull(self, broker: Any) -> ServerStats:
+        return await self._server.pull(broker)
+
+    # Health calls run in their own group so they never wait behind sends.
+    @ray.method(concurrency_group="control")
+    async def heartbeat(self) -> ServerStats:
+        return await self._server.heartbeat()
+
+    @ray.method(concurrency_group="control")
+    async def probe(
+        self, domains: list[str], timeout_s: float = 10.0, max_hosts: int = 20
+    ) -> bytes:
+        return await self._server.probe(domains, timeout_s, max_hosts)
+
+    async def shutdown(self) -> ServerStats:
+        return await self._server.shutdown()
+
+
+DeliveryServerActor = ray.remote(concurrency_groups={"control": 2})(DeliveryServerCalls)  # type: ignore[call-overload]

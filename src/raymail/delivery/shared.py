@@ -28,7 +28,7 @@ the journals of the portions it lost settle them as for any dead server.
 from __future__ import annotations
 
 import os
-from typing import Any, cast
+from typing import Any
 
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
@@ -100,8 +100,7 @@ class SharedDeliveryServer:
     async def probe(
         self, key: str, domains: list[str], timeout_s: float = 10.0, max_hosts: int = 20
     ) -> bytes:
-        probe: Any = self._child(key).probe  # a plain coroutine method here, inside the actor
-        return cast(bytes, await probe(domains, timeout_s, max_hosts))
+        return await self._child(key).probe(domains, timeout_s, max_hosts)
 
     async def detach(self, key: str) -> ServerStats | None:
         """The campaign ended: close its connections and forget it."""
