@@ -217,14 +217,22 @@ class LearnedRouter(BaseRouter):
         has_known = np.asarray(known.any(axis=0), dtype=bool)
         # known pairs; in a domain nobody knows, every pair at its prior
         tau = np.where(known | ~has_known[None, :], mean, np.inf)
-        tau = np.where(blocked, np.inf, np.maximum(tau, self._floor(keys, domains, now)))
+        # Servers still learning a domain others know: planned as no better than the best
+        # known one, so their share waits in the queue for their trial (not handed to the
+        # known server all at once); the censored floor hands it back if the trial is slow.
+        hold = ~est.confident & ~blocked & ~probation & has_known[None, :]
+        best = np.where(known, mean, np.inf).min(axis=0)
+        tau = np.where(hold, np.maximum(mean, best[None, :]), tau)
+        floor = self._floor(keys, domains, now)
+        tau = np.where(blocked, np.inf, np.maximum(tau, floor))
         work = np.array([work_by[d] for d in domains], dtype=np.float64)
         portions = np.array([portions_by[d] for d in domains], dtype=np.int64)
         slots = np.array([active[k] * self.spec.concurrency for k in keys], dtype=np.float64)
         backlog = self._backlog(keys, slots, now)
         plan = solve(tau, work, slots, backlog)
         self.plans += 1
-        counts = round_portions(plan.share, portions)
+        counts = np.where(hold, 0, round_portions(plan.share, portions))
+        tau = np.where(hold, np.inf, tau)  # usable below: only what the plan may hand out
         candidates = (~est.confident | probation) & ~blocked
         groups = self.stats.mx_group[ds]
         shared = np.array([work[groups == g].sum() if g >= 0 else 0.0 for g in groups])
