@@ -14,7 +14,9 @@ Both get the same load in the same run, from this process: ``--concurrency`` kee
 HTTP/1.1 connections (a small raw asyncio client, lighter than any HTTP library) for
 ``--seconds`` per endpoint, after a warm-up; rounds alternate ``--rounds`` times and the
 ratio ``vs_bare_fastapi`` is raymail's rate over the bare app's of the same round (median
-over rounds). Latency p50/p99 is per request, client side.
+over rounds). Latency p50/p99 is per request, client side. ``cpu_ms_per_request`` is the
+CPU time every process of the server's session (Ray's included) used during the measured
+load, per 200: on a machine shared with other work it moves much less than the rates.
 
 Kill trials: the service is started, loaded, and ``kill -9``'d with its whole process group
 (Ray included) in the middle; every request that got its 200 must be in the change log
@@ -308,6 +310,22 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
     proc.wait(timeout=30)
 
 
+def session_cpu_s(session: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of a session: the
+    server's whole cost per request, a steadier figure than a rate on a shared machine."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        if int(fields[3]) == session:  # field 6 of proc(5): the session id
+            total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def logged_agents(home: Path) -> set[str]:
     changes, _ = ChangeLog(changes_dir(home)).read({})
     return {str(c.record.get("ua")) for c in changes}
@@ -367,6 +385,7 @@ def main() -> int:
                 try:
                     for load, (requests, method) in loads.items():
                         run_load(port, requests, method, args.warmup_s, args.concurrency, "warm")
+                        cpu_before = session_cpu_s(proc.pid)
                         measured = run_load(
                             port,
                             requests,
@@ -376,6 +395,10 @@ def main() -> int:
                             f"{system}-{load}",
                         )
                         acked = measured.pop("acked")
+                        cpu = session_cpu_s(proc.pid) - cpu_before
+                        measured["server_cpu_ms_per_request"] = round(
+                            1000 * cpu / max(1, measured["ok"]), 3
+                        )
                         if home is not None:
                             measured["acked_not_logged"] = len(set(acked) - logged_agents(home))
                         round_result.setdefault(load, {})[system] = measured
@@ -397,9 +420,13 @@ def main() -> int:
             rounds = result["rounds"]
 
             def median(
-                system: str, key: str, load: str = load, rounds: list[Any] = rounds
+                system: str,
+                key: str,
+                load: str = load,
+                rounds: list[Any] = rounds,
+                digits: int = 2,
             ) -> float:
-                return round(statistics.median(r[load][system][key] for r in rounds), 2)
+                return round(float(statistics.median(r[load][system][key] for r in rounds)), digits)
 
             result[load] = {
                 "raymail_web_requests_per_s": median("raymail_web", "requests_per_s"),
@@ -409,6 +436,12 @@ def main() -> int:
                 "bare_fastapi_p50_ms": median("bare_fastapi", "p50_ms"),
                 "bare_fastapi_p99_ms": median("bare_fastapi", "p99_ms"),
                 "vs_bare_fastapi": round(statistics.median(ratios), 3),
+                "raymail_web_cpu_ms_per_request": median(
+                    "raymail_web", "server_cpu_ms_per_request", digits=3
+                ),
+                "bare_fastapi_cpu_ms_per_request": median(
+                    "bare_fastapi", "server_cpu_ms_per_request", digits=3
+                ),
             }
         result["kill_trials"] = kill_trials(tmp, args, unsub, pixel, kept)
         result["lost_acknowledged"] = sum(t["lost_acknowledged"] for t in result["kill_trials"])

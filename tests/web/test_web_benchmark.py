@@ -33,6 +33,8 @@ def test_web_benchmark_small_run(tmp_path: Path) -> None:
         figures = printed[load]
         assert figures["raymail_web_requests_per_s"] > 0
         assert figures["bare_fastapi_requests_per_s"] > 0
+        assert figures["raymail_web_cpu_ms_per_request"] > 0  # Ray's processes counted
+        assert figures["bare_fastapi_cpu_ms_per_request"] > 0
         assert figures["vs_bare_fastapi"] == pytest.approx(
             figures["raymail_web_requests_per_s"] / figures["bare_fastapi_requests_per_s"],
             rel=0.01,
