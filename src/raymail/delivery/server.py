@@ -165,6 +165,7 @@ class DeliveryServer(JobRendering, LaneSending, StatsReporting):
         outcomes = out.table()
         self._count(outcomes)
         self.metrics.outcomes(task.domain, outcomes.column("status"))
+        self.metrics.flush()  # this portion's latencies, before its result leaves
         self.metrics.load(self.stats.active_portions, self.stats.open_connections)
         return PortionResult(task, self.name, to_ipc(outcomes), to_ipc(obs.table()))
 
@@ -240,6 +241,7 @@ class DeliveryServer(JobRendering, LaneSending, StatsReporting):
 
     async def shutdown(self) -> ServerStats:
         """Close pooled connections politely; keep what shaping learned for the next run."""
+        self.metrics.flush()
         if self._pool is not None:
             await self._pool.close()
         if isinstance(self._shaper, FleetShaper):
