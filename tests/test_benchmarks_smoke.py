@@ -134,12 +134,17 @@ def test_smime_render_benchmark_small_run() -> None:
     assert result["message_bytes"]["sign_and_encrypt"] > result["message_bytes"]["plain"]
 
 
+@pytest.mark.usefixtures("ray_session")
 def test_shaping_benchmark_small_run(tmp_path: Path) -> None:
     """The shaping benchmark runs end to end on a small list: nobody fails, it reports the
-    convergence and the side-by-side ratio (its value is the full benchmark's to judge)."""
+    convergence and the side-by-side ratio (its value is the full benchmark's to judge).
+    It joins the session's Ray (RAY_ADDRESS, as ensure_ray reads it) rather than starting
+    one: a Ray start less, and its actors end with its driver."""
+    import ray
+
     out = tmp_path / "shaping.json"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
+    env["RAY_ADDRESS"] = str(ray.get_runtime_context().gcs_address)
     done = subprocess.run(
         [
             sys.executable, str(ROOT / "benchmarks" / "shaping.py"), "--recipients", "600",
