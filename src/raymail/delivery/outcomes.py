@@ -17,7 +17,7 @@ import pyarrow as pa
 from raymail.delivery.jobs import Job
 from raymail.delivery.journal import STATE_OF_STATUS, FenceGuard, Journal, JournalState
 from raymail.delivery.mx import MXTarget
-from raymail.delivery.records import ObservationBuilder, OutcomeBuilder, from_ipc
+from raymail.delivery.records import ObservationBuilder, OutcomeBuilder, from_ipc, now
 from raymail.delivery.smtp_client import DROPPED, Reply, SmtpConnection, Transaction
 from raymail.driver.plan import PortionTask
 from raymail.status import ACCEPTED, DEFERRED, FAILED
@@ -44,6 +44,8 @@ class PortionResult:
 
 # A connection lost after the whole body was written: the server may have accepted it.
 DROPPED_IN_DATA = Reply(0, "connection dropped after the message was sent (in doubt)")
+# A recipient taken by RCPT whose transaction never got to DATA's reply: deferred.
+_DATA_NOT_SENT = Reply(451, "4.3.0 DATA not sent")
 
 
 def status_of(reply: Reply) -> str:
@@ -76,33 +78,44 @@ class OutcomeRecording:
         return mark
 
     def _journal_fates(self, task: PortionTask, job: Job, statuses: list[str]) -> None:
-        if self.journal is None or not job.in_flight:
+        journal = self.journal
+        if journal is None or not job.in_flight:
+            return
+        if len(statuses) == 1:  # a personalised message: one recipient, one fate
+            state = STATE_OF_STATUS[statuses[0]]
+            journal.hold(state, task.portion, task.attempt, (job.recipients[0][0],))
             return
         by_state: dict[JournalState, list[int]] = {}
         for (row, _), status in zip(job.recipients, statuses, strict=True):
             by_state.setdefault(STATE_OF_STATUS[status], []).append(row)
         for state, rows in by_state.items():
-            self.journal.hold(state, task.portion, task.attempt, rows)  # with the next mark
+            journal.hold(state, task.portion, task.attempt, rows)  # with the next mark
 
     def _record(
         self, job: Job, tx: Transaction, task: PortionTask, target: MXTarget, out: OutcomeBuilder
     ) -> None:
+        """One outcome row per recipient of a transaction (this runs once per message)."""
+        mail = tx.mail
+        data = tx.data if tx.data is not None else _DATA_NOT_SENT
+        finished = now()
+        add = out.add
+        mx_host, message_id, started = target.mx_host, job.message_id, job.started_at
         statuses = []
         for (row, email), rcpt in zip(job.recipients, tx.rcpts, strict=True):
-            reply = tx.mail if tx.mail.klass != 2 else rcpt
-            if reply.klass == 2:
-                reply = tx.data if tx.data is not None else Reply(451, "4.3.0 DATA not sent")
-            statuses.append(status_of(reply))
-            out.add(
-                row=row,
-                email=email,
-                status=statuses[-1],
-                smtp_code=reply.code,
-                enhanced_status=reply.enhanced,
-                response=reply.text,
-                mx_host=target.mx_host,
-                message_id=job.message_id,
-                started_at=job.started_at,
+            reply = mail if mail.klass != 2 else rcpt if rcpt.klass != 2 else data
+            status = status_of(reply)
+            statuses.append(status)
+            add(
+                row,
+                email,
+                status,
+                reply.code,
+                reply.enhanced,
+                reply.text,
+                mx_host,
+                message_id,
+                started,
+                finished,
             )
         self._journal_fates(task, job, statuses)
 
@@ -146,12 +159,12 @@ class OutcomeRecording:
         job: Job,
     ) -> None:
         obs.add(
-            mx_host=target.mx_host,
-            connect_s=conn.timing.connect_s if new_connection else None,
-            banner_s=conn.timing.banner_s if new_connection else None,
-            transaction_s=seconds,
-            recipients=recipients,
-            response_class=response_class,
-            size=len(job.message),
-            tls=conn.tls,
+            target.mx_host,
+            conn.timing.connect_s if new_connection else None,
+            conn.timing.banner_s if new_connection else None,
+            seconds,
+            recipients,
+            response_class,
+            len(job.message),
+            conn.tls,
         )
