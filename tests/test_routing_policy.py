@@ -145,6 +145,24 @@ def test_a_known_server_leaves_a_learning_servers_share_in_the_queue(tmp_path: P
     assert second and all(w.task.size > TRIAL_RECIPIENTS for w in second)
 
 
+def test_a_slow_server_is_handed_its_horizon_and_the_rest_waits(tmp_path: Path) -> None:
+    """At 0.5 s a recipient over 2 connections, a portion is 5 s of work: each server is
+    handed about its horizon, not its whole plan, and more as it gives work back."""
+    clock = _Clock()
+    router = LearnedRouter(_spec(tmp_path), clock=clock)
+    queue = _queue({"a.test": 30})
+    pieces = [router.take(_view(i), queue, 30) for i in (0, 1)]
+    clock.now += 0.1
+    for i, [piece] in enumerate(pieces):
+        router.observe(f"ds{i}", *_results(f"ds{i}", piece, 0.5))
+    handed = [router.take(_view(i), queue, 30) for i in (0, 1)]
+    assert all(1 <= len(works) <= 2 for works in handed)  # not 14 each, as planned
+    assert queue.waiting("a.test") >= 24 * PORTION
+    clock.now += 10.0
+    router.observe("ds0", *_results("ds0", handed[0][0], 0.5))
+    assert 1 <= len(router.take(_view(0), queue, 30)) <= 2  # more, as it frees up
+
+
 def test_a_server_given_up_holds_nothing_and_leaves_the_plan(tmp_path: Path) -> None:
     clock = _Clock()
     router = LearnedRouter(_spec(tmp_path), clock=clock)

@@ -236,9 +236,16 @@ class LaneSending(OutcomeRecording):
                 ahead = None
                 rcpts = [email for _, email in job.recipients]
                 then = None
-                # The next envelope rides with this body only while jobs outnumber lanes:
-                # at the tail, another lane sends it sooner than after this reply.
-                if len(pending) > portion.lanes and conn.transactions + 1 < max_tx and not urgent:
+                # The next envelope rides with this body only while jobs outnumber lanes (at
+                # the tail, another lane sends it sooner than after this reply), and not on a
+                # lane's first job: while a portion spreads, each new lane takes a job of its
+                # own at once (a 4-message trial at 1 s latency: 1 s, not 2.4 s in pairs).
+                if (
+                    not first
+                    and len(pending) > portion.lanes
+                    and conn.transactions + 1 < max_tx
+                    and not urgent
+                ):
                     ahead = pending.popleft()
                     then = (
                         ahead.mail_from,

@@ -12,7 +12,10 @@ appears) the router
 3. lists the unknown pairs worth one trial portion (``exploration.py``), which servers take
    before their plan while the spec's exploration share allows.
 
-A server whose plan is empty gets nothing: that is how a slow server is kept from holding
+A server is handed no more than ``HORIZON_S`` of expected work beyond what it holds: with
+a slow receiver the rest waits in the driver's queue for whichever server frees up first,
+instead of being committed up front to one whose estimate may be wrong. A server whose
+plan is empty gets nothing: that is how a slow server is kept from holding
 the last portions of a domain a fast server would finish sooner, and how a fast server is
 not buried (the plan gives it only what it can finish by the common end). An unknown pair
 has one piece of ``TRIAL_RECIPIENTS`` out at a time, counted per server and MX host (the
@@ -63,6 +66,7 @@ from raymail.spec import CampaignSpec
 REPLAN_S = 0.25
 END_SLACK_S = 0.2
 END_FACTOR = 1.2
+HORIZON_S = 4.0  # a server is handed at most this much expected work beyond what it holds
 
 
 class LearnedRouter(BaseRouter):
@@ -118,6 +122,8 @@ class LearnedRouter(BaseRouter):
             domain, trial = self._next(key, waiting, held)
             if domain is None:
                 break
+            if not trial and schedule.ready.get(key, now) - now > HORIZON_S:
+                break  # the rest waits here, for whichever server frees up first
             unsure = trial or (key, domain) in schedule.unsure
             work = queue.pop(domain, at_most=TRIAL_RECIPIENTS if unsure else None)
             if work is None:
