@@ -6,8 +6,8 @@ MAIL, RCPT and DATA in one write. Bulk delivery lives on that round trip saving,
 delivery servers use this connection class instead: one write for the whole envelope, then
 the replies read in order.
 
-One module of about 400 lines because it is one connection's protocol: the reply reader,
-the pipelined writes and STARTTLS share the stream and its state, and read best together.
+The bytes on the wire (one receive buffer, replies parsed in batches, deadlines as timers)
+are smtp_wire's ReplyProtocol; this module is the SMTP dialogue on top of it.
 """
 
 from __future__ import annotations
@@ -19,46 +19,24 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from raymail.delivery.smtp_wire import ConnectionDropped, Reply, ReplyProtocol
 from raymail.errors import SmtpProtocolError
 
-_ENHANCED_RE = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})\b")
+__all__ = [
+    "DROPPED",
+    "ConnectTiming",
+    "ConnectionDropped",
+    "Reply",
+    "SmtpConnection",
+    "SmtpRefused",
+    "Transaction",
+    "dot_stuff",
+]
+
 _UNSAFE_ADDRESS = re.compile(r"[\r\n<> ]").search  # characters an envelope address cannot hold
-_MAX_LINE = 4096
-_MAX_REPLY_LINES = 100
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """One SMTP reply: the code and the text lines joined by newlines."""
-
-    code: int
-    text: str
-
-    @property
-    def enhanced(self) -> str | None:
-        """The RFC 3463 enhanced status code at the start of the text, if any."""
-        match = _ENHANCED_RE.match(self.text)
-        return match.group(1) if match else None
-
-    @property
-    def klass(self) -> int:
-        return self.code // 100
-
 
 # Reply used for recipients whose fate is decided by the connection dropping.
 DROPPED = Reply(0, "connection dropped")
-
-
-class ConnectionDropped(SmtpProtocolError):
-    """The peer closed or reset the connection, or a reply timed out.
-
-    ``data_sent`` tells whether the message body had been written completely: then the
-    server may have accepted it, and the recipients' fate is unknown ("in doubt").
-    """
-
-    def __init__(self, message: str, *, data_sent: bool = False) -> None:
-        super().__init__(message)
-        self.data_sent = data_sent
 
 
 @dataclass(slots=True)
@@ -96,8 +74,7 @@ class SmtpConnection:
 
     host: str
     port: int
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+    wire: ReplyProtocol
     command_timeout: float
     data_timeout: float
     extensions: dict[str, str] = field(default_factory=dict)
@@ -129,15 +106,15 @@ class SmtpConnection:
         """Connect, read the banner, EHLO (HELO fallback) and upgrade with STARTTLS."""
         started = time.perf_counter()
         local_addr = (source_address, 0) if source_address else None
+        loop = asyncio.get_running_loop()
+        wire = ReplyProtocol(loop)
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port, local_addr=local_addr, limit=2**16),
-                connect_timeout,
-            )
+            async with asyncio.timeout(connect_timeout):
+                await loop.create_connection(lambda: wire, host, port, local_addr=local_addr)
         except (OSError, TimeoutError) as exc:
             raise ConnectionDropped(f"cannot connect to {host}:{port}: {exc}") from None
         connected = time.perf_counter()
-        conn = cls(host, port, reader, writer, command_timeout, data_timeout)
+        conn = cls(host, port, wire, command_timeout, data_timeout)
         try:
             banner = await conn.read_reply(connect_timeout)
             conn.timing = ConnectTiming(connected - started, time.perf_counter() - connected)
@@ -175,12 +152,28 @@ class SmtpConnection:
         if not verify:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
+        wire = self.wire
+        transport = wire.transport
+        if transport is None or transport.is_closing() or wire.unread():
+            self.broken = True  # bytes after the 220 would be plaintext injected into TLS
+            raise ConnectionDropped(f"STARTTLS with {host} failed: unexpected data")
         try:
-            await asyncio.wait_for(
-                self.writer.start_tls(context, server_hostname=host), self.command_timeout
-            )
+            async with asyncio.timeout(self.command_timeout):
+                tls = await wire.loop.start_tls(
+                    transport,
+                    wire,
+                    context,
+                    server_hostname=host,
+                    ssl_handshake_timeout=self.command_timeout,
+                )
         except (OSError, ssl.SSLError, TimeoutError) as exc:
+            self.broken = True
             raise ConnectionDropped(f"STARTTLS with {host} failed: {exc}") from None
+        if tls is None:
+            self.broken = True
+            raise ConnectionDropped(f"STARTTLS with {host} failed: no transport")
+        wire.transport = tls
+        wire.tls = True
         self.tls = True
         await self._hello(helo_name)
 
@@ -198,51 +191,33 @@ class SmtpConnection:
         return (await self._replies(1, timeout))[0]
 
     async def _replies(self, count: int, timeout: float | None = None) -> list[Reply]:
-        """Read ``count`` replies under one deadline.
-
-        One ``asyncio.timeout`` per group instead of ``wait_for`` per line: on Python 3.11
-        ``wait_for`` creates a task per call, which costed more than the SMTP I/O itself.
-        """
+        """Read ``count`` replies under one deadline (one timer, not a task per line)."""
         try:
-            async with asyncio.timeout(timeout or self.command_timeout):
-                return [await self._reply() for _ in range(count)]
+            return await self.wire.replies(count, timeout or self.command_timeout)
         except TimeoutError:
             self.broken = True
             raise ConnectionDropped("timed out waiting for an SMTP reply") from None
-
-    async def _reply(self) -> Reply:
-        lines: list[str] = []
-        try:
-            for _ in range(_MAX_REPLY_LINES):
-                raw = await self.reader.readline()
-                if not raw.endswith(b"\n"):
-                    raise ConnectionDropped("connection closed by the server")
-                if len(raw) > _MAX_LINE or len(raw) < 4 or not raw[:3].isdigit():
-                    raise SmtpProtocolError(f"malformed SMTP reply line: {raw[:80]!r}")
-                lines.append(raw[4:].rstrip(b"\r\n").decode("utf-8", "replace"))
-                if raw[3:4] != b"-":
-                    return Reply(int(raw[:3]), "\n".join(lines))
-        except (ConnectionError, asyncio.IncompleteReadError, ValueError) as exc:
-            self.broken = True
-            raise ConnectionDropped(f"connection lost: {exc}") from None
-        raise SmtpProtocolError("SMTP reply has too many lines")
+        except SmtpProtocolError:
+            self.broken = True  # the stream is out of step: nothing after it can be read
+            raise
 
     def _write(self, data: bytes) -> None:
-        if self.writer.is_closing():
+        transport = self.wire.transport
+        if transport is None or transport.is_closing():
             self.broken = True
             raise ConnectionDropped("connection closed")
-        self.writer.write(data)
+        transport.write(data)
 
     async def _drain(self, timeout: float | None = None) -> None:
         """Wait until the socket takes what was written (bounded); free when it already has."""
-        if self.writer.transport.get_write_buffer_size() == 0:
-            return
         try:
-            async with asyncio.timeout(timeout or self.command_timeout):
-                await self.writer.drain()
+            await self.wire.drain(timeout or self.command_timeout)
         except (ConnectionError, TimeoutError) as exc:
             self.broken = True
             raise ConnectionDropped(f"connection lost while writing: {exc!r}") from None
+        except ConnectionDropped:
+            self.broken = True
+            raise
 
     async def command(self, line: str) -> Reply:
         """Send one command line and read its reply."""
@@ -382,10 +357,11 @@ class SmtpConnection:
     async def quit(self) -> None:
         """Say QUIT politely (bounded), then close."""
         try:
-            if not self.broken and not self.writer.is_closing():
+            transport = self.wire.transport
+            if not self.broken and transport is not None and not transport.is_closing():
                 self._write(b"QUIT\r\n")
-                await asyncio.wait_for(self.writer.drain(), 2.0)
-                await asyncio.wait_for(self.reader.read(512), 2.0)
+                await self.wire.drain(2.0)
+                await self.wire.replies(1, 2.0)
         except (OSError, TimeoutError, SmtpProtocolError):
             pass
         finally:
@@ -393,8 +369,9 @@ class SmtpConnection:
 
     def close(self) -> None:
         self.broken = True
-        if not self.writer.is_closing():
-            self.writer.close()
+        transport = self.wire.transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
 
 
 class SmtpRefused(SmtpProtocolError):
