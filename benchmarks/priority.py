@@ -29,6 +29,9 @@ while the bulk run still went on: the latencies mean something only when it is a
 Enqueued here means handed to a warm driver process (Ray connected, modules imported): the
 path the scheduler's run processes take after their own start-up, which this does not time.
 
+A fresh local Ray of its own, unless RAY_ADDRESS names one to join (the test suite's smoke
+run joins the session's, a Ray start less).
+
 Prints one JSON object on stdout (progress on stderr) and writes it to ``--json-out``
 (default benchmarks/results/priority.json). Exits 1 when a message is missing or duplicated.
 
@@ -270,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from raymail.delivery.shared import close_pool, pool_actor_name
-    from raymail.runtime import start_local_ray
+    from raymail.runtime import ensure_ray, start_local_ray
 
     started = time.monotonic()
     kw: dict[str, Any] = {
@@ -286,7 +289,10 @@ def main(argv: list[str] | None = None) -> int:
         bulk_list = write_list(work / "bulk.parquet", emails)
         warm_n = max(4, min(args.warmup_recipients, args.recipients))
         warm_list = write_list(work / "warm.parquet", emails[:warm_n])
-        start_local_ray(num_cpus=max(2, os.cpu_count() or 2), log_to_driver=False)
+        if os.environ.get("RAY_ADDRESS"):
+            ensure_ray()  # joins it
+        else:
+            start_local_ray(num_cpus=max(2, os.cpu_count() or 2), log_to_driver=False)
         try:
             log("warm-up round")
             run_round(

@@ -166,13 +166,17 @@ def test_shaping_benchmark_small_run(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
+@pytest.mark.usefixtures("ray_session")
 def test_priority_benchmark_small_run(tmp_path: Path) -> None:
     """The priority benchmark runs end to end on a small bulk list: every bulk and priority
     message captured once, latencies taken from the sink's capture, the side-by-side ratio
-    computed from the rounds it ran (its values are the full benchmark's to judge)."""
+    computed from the rounds it ran (its values are the full benchmark's to judge). It
+    joins the session's Ray (RAY_ADDRESS) rather than starting one."""
+    import ray
+
     out = tmp_path / "priority.json"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
+    env["RAY_ADDRESS"] = str(ray.get_runtime_context().gcs_address)
     done = subprocess.run(
         [
             sys.executable, str(ROOT / "benchmarks" / "priority.py"), "--recipients", "3000",
