@@ -23,6 +23,11 @@ busy it was, so a rate can be read in that light.
 
     python benchmarks/scale.py [--sizes 100000 1000000] [--domains 1000]
                                [--servers 2] [--concurrency 25] [--json-out PATH]
+                               [--ray-address ADDRESS]
+
+``--ray-address`` makes each driver join that Ray instead of starting its own (the test
+suite's smoke run: a Ray start less per size). The delivery servers' RSS is then not
+sampled (they are not this benchmark's processes) and the object store is shared.
 """
 
 from __future__ import annotations
@@ -178,14 +183,19 @@ def drive(args: argparse.Namespace) -> int:
     from raymail.driver.campaign import run_campaign
     from raymail.runtime import DELIVERY_RESOURCE, LOCAL_DELIVERY_SLOTS
 
-    context = ray.init(
-        address="local",
-        num_cpus=max(2, os.cpu_count() or 2),
-        resources={DELIVERY_RESOURCE: LOCAL_DELIVERY_SLOTS},
-        include_dashboard=False,
-        log_to_driver=True,
-        logging_level=logging.WARNING,
-    )
+    if args.ray_address:
+        context = ray.init(
+            address=args.ray_address, log_to_driver=True, logging_level=logging.WARNING
+        )
+    else:
+        context = ray.init(
+            address="local",
+            num_cpus=max(2, os.cpu_count() or 2),
+            resources={DELIVERY_RESOURCE: LOCAL_DELIVERY_SLOTS},
+            include_dashboard=False,
+            log_to_driver=True,
+            logging_level=logging.WARNING,
+        )
     spec = make_spec(args.recipients, args.port, args.servers, args.concurrency)
     baseline_rss = _rss()
     with Sampler(args.run_dir, context.address_info["gcs_address"]) as sampler:
@@ -244,6 +254,7 @@ def run_size(size: int, args: argparse.Namespace, port: int, work: Path) -> dict
         "--recipients", str(recipients), "--run-dir", str(run_dir), "--port", str(port),
         "--servers", str(args.servers), "--concurrency", str(args.concurrency),
         "--result", str(result_path),
+        *(["--ray-address", args.ray_address] if args.ray_address else []),
     ]  # fmt: skip
     timeout = 600 + size / 200  # generous: 200 msg/s would still finish
     load_before = os.getloadavg()
@@ -338,6 +349,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=25, help="connections per server")
     parser.add_argument("--json-out", type=Path, help="also write the JSON here")
     parser.add_argument("--work-dir", type=Path, help="keep lists and run dirs here")
+    parser.add_argument("--ray-address", help="join this Ray instead of a fresh one per size")
     # the driver process (internal)
     parser.add_argument("--drive", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--recipients", type=Path, help=argparse.SUPPRESS)

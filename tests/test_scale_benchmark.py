@@ -1,4 +1,5 @@
-"""The scale benchmark runs end to end on small sizes (behaviour only, not speed or memory)."""
+"""The scale benchmark runs end to end on small sizes (behaviour only, not speed or memory),
+its drivers joining the session's Ray (--ray-address) rather than each starting one."""
 
 from __future__ import annotations
 
@@ -35,15 +36,19 @@ RECORD_KEYS = {
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
 def test_scale_benchmark_small_sizes(tmp_path: Path) -> None:
+    import ray
+
     require_binary("smtp-sink", "postfix")
     out = tmp_path / "scale.json"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
+    address = str(ray.get_runtime_context().gcs_address)
     done = subprocess.run(
         [
             sys.executable, str(BENCHMARK), "--sizes", *map(str, SIZES), "--domains", "40",
-            "--concurrency", "4", "--json-out", str(out),
+            "--concurrency", "4", "--json-out", str(out), "--ray-address", address,
         ],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=540, check=False,
     )  # fmt: skip
