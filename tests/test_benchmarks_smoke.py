@@ -43,15 +43,21 @@ KEYS = {
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
 def test_throughput_benchmark_small_run(tmp_path: Path) -> None:
+    """Behaviour only, in the session's Ray (--ray-address: a Ray start less)."""
+    import ray
+
     require_binary("smtp-sink", "postfix")
     require_binary("smtp-source", "postfix")
     out = tmp_path / "throughput.json"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    address = str(ray.get_runtime_context().gcs_address)
     done = subprocess.run(
         [
             sys.executable, str(BENCHMARK), "--messages", str(MESSAGES), "--no-warmup",
             "--json-out", str(out), "--servers", "1", "--smime-messages", str(SMIME_MESSAGES),
+            "--ray-address", address,
         ],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420, check=False,
     )  # fmt: skip
