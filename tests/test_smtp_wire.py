@@ -178,6 +178,38 @@ def test_pipelined_replies_in_one_segment_and_prefetched_envelope(run: Run) -> N
     assert seen[5] == b"Subject: 1\r\n\r\none\r\n.\r\n"
 
 
+def test_pipelined_group_split_across_reads_then_body_reply_cut(run: Run) -> None:
+    """A group's replies in fragments that cut codes and lines; then the body's multi-line
+    reply stops mid-way with a close: the message is in doubt, never deferred."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 ready\r\n")
+        await reader.readline()
+        writer.write(b"250-srv.test\r\n250 PIPELINING\r\n")
+        while await reader.readline() != b"DATA\r\n":
+            pass
+        await _send_pieces(
+            writer, b"250 ok\r\n2", b"50 ok\r\n250-o", b"k\r\n250 fine\r\n354 go\r\n"
+        )
+        await reader.readuntil(b"\r\n.\r\n")
+        await _send_pieces(writer, b"250-2.0.0 queued\r\n250-as")  # and the close
+
+    async def go() -> None:
+        async with scripted(script) as port:
+            conn = await _open(port)
+            calls: list[str] = []
+            with pytest.raises(ConnectionDropped) as info:
+                await conn.send(
+                    "s@s.test",
+                    ["a@d.test", "b@d.test"],
+                    b"x\r\n",
+                    before_data=lambda: calls.append("x"),
+                )
+            assert info.value.data_sent and calls == ["x"] and conn.broken
+
+    run(go())
+
+
 def test_smtp_sink_pipelined_many_recipients_and_reuse(run: Run) -> None:
     with smtp_sink("-c") as port:
 
