@@ -21,7 +21,7 @@ def test_web_benchmark_small_run(tmp_path: Path) -> None:
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "web.py"), "--seconds", "1", "--rounds", "1",
+        [sys.executable, str(ROOT / "benchmarks" / "web.py"), "--seconds", "0.5", "--rounds", "1",
          "--kill-trials", "1", "--concurrency", "8", "--warmup-s", "0.5", "--kill-last-round",
          "--json-out", str(out)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=540, check=False,
