@@ -133,7 +133,7 @@ def test_kill_during_hops_then_resume_keeps_them(tmp_path: Path) -> None:
         {
             "domains": {
                 "prim.test": {"permfail_rate": 1.0, "permfail_reply": "550 5.1.1 no such user"},
-                "alt1.test": {"latency_ms": 400},  # hops slow enough to be killed among
+                "alt1.test": {"latency_ms": 200},  # hops slow enough to be killed among
             }
         }
     )
