@@ -20,6 +20,7 @@ from raymail.routing.policy import LearnedRouter
 from raymail.routing.policy_state import (
     ACTIVE_S,
     EXPECTED_GRACE_S,
+    PACE_WINDOW_S,
     ExplorationBudget,
     Presence,
     Schedule,
@@ -159,8 +160,26 @@ def test_a_slow_server_is_handed_its_horizon_and_the_rest_waits(tmp_path: Path) 
     assert all(1 <= len(works) <= 2 for works in handed)  # not 14 each, as planned
     assert queue.waiting("a.test") >= 24 * PORTION
     clock.now += 10.0
-    router.observe("ds0", *_results("ds0", handed[0][0], 0.5))
+    for work in handed[0]:
+        router.observe("ds0", *_results("ds0", work, 0.5))
     assert 1 <= len(router.take(_view(0), queue, 30)) <= 2  # more, as it frees up
+
+
+def test_a_server_keeping_a_slower_pace_than_planned_is_handed_less(tmp_path: Path) -> None:
+    """The plan counts a server's connections; shaping may leave it fewer. Once it has had
+    work for a whole window, its measured pace caps what it holds: 4 recipients back in
+    10 s, so no more than 2 per connection (4 here), whatever the plan's estimate says."""
+    clock = _Clock()
+    router = LearnedRouter(_spec(tmp_path), clock=clock)
+    queue = _queue({"a.test": 30})
+    [piece] = router.take(_view(0), queue, 30)
+    clock.now += PACE_WINDOW_S
+    router.observe("ds0", *_results("ds0", piece, 0.001))  # fast transactions, slow pace
+    handed = router.take(_view(0), queue, 30)
+    assert len(handed) == 1  # one portion of 20 >= 2 x 2 connections: full
+    assert router.given_back.pace("ds0", clock.now) == pytest.approx(
+        TRIAL_RECIPIENTS / PACE_WINDOW_S
+    )
 
 
 def test_a_server_given_up_holds_nothing_and_leaves_the_plan(tmp_path: Path) -> None:

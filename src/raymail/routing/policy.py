@@ -12,7 +12,9 @@ appears) the router
 3. lists the unknown pairs worth one trial portion (``exploration.py``), which servers take
    before their plan while the spec's exploration share allows.
 
-A server is handed no more than ``HORIZON_S`` of expected work beyond what it holds: with
+A server is handed no more than ``HORIZON_S`` of work beyond what it holds, by the plan's
+estimate and, once it has had work for a while, by the pace it keeps (shaping may hold it
+to fewer connections than the plan counts): with
 a slow receiver the rest waits in the driver's queue for whichever server frees up first,
 instead of being committed up front to one whose estimate may be wrong. A server whose
 plan is empty gets nothing: that is how a slow server is kept from holding
@@ -58,7 +60,7 @@ from raymail.routing.estimates import (
 from raymail.routing.exploration import offers
 from raymail.routing.model import UNKNOWN_MX, PortionEvidence, network_of
 from raymail.routing.plan import Plan, round_portions, solve
-from raymail.routing.policy_state import ExplorationBudget, Pair, Presence, Schedule
+from raymail.routing.policy_state import ExplorationBudget, GivenBack, Pair, Presence, Schedule
 from raymail.routing.runlog import ESTIMATES_END, ESTIMATES_START, PLAN_START
 from raymail.routing.snapshots import estimates_frame, plan_frame
 from raymail.spec import CampaignSpec
@@ -88,6 +90,7 @@ class LearnedRouter(BaseRouter):
         self.presence = Presence(Counter(expected_keys(spec)), self.started)
         self.schedule = Schedule()
         self.budget = ExplorationBudget(self.settings.exploration)
+        self.given_back = GivenBack()
         self.dirty = True  # the schedule must be made again before the next take
         self.plans = 0
         self._start_recorded = False
@@ -122,7 +125,7 @@ class LearnedRouter(BaseRouter):
             domain, trial = self._next(key, waiting, held)
             if domain is None:
                 break
-            if not trial and schedule.ready.get(key, now) - now > HORIZON_S:
+            if not trial and self._full(key, now):
                 break  # the rest waits here, for whichever server frees up first
             unsure = trial or (key, domain) in schedule.unsure
             work = queue.pop(domain, at_most=TRIAL_RECIPIENTS if unsure else None)
@@ -137,8 +140,22 @@ class LearnedRouter(BaseRouter):
             held[(key, self._host(domain))] += 1
             cost = schedule.booked(key, domain, size, now, self.spec.concurrency)
             self.give(server, key, work, cost)
+            self.given_back.handed(key, now)
             taken.append(work)
         return taken
+
+    def _full(self, key: str, now: float) -> bool:
+        """``key`` holds ``HORIZON_S`` of work already: by the plan's estimate, or by the
+        pace it has kept lately (and at least two recipients per connection)."""
+        schedule = self.schedule
+        if schedule.ready.get(key, now) - now > HORIZON_S:
+            return True
+        pace = self.given_back.pace(key, now)
+        if pace is None:
+            return False
+        held = sum(g.size for g in self.outstanding.values() if g.key == key)
+        slots = schedule.slots.get(key, float(self.spec.concurrency))
+        return held >= max(pace * HORIZON_S, 2.0 * slots)
 
     def _next(self, key: str, waiting: set[str], held: Counter[Pair]) -> tuple[str | None, bool]:
         """(domain, is a trial): trials first, then the plan, then domains nobody knows."""
@@ -325,6 +342,8 @@ class LearnedRouter(BaseRouter):
     # -- learning ------------------------------------------------------------------------
 
     def learn(self, key: str, evidence: PortionEvidence, given: Given | None) -> None:
+        if given is not None:
+            self.given_back.add(key, self.clock(), given.size)
         if not evidence.domain:
             return
         k, d = self.stats.key(key), self.stats.domain(evidence.domain)

@@ -5,12 +5,13 @@
 - :class:`Schedule`: the current plan and what it implies per (server, domain): quotas,
   trial offers, expected costs, and when each server frees a connection.
 - :class:`ExplorationBudget`: how many recipients trial pieces took and may still take.
+- :class:`GivenBack`: the recipients each server gave back lately, its measured pace.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -21,6 +22,7 @@ Pair = tuple[str, str]  # (route key, domain)
 ACTIVE_S = 5.0  # a server neither asking nor holding work this long is left out of plans
 EXPECTED_GRACE_S = 15.0  # servers the spec promises count as present this long
 UNPLANNED_COST_S = 0.05  # connection-seconds per recipient assumed for an unplanned pair
+PACE_WINDOW_S = 10.0  # how far back a server's pace is measured
 
 
 @dataclass
@@ -108,3 +110,28 @@ class ExplorationBudget:
     def renew(self, waiting: float) -> None:
         """After a plan: the share of everything given and waiting, less what was used."""
         self.left = self.share * (self.given + waiting) - self.explored
+
+
+@dataclass
+class GivenBack:
+    """Recipients each route key gave back over the last ``PACE_WINDOW_S``: the pace it
+    really keeps (shaping may hold it to fewer connections than the plan counts)."""
+
+    first: dict[str, float] = field(default_factory=dict)  # key -> when it was first handed work
+    back: dict[str, deque[tuple[float, int]]] = field(default_factory=dict)
+
+    def handed(self, key: str, now: float) -> None:
+        self.first.setdefault(key, now)
+
+    def add(self, key: str, now: float, recipients: int) -> None:
+        self.back.setdefault(key, deque()).append((now, recipients))
+
+    def pace(self, key: str, now: float) -> float | None:
+        """Recipients per second given back over the last window; None until ``key`` has
+        had work for a whole window (a ramping server's early pace says too little)."""
+        back = self.back.setdefault(key, deque())
+        while back and now - back[0][0] > PACE_WINDOW_S:
+            back.popleft()
+        if now - self.first.get(key, now) < PACE_WINDOW_S:
+            return None
+        return sum(n for _, n in back) / PACE_WINDOW_S
