@@ -159,10 +159,6 @@ class ReplyProtocol(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    @property
-    def failed(self) -> bool:
-        return self._error is not None
-
     def error(self) -> SmtpProtocolError:
         """A fresh exception for the recorded failure (each raise its own traceback)."""
         kind, message = self._error or (ConnectionDropped, "connection closed")
