@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import platform
 import subprocess
@@ -52,6 +51,7 @@ from throughput import (
     _delivery_server_pids,
     ensure_postfix,
     postfix_version,
+    start_ray,
 )
 from throughput import make_spec as throughput_spec
 
@@ -181,24 +181,12 @@ def drive(args: argparse.Namespace) -> int:
     import ray
 
     from raymail.driver.campaign import run_campaign
-    from raymail.runtime import DELIVERY_RESOURCE, LOCAL_DELIVERY_SLOTS
 
-    if args.ray_address:
-        context = ray.init(
-            address=args.ray_address, log_to_driver=True, logging_level=logging.WARNING
-        )
-    else:
-        context = ray.init(
-            address="local",
-            num_cpus=max(2, os.cpu_count() or 2),
-            resources={DELIVERY_RESOURCE: LOCAL_DELIVERY_SLOTS},
-            include_dashboard=False,
-            log_to_driver=True,
-            logging_level=logging.WARNING,
-        )
+    start_ray(args.ray_address)
+    gcs_address = str(ray.get_runtime_context().gcs_address)
     spec = make_spec(args.recipients, args.port, args.servers, args.concurrency)
     baseline_rss = _rss()
-    with Sampler(args.run_dir, context.address_info["gcs_address"]) as sampler:
+    with Sampler(args.run_dir, gcs_address) as sampler:
         started = time.perf_counter()
         report = run_campaign(spec, args.run_dir, live_progress=False)
         wall = time.perf_counter() - started

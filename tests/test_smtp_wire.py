@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
-import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from helpers.certs import self_signed
-from helpers.system_packages import require_binary
+from helpers.postfix_mta import smtp_sink
 from raymail.delivery.smtp_client import ConnectionDropped, SmtpConnection
 from raymail.errors import SmtpProtocolError
 from raymail.sink import read_capture, run_sink
@@ -43,38 +40,6 @@ def run(request: pytest.FixtureRequest) -> Run:
             runner.run(main)
 
     return on_uvloop
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextlib.contextmanager
-def smtp_sink(*options: str) -> Iterator[int]:
-    """Postfix's smtp-sink on a free loopback port with ``options``."""
-    binary = require_binary("smtp-sink", "postfix")
-    port = _free_port()
-    user = ["-u", "postfix"] if os.geteuid() == 0 else []
-    process = subprocess.Popen(
-        [binary, *user, *options, f"127.0.0.1:{port}", "10"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # bounded
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        yield port
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @contextlib.asynccontextmanager

@@ -173,10 +173,18 @@ def _wait_listening(port: int, instance: RelayPostfix) -> None:
 def rejecting_sink(reply: str, command: str = "RCPT") -> Iterator[int]:
     """Postfix's smtp-sink on a loopback port answering ``command`` with the 5xx ``reply``:
     a remote server that refuses, so Postfix (not its smtpd) bounces with a DSN."""
+    with smtp_sink("-f", command, "-B", reply) as port:
+        yield port
+
+
+@contextlib.contextmanager
+def smtp_sink(*options: str) -> Iterator[int]:
+    """Postfix's smtp-sink with ``options`` on a free loopback port, once it accepts."""
     binary = require_binary("smtp-sink", "postfix")
     port = free_port()
+    user = ["-u", "postfix"] if os.geteuid() == 0 else []
     process = subprocess.Popen(
-        [binary, "-u", "postfix", "-f", command, "-B", reply, f"127.0.0.1:{port}", "10"],
+        [binary, *user, *options, f"127.0.0.1:{port}", "10"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
