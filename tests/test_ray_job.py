@@ -236,7 +236,7 @@ def test_job_stop_then_resume_with_progress_metrics_and_status(
 ) -> None:
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    n = 2400
+    n = 1500
     write_csv(tmp_path / "list.csv", "email,name", [f"u{i}@d{i % 4}.test,N{i}" for i in range(n)])
     run_dir, capture = tmp_path / "run", tmp_path / "cap"
     client = JobSubmissionClient(ray_head.address)
