@@ -188,7 +188,7 @@ def test_scheduler_picks_up_a_waiting_run_when_due(tmp_path: Path) -> None:
             recipients,
             sink.port,
             delivery_servers=1,
-            retry={"schedule": ["3s"], "max_age": "6s", "linger": "1s"},
+            retry={"schedule": ["2s"], "max_age": "4s", "linger": "1s"},
         )
         entry = schedule_campaign(queue, spec, run_dir=tmp_path / "run")[0]
         scheduler = Scheduler(
