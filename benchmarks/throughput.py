@@ -20,6 +20,13 @@ Postfix's ``smtp-sink`` on loopback:
     (``dkim_vs_unsigned``, target 0.8); ``--dkim-ed25519`` adds a round signed with Ed25519
     instead (``dkim_ed25519_vs_unsigned``). ``dkim_sign_us_per_message`` is the signer
     alone on the pre-rendered messages, in this process.
+``raymail_tracking`` (unless ``--no-tracking``)
+    The same campaign and messages with an HTML part (four ``<a href>`` links) and
+    ``tracking: {opens: true, clicks: true}``: every link rewritten to a signed per-recipient
+    redirect and an open pixel added (``tracking_vs_unsigned``, target 0.8). The plain round
+    has no HTML part, so ``raymail_html`` sends the same HTML untracked, back to back
+    (``html_vs_unsigned``; ``tracking_vs_html`` is tracking's own cost). Before any clock one
+    message is rendered and checked to carry the redirects and the pixel.
 ``raymail_smime`` (unless ``--no-smime``)
     Encrypted S/MIME (RFC 8551 enveloped-data, AES-256 to each recipient's RSA-2048
     certificate) on the first ``--smime-messages`` recipients (default 10,000: issuing a
@@ -46,7 +53,8 @@ this runs as root, it is installed with apt-get, else the benchmark exits saying
 
     python benchmarks/throughput.py [--messages 50000] [--connections 50] [--repeat 1]
                                     [--json-out PATH] [--profile DIR] [--no-warmup]
-                                    [--no-dkim] [--dkim-ed25519] [--servers 1,2,4]
+                                    [--no-dkim] [--dkim-ed25519] [--no-tracking]
+                                    [--servers 1,2,4]
                                     [--no-smime] [--smime-messages 10000]
 
 ``--servers 1,2,4`` adds, after the rounds, one raymail run per delivery-server count (the
@@ -85,6 +93,7 @@ from typing import Any
 
 TARGET_RAYMAIL_VS_LOOP = 1.2
 TARGET_DKIM_VS_UNSIGNED = 0.8
+TARGET_TRACKING_VS_UNSIGNED = 0.8
 DOMAINS = 50
 SENDER = "Raymail Bench <news@bench.example>"
 HELO = "bench.localhost"
@@ -102,6 +111,16 @@ TEXT_HEAD = (
     "{{ city }}, and your personal code is {{ code }}.\n\n"
 )
 TEXT_TAIL = "\nSee you soon in {{ city }},\n-- The Bench team\n"
+WEB_BASE_URL = "https://mail.bench.example"
+HTML = (
+    "<html><body><p>Hi {{ first_name }} {{ last_name }},</p>\n"
+    "<p>thank you for being a member since {{ since }}; your code is {{ code }}.</p>\n"
+    '<p><a href="https://bench.example/news">This month in {{ city }}</a></p>\n'
+    '<p><a data-link="events" href="https://bench.example/events">Events</a> | '
+    '<a href="https://bench.example/offers?utm_source=bench">Offers</a></p>\n'
+    '<p><a href="https://bench.example/account">Your account</a></p>\n'
+    "<p>See you soon in {{ city }},<br>-- The Bench team</p></body></html>\n"
+)
 FILLER_LINE = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor."
 
 
@@ -391,6 +410,53 @@ def signing_cost_us(spec: Any, workload: Workload, limit: int = 5000) -> float:
     for message in messages:
         signer.sign(message)
     return round((time.perf_counter() - started) / len(messages) * 1e6, 1)
+
+
+def tracking_specs(workload: Workload) -> dict[str, Any]:
+    """The workload's spec with an HTML part, untracked (``html``) and tracked (``tracking``)."""
+    from raymail.spec import TrackingSettings, WebSettings
+
+    web = WebSettings(base_url=WEB_BASE_URL)
+    html = workload.spec.model_copy(update={"html": HTML, "web": web})
+    tracking = TrackingSettings(opens=True, clicks=True)
+    return {"html": html, "tracking": html.model_copy(update={"tracking": tracking})}
+
+
+def check_tracking(specs: dict[str, Any], workload: Workload) -> dict[str, dict[str, float]]:
+    """Fail loudly unless the tracked messages carry the redirects and the pixel (and the
+    untracked ones do not); return each spec's render cost and size per message, here."""
+    import email
+    import email.policy
+
+    from raymail.compose.message import MessageTemplate
+
+    rows = list(_merge_rows(workload.recipients))[:2000]
+    measured: dict[str, dict[str, float]] = {}
+    for name, spec in specs.items():
+        template = MessageTemplate(spec)
+        address, values = rows[0]
+        parsed = email.message_from_bytes(
+            template.render(address, values), policy=email.policy.default
+        )
+        part = parsed.get_body(("html",))
+        if part is None:
+            raise SystemExit(f"throughput: the {name} round's message has no HTML part")
+        body = part.get_content()
+        clicks = body.count(f'href="{WEB_BASE_URL}/c/')
+        pixel = f'src="{WEB_BASE_URL}/o/' in body
+        want = (4, True) if name == "tracking" else (0, False)
+        if (clicks, pixel) != want:
+            raise SystemExit(
+                f"throughput: the {name} round's HTML has {clicks} click redirects and "
+                f"pixel={pixel}, expected {want}:\n{body}"
+            )
+        started = time.perf_counter()
+        size = sum(len(template.render(address, values)) for address, values in rows)
+        measured[name] = {
+            "render_us": round((time.perf_counter() - started) / len(rows) * 1e6, 1),
+            "message_bytes": round(size / len(rows)),
+        }
+    return measured
 
 
 @dataclass
@@ -827,6 +893,7 @@ def _round(
     work: Path,
     signed: dict[str, Any],
     smime: SmimeWorkload | None = None,
+    tracked: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One round: the loop, raymail, smtp-source, each with its CPU accounting."""
     count = len(workload.jobs)
@@ -859,7 +926,10 @@ def _round(
             log(f"  {seconds:7.2f}  {name}")
 
     dkim_rounds: dict[str, Any] = {}
-    for name, spec in signed.items():  # same messages, signed, right after the unsigned run
+    tracking_rounds: dict[str, Any] = {}
+    variants = [(dkim_rounds, signed), (tracking_rounds, tracked or {})]
+    for into, name, spec in [(r, k, v) for r, specs in variants for k, v in specs.items()]:
+        # same recipients, signed or with HTML, right after the unsigned run
         gc.collect()
         signed_dir = work / f"run-{n + 1}-{name}"
         with CpuWatch() as signed_cpu:
@@ -869,7 +939,7 @@ def _round(
             f"round {n + 1}: raymail {name} {result.rate:,.0f} msg/s "
             f"({result.seconds:.2f} s, {result.accepted}/{result.messages} accepted)"
         )
-        dkim_rounds[name] = {
+        into[name] = {
             "msg_s": round(result.rate, 1),
             "vs_unsigned": _ratio(result.rate, raymail.rate),
             "elapsed_s": round(result.seconds, 3),
@@ -923,6 +993,7 @@ def _round(
         "raymail_attempts": raymail.extra["attempts"],
         "aiosmtplib_loop_accepted": loop.accepted,
         "signed": dkim_rounds,
+        "tracking": tracking_rounds,
         "smime": smime_round,
         "cpu": {
             "smtp_source": cpu(source_cpu),
@@ -994,6 +1065,8 @@ def benchmark(
         )
         signed = dkim_specs(workload, work, args.dkim_ed25519) if args.dkim else {}
         sign_us = {name: signing_cost_us(spec, workload) for name, spec in signed.items()}
+        tracked = tracking_specs(workload) if args.tracking else {}
+        tracking_us = check_tracking(tracked, workload) if tracked else {}
         smime = None
         if args.smime:
             count = min(args.smime_messages, args.messages)
@@ -1004,11 +1077,12 @@ def benchmark(
             log(f"warm-up: raymail with {warm} messages (worker imports, caches)")
             warm_list = str(write_recipients(work / "warmup.parquet", warm))
             protected = [smime.encrypted] if smime else []
-            for n, spec in enumerate([workload.spec, *signed.values(), *protected]):
+            specs = [workload.spec, *signed.values(), *tracked.values(), *protected]
+            for n, spec in enumerate(specs):
                 warm_spec = spec.model_copy(update={"recipients": warm_list})
                 run_raymail(warm_spec, work / f"run-warmup-{n}")
         rounds = [
-            _round(n, args, sink.port, source_bin, workload, work, signed, smime)
+            _round(n, args, sink.port, source_bin, workload, work, signed, smime, tracked)
             for n in range(args.repeat)
         ]
         by_servers = servers_sweep(args, workload, work, rounds)
@@ -1061,6 +1135,7 @@ def benchmark(
         # share of all cores used by other processes on the machine while each ran
         "background_cpu_share": background,
         **_dkim_summary(rounds, signed, sign_us),
+        **_tracking_summary(rounds, tracking_us),
         **({"by_servers": by_servers} if by_servers else {}),
         **_smime_summary(rounds, smime),
         "rounds": rounds,
@@ -1087,6 +1162,27 @@ def _dkim_summary(
         out[f"raymail_{name}_accepted"] = min(r["accepted"] for r in runs)
         out[f"{name}_sign_us_per_message"] = sign_us[name]
     out["meets_dkim_target"] = out["dkim_vs_unsigned"] >= TARGET_DKIM_VS_UNSIGNED
+    return out
+
+
+def _tracking_summary(
+    rounds: list[dict[str, Any]], measured: dict[str, dict[str, float]]
+) -> dict[str, Any]:
+    """The HTML rounds' medians; ratios pair runs of one round (plain, html, tracking)."""
+    if not measured:
+        return {}
+    out: dict[str, Any] = {"target_tracking_vs_unsigned": TARGET_TRACKING_VS_UNSIGNED}
+    for name in ("html", "tracking"):
+        runs = [r["tracking"][name] for r in rounds]
+        out[f"raymail_{name}_msg_s"] = round(_median([r["msg_s"] for r in runs]), 1)
+        out[f"{name}_vs_unsigned"] = round(_median([r["vs_unsigned"] or 0.0 for r in runs]), 3)
+        out[f"raymail_{name}_accepted"] = min(r["accepted"] for r in runs)
+        out[f"{name}_render_us_per_message"] = measured[name]["render_us"]
+        out[f"{name}_message_bytes"] = measured[name]["message_bytes"]
+    pairs = [_ratio(r["tracking"]["tracking"]["msg_s"], r["tracking"]["html"]["msg_s"])
+             for r in rounds]  # fmt: skip
+    out["tracking_vs_html"] = round(_median([p or 0.0 for p in pairs]), 3)
+    out["meets_tracking_target"] = out["tracking_vs_unsigned"] >= TARGET_TRACKING_VS_UNSIGNED
     return out
 
 
@@ -1126,6 +1222,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--dkim-ed25519", action="store_true", help="add a round signed with Ed25519 only"
+    )
+    parser.add_argument(
+        "--no-tracking",
+        dest="tracking",
+        action="store_false",
+        help="skip the HTML rounds (untracked, and with opens and clicks tracked)",
     )
     parser.add_argument(
         "--servers",
@@ -1189,7 +1291,7 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             log(f"raymail {name} left {missing} of {expected} messages unaccepted")
             return 1
-    for name in ("dkim", "dkim_ed25519"):
+    for name in ("dkim", "dkim_ed25519", "html", "tracking"):
         missing = args.messages - result.get(f"raymail_{name}_accepted", args.messages)
         if missing:
             log(f"raymail {name} left {missing} of {args.messages} messages unaccepted")

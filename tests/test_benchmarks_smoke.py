@@ -33,6 +33,14 @@ KEYS = {
     "raymail_dkim_msg_s",
     "dkim_vs_unsigned",
     "raymail_dkim_accepted",
+    "raymail_tracking_msg_s",
+    "tracking_vs_unsigned",
+    "raymail_tracking_accepted",
+    "target_tracking_vs_unsigned",
+    "meets_tracking_target",
+    "raymail_html_msg_s",
+    "html_vs_unsigned",
+    "tracking_vs_html",
     "raymail_smime_msg_s",
     "smime_vs_plain",
     "raymail_smime_accepted",
@@ -75,6 +83,15 @@ def test_throughput_benchmark_small_run(tmp_path: Path) -> None:
     assert printed["dkim_vs_unsigned"] == pytest.approx(
         printed["raymail_dkim_msg_s"] / printed["raymail_msg_s"], rel=0.05
     )
+    assert printed["raymail_tracking_accepted"] == MESSAGES
+    assert printed["raymail_html_accepted"] == MESSAGES
+    assert printed["target_tracking_vs_unsigned"] == 0.8
+    assert printed["tracking_vs_unsigned"] == pytest.approx(
+        printed["raymail_tracking_msg_s"] / printed["raymail_msg_s"], rel=0.05
+    )
+    assert printed["meets_tracking_target"] == (printed["tracking_vs_unsigned"] >= 0.8)
+    # redirects and the pixel make the tracked HTML longer than the same HTML untracked
+    assert printed["tracking_message_bytes"] > printed["html_message_bytes"]
     assert 1500 <= printed["message_bytes"] <= 2600
     smime_accepted = (printed["raymail_smime_accepted"], printed["raymail_smime_plain_accepted"])
     assert smime_accepted == (SMIME_MESSAGES, SMIME_MESSAGES)
