@@ -316,6 +316,12 @@ class DispatchLoop:
         its own (suppressed, at its hop) and the recipient goes on to the one after it."""
         new_id = self.state.ready.new_id or self._hop_ids
         pending = list(hops)
+        if pending:
+            # The failures a hop follows are ledgered before the hop can go out: a kill
+            # after the hop is accepted must not leave its home failure (the bounce the
+            # suppression list learns from) only in this driver's buffer; no journal has it
+            # when the address was refused before DATA. Seen: 10 of 160 home rows lost.
+            self.ledger.flush()
         while pending:  # bounded: each round moves a recipient one alternate further
             hop = pending.pop()
             kept, suppressed = self.alternates.screen(hop, self.spec)
