@@ -14,12 +14,12 @@ appears) the router
 
 A server is handed no more than ``HORIZON_S`` of work beyond what it holds, by the plan's
 estimate and, once it has had work for a while, by the pace it keeps (shaping may hold it
-to fewer connections than the plan counts): with
-a slow receiver the rest waits in the driver's queue for whichever server frees up first,
-instead of being committed up front to one whose estimate may be wrong. A server whose
-plan is empty gets nothing: that is how a slow server is kept from holding
-the last portions of a domain a fast server would finish sooner, and how a fast server is
-not buried (the plan gives it only what it can finish by the common end). An unknown pair
+to fewer connections than the plan counts): with a slow receiver the rest waits in the
+driver's queue for whichever server frees up first, instead of being committed up front to
+one whose estimate may be wrong. A server whose plan is empty gets nothing: that is how a
+slow server is kept from holding the last portions of a domain a fast server would finish
+sooner, and how a fast server is not buried (the plan gives it only what it can finish by
+the common end). An unknown pair
 has one piece of ``TRIAL_RECIPIENTS`` out at a time, counted per server and MX host (the
 spec's mx_override and probes say which domains share one), so a bad guess costs a few
 recipients' time. A pair whose recent
@@ -120,12 +120,13 @@ class LearnedRouter(BaseRouter):
         # host's other domains share), so a slow server is not tried twice at once; a piece
         # costs a few recipients' time where a whole portion would cost a portion's
         held = Counter((g.key, self._host(g.domain)) for g in self.outstanding.values())
+        holding = sum(g.size for g in self.outstanding.values() if g.key == key)  # recipients
         taken: list[Work] = []
         while len(taken) < limit:
             domain, trial = self._next(key, waiting, held)
             if domain is None:
                 break
-            if not trial and self._full(key, now):
+            if not trial and self._full(key, now, holding):
                 break  # the rest waits here, for whichever server frees up first
             unsure = trial or (key, domain) in schedule.unsure
             work = queue.pop(domain, at_most=TRIAL_RECIPIENTS if unsure else None)
@@ -141,21 +142,22 @@ class LearnedRouter(BaseRouter):
             cost = schedule.booked(key, domain, size, now, self.spec.concurrency)
             self.give(server, key, work, cost)
             self.given_back.handed(key, now)
+            holding += size
             taken.append(work)
         return taken
 
-    def _full(self, key: str, now: float) -> bool:
-        """``key`` holds ``HORIZON_S`` of work already: by the plan's estimate, or by the
-        pace it has kept lately (and at least two recipients per connection)."""
+    def _full(self, key: str, now: float, holding: int) -> bool:
+        """``key``, holding ``holding`` recipients, has ``HORIZON_S`` of work already: by
+        the plan's estimate, or by the pace it has kept lately (and at least two recipients
+        per connection)."""
         schedule = self.schedule
         if schedule.ready.get(key, now) - now > HORIZON_S:
             return True
         pace = self.given_back.pace(key, now)
         if pace is None:
             return False
-        held = sum(g.size for g in self.outstanding.values() if g.key == key)
         slots = schedule.slots.get(key, float(self.spec.concurrency))
-        return held >= max(pace * HORIZON_S, 2.0 * slots)
+        return holding >= max(pace * HORIZON_S, 2.0 * slots)
 
     def _next(self, key: str, waiting: set[str], held: Counter[Pair]) -> tuple[str | None, bool]:
         """(domain, is a trial): trials first, then the plan, then domains nobody knows."""
@@ -246,8 +248,7 @@ class LearnedRouter(BaseRouter):
         hold = ~est.confident & ~blocked & ~probation & has_known[None, :]
         best = np.where(known, mean, np.inf).min(axis=0)
         tau = np.where(hold, np.maximum(mean, best[None, :]), tau)
-        floor = self._floor(keys, domains, now)
-        tau = np.where(blocked, np.inf, np.maximum(tau, floor))
+        tau = np.where(blocked, np.inf, np.maximum(tau, self._floor(keys, domains, now)))
         work = np.array([work_by[d] for d in domains], dtype=np.float64)
         portions = np.array([portions_by[d] for d in domains], dtype=np.int64)
         slots = np.array([active[k] * self.spec.concurrency for k in keys], dtype=np.float64)

@@ -129,9 +129,9 @@ class GivenBack:
     def pace(self, key: str, now: float) -> float | None:
         """Recipients per second given back over the last window; None until ``key`` has
         had work for a whole window (a ramping server's early pace says too little)."""
-        back = self.back.setdefault(key, deque())
-        while back and now - back[0][0] > PACE_WINDOW_S:
-            back.popleft()
         if now - self.first.get(key, now) < PACE_WINDOW_S:
             return None
+        back = self.back.get(key, deque())
+        while back and now - back[0][0] > PACE_WINDOW_S:
+            back.popleft()
         return sum(n for _, n in back) / PACE_WINDOW_S
