@@ -20,9 +20,11 @@ since the recipient's first attempt, given up by the driver, never by a delivery
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -105,6 +107,10 @@ class FenceGuard:
 
 MAX_HELD_FATES = 64  # fate lines a journal holds back at most before writing them anyway
 
+# What waits for an in-flight mark (:meth:`Journal.mark_then`): called with None once the
+# mark is in the file (write the body now), or with the error that kept it out (never write).
+AfterMark = Callable[[BaseException | None], None]
+
 
 class Journal:
     """An append-only journal file owned by one delivery server process.
@@ -124,6 +130,8 @@ class Journal:
         self.path = folder / f"{server}-{os.getpid()}.log"
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._held: list[str] = []
+        self._after: list[AfterMark] = []  # bodies waiting for their marks' write
+        self._scheduled = False
 
     def mark(self, state: JournalState, portion: int, attempt: int, rows: Iterable[int]) -> None:
         """Record one state for some rows of a portion attempt now, with any held fates
@@ -132,6 +140,26 @@ class Journal:
         if joined:
             self._held.append(f"{state}\t{portion}\t{attempt}\t{joined}\n")
         self.flush()
+
+    def mark_then(
+        self, state: JournalState, portion: int, attempt: int, rows: Iterable[int], then: AfterMark
+    ) -> None:
+        """An in-flight mark whose message body waits for it: the line joins the held ones
+        and ``then`` runs right after they reach the file, at the end of this event-loop
+        pass (``call_soon``), so the marks of every connection woken by one poll share one
+        write syscall (a busy server wakes about a dozen per pass) instead of one each.
+        Any :meth:`flush` before that writes them and runs ``then`` as well."""
+        joined = ",".join(map(str, rows))
+        self._held.append(f"{state}\t{portion}\t{attempt}\t{joined}\n")
+        self._after.append(then)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_scheduled)
+
+    def _flush_scheduled(self) -> None:
+        self._scheduled = False
+        with contextlib.suppress(OSError):  # handed to every body that waited (see flush)
+            self.flush()
 
     def hold(self, state: JournalState, portion: int, attempt: int, rows: Iterable[int]) -> None:
         """Record a fate with the next write (see the class docstring); never an in-flight
@@ -145,12 +173,25 @@ class Journal:
                 self.flush()
 
     def flush(self) -> None:
-        """Write the held lines (one write syscall; nothing when none is held)."""
+        """Write the held lines (one write syscall; nothing when none is held), then let
+        the bodies that waited for their in-flight marks go; if the write fails, they are
+        told so (never written) and the error is raised."""
+        after = self._after
+        error: OSError | None = None
         if self._held:
             data = memoryview("".join(self._held).encode())
             self._held.clear()
-            while data:  # a regular file takes it whole; a short write is finished, not lost
-                data = data[os.write(self._fd, data) :]
+            try:
+                while data:  # a regular file takes it whole; a short write is finished
+                    data = data[os.write(self._fd, data) :]
+            except OSError as exc:
+                error = exc
+        if after:
+            self._after = []
+            for then in after:
+                then(error)
+        if error is not None:
+            raise error
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -18,7 +18,14 @@ from raymail.delivery.jobs import Job
 from raymail.delivery.journal import STATE_OF_STATUS, FenceGuard, Journal, JournalState
 from raymail.delivery.mx import MXTarget
 from raymail.delivery.records import ObservationBuilder, OutcomeBuilder, from_ipc, now
-from raymail.delivery.smtp_client import DROPPED, Reply, SmtpConnection, Transaction
+from raymail.delivery.smtp_client import (
+    DROPPED,
+    BodyWrite,
+    DeferBody,
+    Reply,
+    SmtpConnection,
+    Transaction,
+)
 from raymail.driver.plan import PortionTask
 from raymail.status import ACCEPTED, DEFERRED, FAILED
 
@@ -60,8 +67,10 @@ class OutcomeRecording:
     journal: Journal | None
     fence: FenceGuard | None
 
-    def _in_flight(self, task: PortionTask, job: Job) -> Callable[[], None] | None:
-        """The journal write that must precede the message body (None without a journal)."""
+    def _in_flight(self, task: PortionTask, job: Job) -> Callable[[], DeferBody] | None:
+        """The journal write that must precede the message body (None without a journal):
+        the mark is queued and the body's write waits for it (``Journal.mark_then``), so
+        the marks of connections woken together share one write."""
         journal = self.journal
         if journal is None:
             return None
@@ -69,11 +78,14 @@ class OutcomeRecording:
 
         fence = self.fence
 
-        def mark() -> None:
+        def defer(write: BodyWrite) -> None:
+            journal.mark_then(JournalState.IN_FLIGHT, task.portion, task.attempt, rows, write)
+
+        def mark() -> DeferBody:
             if fence is not None:
                 fence.check()  # raising here means the body is never sent
             job.in_flight = True
-            journal.mark(JournalState.IN_FLIGHT, task.portion, task.attempt, rows)
+            return defer
 
         return mark
 

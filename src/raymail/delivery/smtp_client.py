@@ -38,6 +38,11 @@ _UNSAFE_ADDRESS = re.compile(r"[\r\n<> ]").search  # characters an envelope addr
 # Reply used for recipients whose fate is decided by the connection dropping.
 DROPPED = Reply(0, "connection dropped")
 
+# ``before_data`` may return one of these: it takes the body's write and runs it once the
+# journal's in-flight mark is in the file (with None), or never (with the write's error).
+BodyWrite = Callable[[BaseException | None], None]
+DeferBody = Callable[[BodyWrite], None]
+
 
 @dataclass(slots=True)
 class Transaction:
@@ -237,13 +242,15 @@ class SmtpConnection:
         mail_from: str,
         rcpts: list[str],
         message: bytes,
-        before_data: Callable[[], None] | None = None,
+        before_data: Callable[[], DeferBody | None] | None = None,
         then: tuple[str, list[str], bytes] | None = None,
     ) -> Transaction:
         """Run one mail transaction; pipelined when the server offers PIPELINING.
 
         ``before_data`` runs just before the message body is written: the last moment at
-        which the recipients' fate is still certainly "not delivered". ``then`` names the
+        which the recipients' fate is still certainly "not delivered"; when it returns a
+        function, the body's write is handed to it (to run once the journal's in-flight mark
+        is in the file: see ``Journal.mark_then``) instead of made at once. ``then`` names the
         next transaction: its envelope rides in the same write as this body (RFC 2920
         §3.1 lets message content start a command group), halving the writes per message.
         Raises ConnectionDropped when the connection dies; its ``data_sent`` says whether
@@ -272,8 +279,7 @@ class SmtpConnection:
                 tx = await self._send_lockstep(envelope, len(rcpts))
         accepted = any(r.klass == 2 for r in tx.rcpts) and tx.mail.klass == 2
         if accepted and tx.data is not None and tx.data.code == 354:
-            if before_data is not None:
-                before_data()
+            defer = before_data() if before_data is not None else None
             ahead = None
             if then is not None and self.pipelining:
                 for address in (then[0], *then[1]):
@@ -285,9 +291,13 @@ class SmtpConnection:
                 lines = self._envelope(then[0], then[1], then[2], next_payload)
                 ahead = ((then[0], tuple(then[1])), next_payload, len(then[1]))
                 ahead_at = time.perf_counter()
-                self._write(payload + "".join(f"{x}\r\n" for x in lines).encode() + b"DATA\r\n")
+                body = payload + "".join(f"{x}\r\n" for x in lines).encode() + b"DATA\r\n"
             else:
-                self._write(payload)
+                body = payload
+            if defer is None:
+                self._write(body)
+            else:
+                defer(self._body_write(body))
             try:
                 await self._drain(self.data_timeout)
                 tx.data = await self.read_reply(self.data_timeout)
@@ -322,6 +332,22 @@ class SmtpConnection:
         self.last_used = time.monotonic()
         tx.seconds = (done_at or time.perf_counter()) - started
         return tx
+
+    def _body_write(self, body: bytes) -> BodyWrite:
+        """The deferred write of a body (and the next envelope riding with it)."""
+
+        def write(error: BaseException | None) -> None:
+            if error is not None:  # its in-flight mark never reached the journal: never sent
+                self.broken = True
+                self.wire.fail_with(error)
+                return
+            transport = self.wire.transport
+            if transport is None or transport.is_closing():
+                self.broken = True  # dropped meanwhile: the wait for the reply sees it
+                return
+            transport.write(body)
+
+        return write
 
     def _envelope(
         self, mail_from: str, rcpts: list[str], message: bytes, payload: bytes

@@ -71,6 +71,7 @@ class ReplyProtocol(asyncio.Protocol):
         self._lines: list[str] = []  # the text lines of a multi-line reply not yet complete
         self._ready: deque[Reply] = deque()
         self._error: tuple[type[SmtpProtocolError], str] | None = None
+        self._raise: BaseException | None = None  # a failure from outside the wire (fail_with)
         self._waiter: asyncio.Future[None] | None = None
         self._deadline = 0.0  # loop time by which the current wait must be satisfied
         self._timer: asyncio.TimerHandle | None = None  # fires at or before the deadline
@@ -159,8 +160,16 @@ class ReplyProtocol(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def error(self) -> SmtpProtocolError:
+    def fail_with(self, exc: BaseException) -> None:
+        """End this connection's waits with ``exc``: a failure outside the wire (the journal
+        write an unsent body waited for)."""
+        self._raise = exc
+        self._fail(ConnectionDropped, f"connection given up: {exc!r}")
+
+    def error(self) -> BaseException:
         """A fresh exception for the recorded failure (each raise its own traceback)."""
+        if self._raise is not None:
+            return self._raise
         kind, message = self._error or (ConnectionDropped, "connection closed")
         return kind(message)
 
